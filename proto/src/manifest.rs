@@ -1,0 +1,744 @@
+//! The job manifest: parse (TOML, unknown keys refused), then validate into a [`Manifest`] whose
+//! locations are resolved and whose defaults are filled in.
+//!
+//! Every problem is reported as a [`FieldError`] naming the field, one line each, and all problems
+//! found are reported together rather than one per attempt.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+/// The manifest file as written, with defaults filled in. Field names are the public interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    /// Job name: letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Where the inputs are.
+    pub input: InputSpec,
+    /// The model and how to batch it.
+    pub model: ModelSpec,
+    /// How an image becomes the model's input tensor.
+    #[serde(default)]
+    pub preprocess: PreprocessSpec,
+    /// How the model's output becomes a row.
+    #[serde(default)]
+    pub postprocess: PostprocessSpec,
+    /// Where the result rows go.
+    pub output: OutputSpec,
+    /// The lease queue and sharding.
+    #[serde(default)]
+    pub queue: QueueSpec,
+}
+
+/// `[input]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// A folder (`./images`, `/data`, `file:///data`) or an object-store prefix (`s3://b/p`).
+    pub uri: String,
+    /// Keep only keys matching this glob (relative to `uri`), e.g. `**/*.png`.
+    #[serde(default)]
+    pub glob: Option<String>,
+    /// Inputs larger than this many bytes become error rows without being read.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The `.onnx` file.
+    pub uri: String,
+    /// The model input to feed; optional when the model has one input.
+    #[serde(default)]
+    pub input: Option<String>,
+    /// The model output to read; optional when the model has one output.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Items per inference call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose (one per core).
+    #[serde(default)]
+    pub intra_op_threads: usize,
+    /// How long a partial batch waits for more items before it runs, in milliseconds.
+    #[serde(default = "default_max_batch_delay_ms")]
+    pub max_batch_delay_ms: u64,
+}
+
+/// Colour order of the model's input channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    /// Red, green, blue.
+    #[default]
+    Rgb,
+    /// Blue, green, red (OpenCV-trained models).
+    Bgr,
+    /// One luma channel (ITU-R 601-2, as Pillow's `convert("L")`).
+    Gray,
+}
+
+impl Color {
+    /// Channels per pixel.
+    pub fn channels(self) -> usize {
+        match self {
+            Color::Gray => 1,
+            Color::Rgb | Color::Bgr => 3,
+        }
+    }
+}
+
+/// Memory layout of one image in the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Channels, then rows, then columns.
+    #[default]
+    Nchw,
+    /// Rows, then columns, then channels.
+    Nhwc,
+}
+
+/// `[preprocess]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    /// `[width, height]` to resize to (bilinear); absent: images must already have the model's size.
+    #[serde(default)]
+    pub resize: Option<[u32; 2]>,
+    /// Channel order.
+    #[serde(default)]
+    pub color: Color,
+    /// Tensor layout.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Multiplies 0..255 pixel values.
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    /// Subtracted per channel after scaling; one value per channel (default zeros).
+    #[serde(default)]
+    pub mean: Option<Vec<f32>>,
+    /// Divides per channel after the mean; one value per channel (default ones).
+    #[serde(default)]
+    pub std: Option<Vec<f32>>,
+    /// Images with more pixels than this are refused before decoding (decompression bombs).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+impl Default for PreprocessSpec {
+    fn default() -> Self {
+        Self {
+            resize: None,
+            color: Color::default(),
+            layout: Layout::default(),
+            scale: default_scale(),
+            mean: None,
+            std: None,
+            max_pixels: default_max_pixels(),
+        }
+    }
+}
+
+/// What a row carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PostKind {
+    /// `top_k`: the best classes with labels and scores.
+    #[default]
+    Classify,
+    /// `embedding`: the output vector.
+    Embedding,
+    /// `tensor`: the output tensor, shape and data.
+    Raw,
+}
+
+/// `[postprocess]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostprocessSpec {
+    /// `classify`, `embedding` or `raw`.
+    #[serde(default)]
+    pub kind: PostKind,
+    /// How many classes a classify row keeps.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// A text file, one label per line, line N naming class N.
+    #[serde(default)]
+    pub labels: Option<String>,
+    /// Apply softmax to the scores before top-k.
+    #[serde(default)]
+    pub softmax: bool,
+    /// L2-normalise embeddings.
+    #[serde(default)]
+    pub normalize: bool,
+}
+
+impl Default for PostprocessSpec {
+    fn default() -> Self {
+        Self {
+            kind: PostKind::default(),
+            top_k: default_top_k(),
+            labels: None,
+            softmax: false,
+            normalize: false,
+        }
+    }
+}
+
+/// `[output]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// A folder or object-store prefix; rows go to `URI/JOB_ID/part-SHARD.jsonl`.
+    pub uri: String,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// `sqlite://PATH` (the default, `sqlite://./queue.db`).
+    #[serde(default = "default_queue_uri")]
+    pub uri: String,
+    /// Inputs per shard (per queue message).
+    #[serde(default = "default_shard_size")]
+    pub shard_size: usize,
+    /// How long a lease hides a shard before it is redelivered, unless extended.
+    #[serde(default = "default_visibility_timeout_secs")]
+    pub visibility_timeout_secs: u64,
+    /// Failed attempts after which a shard goes to the dead-letter queue.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            uri: default_queue_uri(),
+            shard_size: default_shard_size(),
+            visibility_timeout_secs: default_visibility_timeout_secs(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+const fn default_max_bytes() -> u64 {
+    64 << 20
+}
+const fn default_batch_size() -> usize {
+    32
+}
+const fn default_max_batch_delay_ms() -> u64 {
+    5
+}
+const fn default_scale() -> f32 {
+    1.0 / 255.0
+}
+const fn default_max_pixels() -> u64 {
+    64 << 20
+}
+const fn default_top_k() -> usize {
+    5
+}
+fn default_queue_uri() -> String {
+    "sqlite://./queue.db".to_string()
+}
+const fn default_shard_size() -> usize {
+    256
+}
+const fn default_visibility_timeout_secs() -> u64 {
+    60
+}
+const fn default_max_attempts() -> u32 {
+    3
+}
+
+/// One problem with a manifest, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted field path, e.g. `preprocess.mean`; empty for the file as a whole.
+    pub field: String,
+    /// What is wrong, one line.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: one_line(&message.into()),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The manifest file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest has problems; each is one line naming its field.
+    #[error("{}", .errors.iter().map(|e| format!("{}: {e}", .source_name)).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The manifest's name for messages (its path, or `<request>`).
+        source_name: String,
+        /// Every problem found.
+        errors: Vec<FieldError>,
+    },
+}
+
+/// A validated manifest: defaults filled, relative locations resolved against the manifest's
+/// folder, mean/std expanded per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// As written, with defaults (relative paths kept): what is stored and hashed.
+    pub raw: RawManifest,
+    /// `name-DIGEST`: stable for the same manifest content wherever it is stored.
+    pub job_id: String,
+    /// Digest of the canonical manifest (hex SHA-256).
+    pub digest: String,
+    /// The input prefix (always ends in `/`).
+    pub input: Url,
+    /// The model file.
+    pub model: Url,
+    /// The labels file, if any.
+    pub labels: Option<Url>,
+    /// The output prefix for this job: `output.uri/JOB_ID/`.
+    pub output: Url,
+    /// The queue URI with relative SQLite paths resolved.
+    pub queue_uri: String,
+    /// Per-channel mean.
+    pub mean: Vec<f32>,
+    /// Per-channel std.
+    pub std: Vec<f32>,
+}
+
+impl Manifest {
+    /// Reads and validates the manifest file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let abs = std::path::absolute(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        Self::parse(&text, &base).map_err(|errors| ManifestError::Invalid {
+            source_name: path.display().to_string(),
+            errors,
+        })
+    }
+
+    /// Parses and validates manifest text; relative locations resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, Vec<FieldError>> {
+        let raw = parse_raw(text)?;
+        Self::from_raw(raw, base_dir)
+    }
+
+    /// Validates an already-parsed manifest.
+    pub fn from_raw(raw: RawManifest, base_dir: &Path) -> Result<Self, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let name_ok = !raw.name.is_empty()
+            && raw.name.len() <= 64
+            && raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !raw.name.starts_with('.');
+        if !name_ok {
+            errs.push(FieldError::new(
+                "name",
+                format!("{:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'", raw.name),
+            ));
+        }
+        let input = resolve_dir(&raw.input.uri, base_dir).map_err(|m| FieldError::new("input.uri", m));
+        if let Some(glob) = &raw.input.glob {
+            if let Err(e) = check_glob(glob) {
+                errs.push(FieldError::new("input.glob", e));
+            }
+        }
+        if raw.input.max_bytes == 0 {
+            errs.push(FieldError::new("input.max_bytes", "must be at least 1"));
+        }
+        let model = resolve(&raw.model.uri, base_dir).map_err(|m| FieldError::new("model.uri", m));
+        if !(1..=65_536).contains(&raw.model.batch_size) {
+            errs.push(FieldError::new("model.batch_size", format!("{} is out of range 1..=65536", raw.model.batch_size)));
+        }
+        if raw.model.intra_op_threads > 1024 {
+            errs.push(FieldError::new("model.intra_op_threads", "at most 1024 (0 = one per core)"));
+        }
+        if raw.model.max_batch_delay_ms > 60_000 {
+            errs.push(FieldError::new("model.max_batch_delay_ms", "at most 60000"));
+        }
+        for (field, name) in [("model.input", &raw.model.input), ("model.output", &raw.model.output)] {
+            if name.as_deref() == Some("") {
+                errs.push(FieldError::new(field, "must not be empty (leave it out to use the model's only one)"));
+            }
+        }
+        let p = &raw.preprocess;
+        if let Some([w, h]) = p.resize {
+            if !(1..=16_384).contains(&w) || !(1..=16_384).contains(&h) {
+                errs.push(FieldError::new("preprocess.resize", format!("[{w}, {h}]: width and height must be 1..=16384")));
+            }
+        }
+        if !p.scale.is_finite() || p.scale == 0.0 {
+            errs.push(FieldError::new("preprocess.scale", format!("{} must be a finite, non-zero number", p.scale)));
+        }
+        let channels = p.color.channels();
+        let mean = per_channel(&mut errs, "preprocess.mean", &p.mean, channels, 0.0, p.color);
+        let std = per_channel(&mut errs, "preprocess.std", &p.std, channels, 1.0, p.color);
+        if std.iter().any(|s| *s == 0.0) {
+            errs.push(FieldError::new("preprocess.std", "values must not be 0 (they divide)"));
+        }
+        if p.max_pixels == 0 {
+            errs.push(FieldError::new("preprocess.max_pixels", "must be at least 1"));
+        }
+        let q = &raw.postprocess;
+        if q.kind == PostKind::Classify && q.top_k == 0 {
+            errs.push(FieldError::new("postprocess.top_k", "must be at least 1"));
+        }
+        if q.kind != PostKind::Classify {
+            for (set, field) in [(q.labels.is_some(), "postprocess.labels"), (q.softmax, "postprocess.softmax")] {
+                if set {
+                    errs.push(FieldError::new(field, format!("only applies to kind = \"classify\", not {:?}", kind_name(q.kind))));
+                }
+            }
+        }
+        if q.normalize && q.kind != PostKind::Embedding {
+            errs.push(FieldError::new("postprocess.normalize", "only applies to kind = \"embedding\""));
+        }
+        let labels = q
+            .labels
+            .as_deref()
+            .map(|l| resolve(l, base_dir).map_err(|m| FieldError::new("postprocess.labels", m)));
+        let output_root = resolve_dir(&raw.output.uri, base_dir).map_err(|m| FieldError::new("output.uri", m));
+        let queue_uri = resolve_queue(&raw.queue.uri, base_dir).map_err(|m| FieldError::new("queue.uri", m));
+        let qs = &raw.queue;
+        if !(1..=100_000).contains(&qs.shard_size) {
+            errs.push(FieldError::new("queue.shard_size", format!("{} is out of range 1..=100000", qs.shard_size)));
+        }
+        if !(1..=43_200).contains(&qs.visibility_timeout_secs) {
+            errs.push(FieldError::new(
+                "queue.visibility_timeout_secs",
+                format!("{} is out of range 1..=43200 (12 h, SQS's limit)", qs.visibility_timeout_secs),
+            ));
+        }
+        if !(1..=1000).contains(&qs.max_attempts) {
+            errs.push(FieldError::new("queue.max_attempts", format!("{} is out of range 1..=1000", qs.max_attempts)));
+        }
+
+        let mut take = |r: Result<Url, FieldError>| match r {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        };
+        let input = take(input);
+        let model = take(model);
+        let labels = labels.map(&mut take);
+        let output_root = take(output_root);
+        let queue_uri = match queue_uri {
+            Ok(q) => Some(q),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        };
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let (Some(input), Some(model), Some(output_root), Some(queue_uri)) = (input, model, output_root, queue_uri) else {
+            return Err(vec![FieldError::new("", "internal error: unresolved location")]);
+        };
+        let labels = labels.flatten();
+        let digest = identity_digest(&raw);
+        let job_id = format!("{}-{}", raw.name, &digest[..12]);
+        let output = output_root
+            .join(&format!("{job_id}/"))
+            .map_err(|e| vec![FieldError::new("output.uri", e.to_string())])?;
+        Ok(Manifest {
+            raw,
+            job_id,
+            digest,
+            input,
+            model,
+            labels,
+            output,
+            queue_uri,
+            mean,
+            std,
+        })
+    }
+
+    /// Channels the model sees per pixel.
+    pub fn channels(&self) -> usize {
+        self.raw.preprocess.color.channels()
+    }
+
+    /// The canonical TOML of the manifest (defaults filled, relative paths as written).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.raw).unwrap_or_default()
+    }
+}
+
+fn kind_name(k: PostKind) -> &'static str {
+    match k {
+        PostKind::Classify => "classify",
+        PostKind::Embedding => "embedding",
+        PostKind::Raw => "raw",
+    }
+}
+
+/// Parses TOML into a [`RawManifest`], reporting unknown keys and wrong types per field, all at once.
+pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let msg = one_line(e.message());
+        vec![match line {
+            Some(l) => FieldError::new("", format!("line {l}: {msg}")),
+            None => FieldError::new("", msg),
+        }]
+    })?;
+    let mut errs = Vec::new();
+    const TOP: &[&str] = &["name", "input", "model", "preprocess", "postprocess", "output", "queue"];
+    for key in table.keys() {
+        if !TOP.contains(&key.as_str()) {
+            errs.push(FieldError::new(key.clone(), format!("unknown key (expected one of: {})", TOP.join(", "))));
+        }
+    }
+    fn section<T: serde::de::DeserializeOwned>(
+        table: &toml::Table,
+        key: &str,
+        required: bool,
+        errs: &mut Vec<FieldError>,
+    ) -> Option<T> {
+        let value = match table.get(key) {
+            Some(v) => v.clone(),
+            None if required => {
+                errs.push(FieldError::new(key, "missing"));
+                return None;
+            }
+            None => toml::Value::Table(toml::Table::new()),
+        };
+        if key != "name" && !value.is_table() {
+            errs.push(FieldError::new(key, format!("expected a [{key}] table, found a {}", value.type_str())));
+            return None;
+        }
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." || path.is_empty() { key.to_string() } else { format!("{key}.{path}") };
+                let msg = e.into_inner().to_string();
+                // serde says "missing field `uri`" at the table: name the field itself instead.
+                let (field, msg) = match msg.strip_prefix("missing field `").and_then(|m| m.split_once('`')) {
+                    Some((f, _)) => (format!("{key}.{f}"), "missing".to_string()),
+                    None => (field, msg),
+                };
+                errs.push(FieldError::new(field, msg));
+                None
+            }
+        }
+    }
+    let name: Option<String> = section(&table, "name", true, &mut errs);
+    let input = section(&table, "input", true, &mut errs);
+    let model = section(&table, "model", true, &mut errs);
+    let preprocess = section(&table, "preprocess", false, &mut errs);
+    let postprocess = section(&table, "postprocess", false, &mut errs);
+    let output = section(&table, "output", true, &mut errs);
+    let queue = section(&table, "queue", false, &mut errs);
+    match (name, input, model, preprocess, postprocess, output, queue) {
+        (Some(name), Some(input), Some(model), Some(preprocess), Some(postprocess), Some(output), Some(queue))
+            if errs.is_empty() =>
+        {
+            Ok(RawManifest { name, input, model, preprocess, postprocess, output, queue })
+        }
+        _ => Err(errs),
+    }
+}
+
+/// Expands an optional per-channel list to exactly `channels` values.
+fn per_channel(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    given: &Option<Vec<f32>>,
+    channels: usize,
+    default: f32,
+    color: Color,
+) -> Vec<f32> {
+    match given {
+        None => vec![default; channels],
+        Some(v) if v.len() == channels => {
+            if v.iter().any(|x| !x.is_finite()) {
+                errs.push(FieldError::new(field, "values must be finite numbers"));
+            }
+            v.clone()
+        }
+        Some(v) => {
+            let color = match color {
+                Color::Rgb => "rgb",
+                Color::Bgr => "bgr",
+                Color::Gray => "gray",
+            };
+            errs.push(FieldError::new(
+                field,
+                format!(
+                    "has {} value{}, but color = \"{color}\" has {channels} channel{}",
+                    v.len(),
+                    if v.len() == 1 { "" } else { "s" },
+                    if channels == 1 { "" } else { "s" }
+                ),
+            ));
+            vec![default; channels]
+        }
+    }
+}
+
+/// Checks glob syntax with the same matcher the planner uses.
+fn check_glob(glob: &str) -> Result<(), String> {
+    if glob.is_empty() {
+        return Err("must not be empty (leave it out to take every file)".into());
+    }
+    crate::compile_glob(glob).map(|_| ()).map_err(|e| format!("{glob:?}: {e}"))
+}
+
+/// Resolves a location: a URL with a scheme, or a path relative to `base`.
+pub fn resolve(s: &str, base: &Path) -> Result<Url, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(path) = s.strip_prefix("file://") {
+        return file_url(Path::new(path), base);
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        return match scheme {
+            "s3" | "gs" | "az" | "abfs" | "abfss" | "azure" | "http" | "https" => {
+                Url::parse(s).map_err(|e| format!("{s:?}: {e}"))
+            }
+            other => Err(format!("{s:?}: unsupported scheme {other:?} (use a path, file://, s3://, gs:// or az://)")),
+        };
+    }
+    file_url(Path::new(s), base)
+}
+
+/// Like [`resolve`], for a folder or prefix: the URL ends in `/`.
+pub fn resolve_dir(s: &str, base: &Path) -> Result<Url, String> {
+    let mut url = resolve(s, base)?;
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+fn file_url(path: &Path, base: &Path) -> Result<Url, String> {
+    let abs = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+    let norm = normalize(&abs);
+    Url::from_file_path(&norm).map_err(|()| format!("{}: not a usable path", path.display()))
+}
+
+/// Removes `.` and `..` components without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Resolves relative SQLite paths in a queue URI against `base`.
+fn resolve_queue(uri: &str, base: &Path) -> Result<String, String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!("{uri:?}: expected sqlite://PATH"));
+    };
+    match scheme {
+        "sqlite" => {
+            let (path, query) = match rest.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(format!("{uri:?}: the SQLite path is empty"));
+            }
+            let p = Path::new(path);
+            let abs = normalize(&if p.is_absolute() { p.to_path_buf() } else { base.join(p) });
+            Ok(match query {
+                Some(q) => format!("sqlite://{}?{q}", abs.display()),
+                None => format!("sqlite://{}", abs.display()),
+            })
+        }
+        "sqs" | "kafka" => Ok(uri.to_string()),
+        other => Err(format!("{uri:?}: unsupported queue scheme {other:?} (sqlite://, sqs://, kafka://)")),
+    }
+}
+
+/// The digest that names a job: everything that changes what the output rows are, and nothing
+/// that only changes how they are computed (queue location, timeouts, attempts, batch size,
+/// threads).
+fn identity_digest(raw: &RawManifest) -> String {
+    #[derive(Serialize)]
+    struct Identity<'a> {
+        v: u32,
+        name: &'a str,
+        input: &'a InputSpec,
+        model_uri: &'a str,
+        model_input: &'a Option<String>,
+        model_output: &'a Option<String>,
+        preprocess: &'a PreprocessSpec,
+        postprocess: &'a PostprocessSpec,
+        output: &'a OutputSpec,
+        shard_size: usize,
+    }
+    let id = Identity {
+        v: 1,
+        name: &raw.name,
+        input: &raw.input,
+        model_uri: &raw.model.uri,
+        model_input: &raw.model.input,
+        model_output: &raw.model.output,
+        preprocess: &raw.preprocess,
+        postprocess: &raw.postprocess,
+        output: &raw.output,
+        shard_size: raw.queue.shard_size,
+    };
+    let json = serde_json::to_vec(&id).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
+}
+
+/// Collapses whitespace (newlines included) so messages stay on one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

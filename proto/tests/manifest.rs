@@ -1,0 +1,196 @@
+//! Manifest validation: one test per kind of mistake, each checking the field named and the message.
+
+use std::path::Path;
+
+use spotbatch_proto::manifest::{Color, Layout, PostKind};
+use spotbatch_proto::{FieldError, Manifest};
+
+const GOOD: &str = r#"
+name = "digits"
+[input]
+uri = "./images"
+glob = "**/*.png"
+[model]
+uri = "./model.onnx"
+input = "pixels"
+output = "probs"
+batch_size = 32
+[preprocess]
+resize = [8, 8]
+color = "gray"
+layout = "nchw"
+scale = 0.00392156862745098
+mean = [0.0]
+std = [1.0]
+[postprocess]
+kind = "classify"
+top_k = 3
+labels = "./labels.txt"
+softmax = false
+[output]
+uri = "./out"
+[queue]
+uri = "sqlite://./queue.db"
+shard_size = 256
+visibility_timeout_secs = 60
+max_attempts = 3
+"#;
+
+fn errors(text: &str) -> Vec<FieldError> {
+    Manifest::parse(text, Path::new("/jobs/demo")).expect_err("manifest should be refused")
+}
+
+fn only(text: &str) -> FieldError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "expected one problem, got {errs:?}");
+    errs.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_documented_example_is_valid_and_resolved() {
+    let m = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    assert_eq!(m.input.as_str(), "file:///jobs/demo/images/");
+    assert_eq!(m.model.as_str(), "file:///jobs/demo/model.onnx");
+    assert_eq!(m.labels.as_ref().unwrap().as_str(), "file:///jobs/demo/labels.txt");
+    assert!(m.output.as_str().starts_with("file:///jobs/demo/out/digits-"), "{}", m.output);
+    assert_eq!(m.queue_uri, "sqlite:///jobs/demo/queue.db");
+    assert_eq!(m.raw.preprocess.color, Color::Gray);
+    assert_eq!(m.raw.preprocess.layout, Layout::Nchw);
+    assert_eq!(m.raw.postprocess.kind, PostKind::Classify);
+    assert_eq!((m.mean.clone(), m.std.clone()), (vec![0.0], vec![1.0]));
+    assert!(m.job_id.starts_with("digits-") && m.job_id.len() == "digits-".len() + 12);
+}
+
+#[test]
+fn job_id_is_stable_and_ignores_how_the_job_is_run() {
+    let a = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    // Comments, formatting, folder location, queue settings and batch size do not change the job.
+    let moved = Manifest::parse(&format!("# a comment\n{}", GOOD.replace("batch_size = 32", "batch_size = 8")
+        .replace("visibility_timeout_secs = 60", "visibility_timeout_secs = 120")), Path::new("/elsewhere")).unwrap();
+    assert_eq!(a.job_id, moved.job_id);
+    // What changes the rows changes the job.
+    let other = Manifest::parse(&GOOD.replace("top_k = 3", "top_k = 4"), Path::new("/jobs/demo")).unwrap();
+    assert_ne!(a.job_id, other.job_id);
+}
+
+#[test]
+fn defaults_fill_optional_sections() {
+    let m = Manifest::parse("name = \"x\"\n[input]\nuri = \"in\"\n[model]\nuri = \"m.onnx\"\n[output]\nuri = \"s3://bucket/out\"\n", Path::new("/w")).unwrap();
+    assert_eq!(m.raw.model.batch_size, 32);
+    assert_eq!(m.raw.queue.shard_size, 256);
+    assert_eq!(m.raw.queue.visibility_timeout_secs, 60);
+    assert_eq!(m.raw.queue.max_attempts, 3);
+    assert_eq!(m.queue_uri, "sqlite:///w/queue.db");
+    assert_eq!(m.raw.preprocess.color, Color::Rgb);
+    assert_eq!(m.mean, vec![0.0; 3]);
+    assert_eq!(m.std, vec![1.0; 3]);
+    assert!(m.output.as_str().starts_with("s3://bucket/out/x-"));
+}
+
+#[test]
+fn unknown_key_names_the_field() {
+    let e = only(&GOOD.replace("top_k = 3", "top_k = 3\ntopk = 3"));
+    assert_eq!(e.field, "postprocess.topk");
+    assert!(e.message.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_section() {
+    let e = only(&format!("{GOOD}\n[extra]\nx = 1\n"));
+    assert_eq!(e.field, "extra");
+    assert!(e.message.contains("unknown key"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let e = only(&GOOD.replace("batch_size = 32", "batch_size = \"big\""));
+    assert_eq!(e.field, "model.batch_size");
+    assert!(e.message.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn bad_enum_value() {
+    let e = only(&GOOD.replace("color = \"gray\"", "color = \"cmyk\""));
+    assert_eq!(e.field, "preprocess.color");
+    assert!(e.message.contains("cmyk"), "{e}");
+}
+
+#[test]
+fn missing_required_field() {
+    let e = only(&GOOD.replace("uri = \"./model.onnx\"", ""));
+    assert_eq!(e.field, "model.uri");
+    assert_eq!(e.message, "missing");
+    let e = only(&GOOD.replace("name = \"digits\"", ""));
+    assert_eq!(e.field, "name");
+}
+
+#[test]
+fn mean_std_length_must_match_channels() {
+    let errs = errors(&GOOD.replace("mean = [0.0]", "mean = [0.485, 0.456, 0.406]").replace("std = [1.0]", "std = [0.2, 0.2]"));
+    let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines, vec![
+        "preprocess.mean: has 3 values, but color = \"gray\" has 1 channel".to_string(),
+        "preprocess.std: has 2 values, but color = \"gray\" has 1 channel".to_string(),
+    ]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_one_line_each() {
+    let bad = GOOD
+        .replace("name = \"digits\"", "name = \"bad name!\"")
+        .replace("batch_size = 32", "batch_size = 0")
+        .replace("shard_size = 256", "shard_size = 0")
+        .replace("std = [1.0]", "std = [0.0]")
+        .replace("resize = [8, 8]", "resize = [0, 8]");
+    let errs = errors(&bad);
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    for f in ["name", "model.batch_size", "queue.shard_size", "preprocess.std", "preprocess.resize"] {
+        assert!(fields.contains(&f), "{f} not reported in {fields:?}");
+    }
+    assert!(errs.iter().all(|e| !e.to_string().contains('\n')));
+}
+
+#[test]
+fn resize_must_be_two_numbers() {
+    let e = only(&GOOD.replace("resize = [8, 8]", "resize = [8, 8, 8]"));
+    assert_eq!(e.field, "preprocess.resize");
+}
+
+#[test]
+fn options_for_other_kinds_are_refused() {
+    let e = only(&GOOD.replace("kind = \"classify\"", "kind = \"embedding\""));
+    // labels/softmax=false: labels is set, so it is named.
+    assert_eq!(e.field, "postprocess.labels");
+}
+
+#[test]
+fn bad_locations() {
+    let e = only(&GOOD.replace("uri = \"./out\"", "uri = \"ftp://host/out\""));
+    assert_eq!(e.field, "output.uri");
+    assert!(e.message.contains("unsupported scheme"), "{e}");
+    let e = only(&GOOD.replace("sqlite://./queue.db", "redis://q"));
+    assert_eq!(e.field, "queue.uri");
+    let e = only(&GOOD.replace("glob = \"**/*.png\"", "glob = \"[*.png\""));
+    assert_eq!(e.field, "input.glob");
+}
+
+#[test]
+fn toml_syntax_error_names_the_line() {
+    let e = only("name = \"x\"\n[input\nuri = 1\n");
+    assert_eq!(e.field, "");
+    assert!(e.message.starts_with("line 2:"), "{e}");
+}
+
+#[test]
+fn load_prefixes_every_line_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, GOOD.replace("top_k = 3", "top_k = 0").replace("max_attempts = 3", "max_attempts = 0")).unwrap();
+    let msg = Manifest::load(&path).unwrap_err().to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 2, "{msg}");
+    assert!(lines.iter().all(|l| l.starts_with(&format!("{}: ", path.display()))), "{msg}");
+    assert!(msg.contains("postprocess.top_k: must be at least 1"), "{msg}");
+    let missing = Manifest::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+    assert!(missing.contains("nope.toml: cannot read"), "{missing}");
+}
