@@ -1,0 +1,177 @@
+//! From a manifest to shards on the queue.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use spotbatch_proto::{shard_id, DoneMarker, Manifest, ShardTask, TASK_VERSION};
+use spotbatch_queue::{LeaseQueue, NewItem, QueueError};
+
+use crate::storage::{Prefix, StorageError};
+
+/// What can go wrong while planning or enqueueing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// Listing inputs or reading job state failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The queue refused the shards.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Nothing matched.
+    #[error("input.uri {url}: no inputs{}", .glob.as_ref().map(|g| format!(" match input.glob {g:?}")).unwrap_or_default())]
+    NoInputs {
+        /// The input prefix.
+        url: String,
+        /// The glob, if any.
+        glob: Option<String>,
+    },
+    /// The manifest's glob does not compile (validation catches this first).
+    #[error("input.glob: {0}")]
+    Glob(String),
+}
+
+/// A job cut into shards.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The job id.
+    pub job_id: String,
+    /// Shards in key order.
+    pub shards: Vec<ShardTask>,
+    /// Inputs in the job.
+    pub total_items: u64,
+}
+
+/// Where a job's results and state live.
+#[derive(Debug, Clone)]
+pub struct JobLayout {
+    /// The job's output prefix (`output.uri/JOB_ID/`).
+    pub prefix: Prefix,
+}
+
+impl JobLayout {
+    /// The layout for a manifest.
+    pub fn for_manifest(m: &Manifest) -> Result<Self, StorageError> {
+        Ok(Self { prefix: Prefix::open(&m.output)? })
+    }
+
+    /// Key of a shard's part file.
+    pub fn part_key(shard: &str) -> String {
+        format!("part-{shard}.jsonl")
+    }
+
+    /// Key of a shard's done marker.
+    pub fn done_key(shard: &str) -> String {
+        format!("_done/{shard}.json")
+    }
+
+    /// Reads every done marker of the job. Markers that do not parse are reported as not done
+    /// (the shard will be redone and the marker rewritten).
+    pub async fn done_markers(&self) -> Result<Vec<DoneMarker>, StorageError> {
+        let mut out = Vec::new();
+        for listed in self.prefix.list().await? {
+            let Some(rest) = listed.key.strip_prefix("_done/") else { continue };
+            if !rest.ends_with(".json") {
+                continue;
+            }
+            if let Some(bytes) = self.prefix.get_opt(&listed.key).await? {
+                match serde_json::from_slice::<DoneMarker>(&bytes) {
+                    Ok(m) => out.push(m),
+                    Err(e) => tracing::warn!(key = %listed.key, error = %e, "ignoring unreadable done marker"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores the manifest beside the results (once; same content each time).
+    pub async fn store_manifest(&self, m: &Manifest) -> Result<(), StorageError> {
+        self.prefix.put("_manifest.toml", Bytes::from(m.to_toml())).await
+    }
+}
+
+/// Lists the job's inputs and cuts them into shards of `queue.shard_size`, in key order.
+pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
+    let input = Prefix::open(&m.input)?;
+    let glob = match &m.raw.input.glob {
+        Some(g) => Some(spotbatch_proto::compile_glob(g).map_err(|e| PlanError::Glob(e.to_string()))?),
+        None => None,
+    };
+    // Never read our own outputs back as inputs when the output folder sits inside the input one.
+    let outputs_below = m
+        .output
+        .join("..")
+        .ok()
+        .and_then(|root| root.as_str().strip_prefix(m.input.as_str()).map(crate::storage::decode_part))
+        .filter(|rel| !rel.is_empty());
+    let keys: Vec<String> = input
+        .list()
+        .await?
+        .into_iter()
+        .map(|l| l.key)
+        .filter(|k| glob.as_ref().is_none_or(|g| g.is_match(k)))
+        .filter(|k| outputs_below.as_ref().is_none_or(|rel| !k.starts_with(rel.as_str())))
+        .collect();
+    if keys.is_empty() {
+        return Err(PlanError::NoInputs {
+            url: m.input.to_string(),
+            glob: m.raw.input.glob.clone(),
+        });
+    }
+    let shards = keys
+        .chunks(m.raw.queue.shard_size)
+        .enumerate()
+        .map(|(i, chunk)| ShardTask {
+            v: TASK_VERSION,
+            job: m.job_id.clone(),
+            shard: shard_id(&m.job_id, chunk),
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            manifest_digest: m.digest.clone(),
+            keys: chunk.to_vec(),
+        })
+        .collect();
+    Ok(Plan {
+        job_id: m.job_id.clone(),
+        shards,
+        total_items: keys.len() as u64,
+    })
+}
+
+/// What [`enqueue_plan`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubmitReport {
+    /// Shards put on the queue.
+    pub enqueued: usize,
+    /// Shards skipped because their done marker exists.
+    pub already_done: usize,
+    /// Items in the skipped shards.
+    pub done_items: u64,
+    /// Error rows in the skipped shards.
+    pub done_errors: u64,
+}
+
+/// Enqueues every shard of `plan` whose done marker does not exist yet.
+pub async fn enqueue_plan(queue: &dyn LeaseQueue, layout: &JobLayout, plan: &Plan) -> Result<SubmitReport, PlanError> {
+    let done = layout.done_markers().await?;
+    let planned: HashSet<&str> = plan.shards.iter().map(|s| s.shard.as_str()).collect();
+    let done: Vec<&DoneMarker> = done.iter().filter(|d| planned.contains(d.shard.as_str())).collect();
+    let done_ids: HashSet<&str> = done.iter().map(|d| d.shard.as_str()).collect();
+    let todo: Vec<NewItem> = plan
+        .shards
+        .iter()
+        .filter(|s| !done_ids.contains(s.shard.as_str()))
+        .map(|s| NewItem {
+            id: s.shard.clone(),
+            body: s.to_bytes(),
+        })
+        .collect();
+    for chunk in todo.chunks(500) {
+        queue.enqueue(chunk).await?;
+    }
+    Ok(SubmitReport {
+        enqueued: todo.len(),
+        already_done: done.len(),
+        done_items: done.iter().map(|d| d.items).sum(),
+        done_errors: done.iter().map(|d| d.errors).sum(),
+    })
+}

@@ -1,0 +1,207 @@
+//! Object storage for inputs, outputs and job state, through `object_store`: a prefix URL
+//! (`file:///…/`, later `s3://bucket/prefix/`) becomes a [`Prefix`], a store plus a root path,
+//! and keys below it are plain `/`-separated strings, any Unicode.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+/// What can go wrong with storage. Every variant names the URL it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The URL's scheme has no store in this build, or it is malformed.
+    #[error("{url}: {reason}")]
+    Unsupported {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The object does not exist.
+    #[error("{url}: not found")]
+    NotFound {
+        /// The object's URL.
+        url: String,
+    },
+    /// The store failed.
+    #[error("{url}: {source}")]
+    Store {
+        /// The object's or prefix's URL.
+        url: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// A store and a root path in it, with the URL it came from.
+#[derive(Debug, Clone)]
+pub struct Prefix {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: Url,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The key relative to the prefix, `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Prefix {
+    /// Opens the prefix at `url` (a folder or object-store prefix).
+    pub fn open(url: &Url) -> Result<Self, StorageError> {
+        let unsupported = |reason: String| StorageError::Unsupported {
+            url: url.to_string(),
+            reason,
+        };
+        match url.scheme() {
+            "file" => {
+                let dir = url
+                    .to_file_path()
+                    .map_err(|()| unsupported("not a local path".into()))?;
+                let root = Path::from_absolute_path(&dir).map_err(|e| unsupported(e.to_string()))?;
+                Ok(Self {
+                    store: Arc::new(object_store::local::LocalFileSystem::new()),
+                    root,
+                    url: url.clone(),
+                })
+            }
+            other => Err(unsupported(format!(
+                "{other}:// storage is not part of this build yet (local folders and file:// work)"
+            ))),
+        }
+    }
+
+    /// The prefix's URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The URL of `key` below the prefix, for messages.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}{}", self.url, key)
+    }
+
+    fn path(&self, key: &str) -> Path {
+        let mut p = self.root.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    fn key_of(&self, path: &Path) -> Option<String> {
+        let parts: Vec<String> = path.prefix_match(&self.root)?.map(|p| decode_part(p.as_ref())).collect();
+        Some(parts.join("/"))
+    }
+
+    /// Lists every object below the prefix (recursively), keys sorted.
+    pub async fn list(&self) -> Result<Vec<Listed>, StorageError> {
+        let mut out: Vec<Listed> = self
+            .store
+            .list(Some(&self.root))
+            .map_err(|source| self.err(None, source))
+            .try_filter_map(|meta| {
+                let key = self.key_of(&meta.location);
+                async move { Ok(key.map(|key| Listed { key, size: meta.size })) }
+            })
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Reads one object whole, refusing objects over `max_bytes` before reading them.
+    pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Bytes, GetError> {
+        let path = self.path(key);
+        let res = self.store.get(&path).await.map_err(|e| GetError::Storage(self.err(Some(key), e)))?;
+        if res.meta.size > max_bytes {
+            return Err(GetError::TooLarge {
+                size: res.meta.size,
+                max: max_bytes,
+            });
+        }
+        res.bytes().await.map_err(|e| GetError::Storage(self.err(Some(key), e)))
+    }
+
+    /// Reads an object, `None` when it does not exist.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|e| self.err(Some(key), e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(Some(key), e)),
+        }
+    }
+
+    /// Writes an object whole (readers see the old or the new content, never a part).
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(Some(key), e))
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(Some(key), e)),
+        }
+    }
+
+    fn err(&self, key: Option<&str>, source: object_store::Error) -> StorageError {
+        let url = key.map(|k| self.url_of(k)).unwrap_or_else(|| self.url.to_string());
+        match source {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { url },
+            source => StorageError::Store { url, source },
+        }
+    }
+}
+
+/// Why an input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// Over the size limit: not read.
+    #[error("input is {size} bytes, over input.max_bytes = {max}")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The store failed or the object is gone.
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+/// `object_store` percent-encodes a few characters inside path parts; keys show them as written.
+pub(crate) fn decode_part(part: &str) -> String {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| part.to_string())
+}
