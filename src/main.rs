@@ -1,1 +1,366 @@
-fn main() {}
+//! The `spotbatch` command: argument parsing and user-facing output. The work happens in the
+//! crates (`spotbatch-proto`, `-queue`, `-coordinator`, `-worker`).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use spotbatch_coordinator::{enqueue_plan, plan_job, JobLayout};
+use spotbatch_proto::{Manifest, ManifestError, ShardTask};
+use spotbatch_queue::sqlite::SqliteQueue;
+use spotbatch_queue::{LeaseQueue, QueueConfig};
+use spotbatch_worker::{run_worker, Jobs, Progress, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "spotbatch", version, about = "Batch inference that makes spot-instance interruption a non-event")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job on this machine: plan, embedded queue, workers, all in one process. Running the
+    /// same manifest again resumes: finished shards are skipped.
+    Run(RunArgs),
+    /// Check a manifest, its files and its model; print each problem on one line naming the field.
+    Validate {
+        /// The job manifest (TOML).
+        manifest: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The job manifest (TOML).
+    manifest: PathBuf,
+    /// Workers in this process, each with its own model session.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// Shards each worker holds at once (one in work, the rest waiting).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    prefetch: u16,
+    /// Threads per worker decoding images (default: half the cores).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// ONNX Runtime intra-op threads (default: the manifest's model.intra_op_threads; 0 = one per core).
+    #[arg(long)]
+    ort_threads: Option<usize>,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProgressMode {
+    /// A bar on a terminal, plain lines otherwise.
+    Auto,
+    /// Always a bar.
+    Bar,
+    /// A line every few seconds.
+    Plain,
+    /// Only the summary.
+    None,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPOTBATCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Validate { manifest } => validate(&manifest).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads a manifest or prints its problems, one per line.
+fn load_manifest(path: &Path) -> Result<Manifest, ExitCode> {
+    Manifest::load(path).map_err(|e| {
+        match &e {
+            ManifestError::Invalid { .. } => eprintln!("{e}"),
+            ManifestError::Read { .. } => eprintln!("error: {e}"),
+        }
+        ExitCode::from(2)
+    })
+}
+
+async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    let m = match load_manifest(path) {
+        Ok(m) => m,
+        Err(code) => return Ok(code),
+    };
+    match spotbatch_worker::validate::check(&m).await {
+        Ok(s) => {
+            println!(
+                "{}: ok — job {}, {} inputs in {} shards; model input {}, output {}",
+                path.display(),
+                m.job_id,
+                s.inputs,
+                s.shards,
+                s.model_input,
+                s.model_output
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{}: {e}", path.display());
+            }
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// The SQLite queue for a job run locally: the manifest's file, and unless the URI names a queue,
+/// one queue per job so jobs sharing a file never take each other's shards.
+async fn open_local_queue(m: &Manifest) -> anyhow::Result<SqliteQueue> {
+    let (path, named) = spotbatch_queue::sqlite::parse_uri(&m.queue_uri)?;
+    let queue = if m.queue_uri.contains("queue=") { named } else { m.job_id.clone() };
+    let config = QueueConfig { max_attempts: m.raw.queue.max_attempts };
+    Ok(SqliteQueue::open(&path, &queue, config).await?)
+}
+
+/// Holds an exclusive lock on `<queue file>.lock` while a `run` uses the queue.
+fn lock_queue_file(db: &Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = PathBuf::from(format!("{}.lock", db.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another `spotbatch run` is using this queue; wait for it or point queue.uri elsewhere",
+            db.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let m = match load_manifest(&args.manifest) {
+        Ok(m) => m,
+        Err(code) => return Ok(code),
+    };
+    if !m.queue_uri.starts_with("sqlite://") {
+        bail!("queue.uri: `spotbatch run` uses the embedded SQLite queue; {} is for distributed workers", m.queue_uri);
+    }
+    let queue = open_local_queue(&m).await?;
+    let _lock = lock_queue_file(queue.path())?;
+    // We hold the file: any lease still in it belongs to a run that was killed.
+    let reclaimed = queue.reclaim_all_leases().await?;
+    if reclaimed > 0 {
+        eprintln!("resuming: {reclaimed} shard(s) left in work by an interrupted run are back on the queue");
+    }
+    let started = Instant::now();
+    let plan = plan_job(&m).await?;
+    let layout = JobLayout::for_manifest(&m)?;
+    layout.store_manifest(&m).await?;
+    let report = enqueue_plan(&queue, &layout, &plan).await?;
+    if report.already_done > 0 {
+        eprintln!(
+            "resuming: {} of {} shards already done ({} items), skipped",
+            report.already_done,
+            plan.shards.len(),
+            report.done_items
+        );
+    }
+    let queue: Arc<dyn LeaseQueue> = Arc::new(queue);
+    let progress = Arc::new(Progress::default());
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..args.workers {
+        let opts = WorkerOptions {
+            id: format!("run-{}-{i}", std::process::id()),
+            prefetch: usize::from(args.prefetch),
+            decode_threads: args.decode_threads.unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
+            exit_when_empty: true,
+            ..WorkerOptions::default()
+        };
+        let jobs = Jobs::new([m.clone()], args.ort_threads);
+        workers.spawn(run_worker(Arc::clone(&queue), jobs, opts, Arc::clone(&progress), stop.clone()));
+    }
+    let finished = CancellationToken::new();
+    let display = spawn_progress(
+        args.progress,
+        Arc::clone(&progress),
+        plan.total_items,
+        report.done_items,
+        report.done_errors,
+        finished.clone(),
+    );
+    let mut worker_error = None;
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => worker_error = Some(anyhow::Error::from(e)),
+            Err(e) => worker_error = Some(anyhow::anyhow!("a worker crashed: {e}")),
+        }
+    }
+    finished.cancel();
+    let _ = display.await;
+    if let Some(e) = worker_error {
+        return Err(e);
+    }
+    let done = layout.done_markers().await?;
+    let planned: std::collections::HashSet<&str> = plan.shards.iter().map(|s| s.shard.as_str()).collect();
+    let done: Vec<_> = done.into_iter().filter(|d| planned.contains(d.shard.as_str())).collect();
+    let items: u64 = done.iter().map(|d| d.items).sum();
+    let errors: u64 = done.iter().map(|d| d.errors).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    let processed = progress.items_ok.load(Ordering::Relaxed) + progress.items_failed.load(Ordering::Relaxed);
+    if stop.is_cancelled() {
+        eprintln!(
+            "interrupted: leases released; {items} of {} items done ({} of {} shards). Run the same command again to resume.",
+            plan.total_items,
+            done.len(),
+            plan.shards.len()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    let dead = queue.dead_letters(1000).await?;
+    let rate = if elapsed > 0.0 { processed as f64 / elapsed } else { 0.0 };
+    println!(
+        "{}: {items} of {} items in {}/{} shards, {errors} error rows; {processed} items processed in {elapsed:.1} s ({rate:.0} items/s) → {}",
+        m.job_id,
+        plan.total_items,
+        done.len(),
+        plan.shards.len(),
+        m.output
+    );
+    if !dead.is_empty() {
+        for d in &dead {
+            let (index, keys) = match ShardTask::from_bytes(&d.body) {
+                Ok(t) => (t.index.to_string(), format!("{}..{}", t.keys.first().cloned().unwrap_or_default(), t.keys.last().cloned().unwrap_or_default())),
+                Err(_) => ("?".into(), "?".into()),
+            };
+            eprintln!(
+                "dead-lettered: shard {} (#{index}, keys {keys}) after {} deliveries: {}",
+                d.id, d.delivery_count, d.reason
+            );
+        }
+        eprintln!("{}: {} shard(s) dead-lettered; fix the cause and run again to retry them", m.job_id, dead.len());
+        return Ok(ExitCode::from(1));
+    }
+    if (done.len() as u64) < plan.shards.len() as u64 {
+        bail!("{}: {} shards are neither done nor dead-lettered", m.job_id, plan.shards.len() - done.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First Ctrl-C or SIGTERM: stop leasing, release every lease, exit. Second: exit now.
+fn spawn_signal_handler(stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let next = async {
+            match term.as_mut() {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = t.recv() => {},
+                    }
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        next.await;
+        eprintln!("stopping: releasing leases (press Ctrl-C again to exit at once)");
+        stop.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}
+
+fn spawn_progress(
+    mode: ProgressMode,
+    p: Arc<Progress>,
+    total: u64,
+    done_before: u64,
+    errors_before: u64,
+    finished: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let bar = match mode {
+        ProgressMode::Bar => true,
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+        ProgressMode::Plain | ProgressMode::None => false,
+    };
+    let quiet = mode == ProgressMode::None;
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let counts = |p: &Progress| {
+            let ok = p.items_ok.load(Ordering::Relaxed);
+            let failed = p.items_failed.load(Ordering::Relaxed);
+            (ok + failed, errors_before + failed)
+        };
+        if bar {
+            let pb = indicatif::ProgressBar::new(total);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40.cyan/blue} {pos}/{len} items  {per_sec}  ETA {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb.set_position(done_before);
+            loop {
+                let (n, errors) = counts(&p);
+                pb.set_position(done_before + n);
+                pb.set_message(format!("{errors} errors, {} shards in work", p.shards_in_flight.load(Ordering::Relaxed)));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = finished.cancelled() => break,
+                }
+            }
+            pb.finish_and_clear();
+        } else if !quiet {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = finished.cancelled() => break,
+                }
+                let (n, errors) = counts(&p);
+                let secs = started.elapsed().as_secs_f64();
+                let rate = n as f64 / secs.max(1e-9);
+                let left = total.saturating_sub(done_before + n);
+                let eta = if rate > 0.0 { format!("{:.0} s", left as f64 / rate) } else { "?".into() };
+                eprintln!(
+                    "progress: {}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors",
+                    done_before + n
+                );
+            }
+        }
+    })
+}

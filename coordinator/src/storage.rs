@@ -81,6 +81,24 @@ impl Prefix {
         }
     }
 
+    /// Opens the folder holding the object at `url` and returns it with the object's key.
+    pub fn open_object(url: &Url) -> Result<(Self, String), StorageError> {
+        let name = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .filter(|n| !n.is_empty())
+            .map(decode_part)
+            .ok_or_else(|| StorageError::Unsupported {
+                url: url.to_string(),
+                reason: "does not name a file".into(),
+            })?;
+        let parent = url.join("./").map_err(|e| StorageError::Unsupported {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((Self::open(&parent)?, name))
+    }
+
     /// The prefix's URL.
     pub fn url(&self) -> &Url {
         &self.url

@@ -1,1 +1,15 @@
-//! placeholder
+//! The spotbatch worker: the lease loop and the pipeline (fetch → decode → preprocess → infer →
+//! write → ack), the inference engines, and the checks `spotbatch validate` runs against a model.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod job;
+pub mod model;
+pub mod pipeline;
+pub mod postprocess;
+pub mod preprocess;
+pub mod validate;
+
+pub use engine::{EngineError, InferenceEngine, OrtEngine, ORT_DYLIB_ENV};
+pub use job::{JobContext, JobError, Jobs};
+pub use pipeline::{run_worker, Progress, WorkerOptions};

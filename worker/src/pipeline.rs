@@ -1,0 +1,665 @@
+//! The worker: a lease loop feeding a pipeline that keeps the model busy.
+//!
+//! ```text
+//!  lease loop ──► shard tasks (≤ prefetch leased; one feeds at a time, the rest wait unstarted)
+//!                   │ fetch inputs concurrently (object_store)
+//!                   ▼
+//!             decode queue (bounded) ──► decode threads: decode, convert, resize, normalise
+//!                                              │ bad input → error row straight to its shard
+//!                                              ▼
+//!                                    infer queue (bounded) ──► engine thread: batches across
+//!                                                              items and shards, runs the model,
+//!                                                              post-processes, rows to shards
+//!  shard task: all rows in → part file → done marker → ack      (a heartbeat extends the lease)
+//! ```
+//!
+//! Memory is bounded by the queues' capacities, the fetch concurrency and the prefetch depth.
+//! A shard whose lease is lost stops at once and writes nothing; a shard that fails is released
+//! with its error (the queue dead-letters it after `max_attempts`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use spotbatch_coordinator::{GetError, JobLayout, StorageError};
+use spotbatch_proto::{sha256_hex, DoneMarker, OutputRow, ShardTask};
+use spotbatch_queue::{Lease, LeaseQueue, QueueError};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::job::{JobContext, Jobs};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Names the worker in logs and metrics.
+    pub id: String,
+    /// Shards held at once (one in work, the rest leased-but-unstarted so the model never waits).
+    pub prefetch: usize,
+    /// Threads decoding and preprocessing images.
+    pub decode_threads: usize,
+    /// Inputs fetched at once per shard.
+    pub fetch_concurrency: usize,
+    /// How long one `lease` call waits for work.
+    pub lease_wait: Duration,
+    /// Stop when the queue has nothing visible or in flight (for `run`); otherwise wait for work.
+    pub exit_when_empty: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            id: format!("worker-{}", std::process::id()),
+            prefetch: 2,
+            decode_threads: default_decode_threads(),
+            fetch_concurrency: 16,
+            lease_wait: Duration::from_secs(1),
+            exit_when_empty: true,
+        }
+    }
+}
+
+/// Half the cores for decoding, at least one: the model's own threads take the rest.
+pub fn default_decode_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
+}
+
+/// Live counters, shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Rows written without error.
+    pub items_ok: AtomicU64,
+    /// Rows written with an error.
+    pub items_failed: AtomicU64,
+    /// Shards written and acked.
+    pub shards_done: AtomicU64,
+    /// Shards found already done when leased (acked without work).
+    pub shards_skipped: AtomicU64,
+    /// Shard attempts that failed and were released.
+    pub attempts_failed: AtomicU64,
+    /// Shards in work right now.
+    pub shards_in_flight: AtomicUsize,
+}
+
+/// What happened to one leased shard.
+#[derive(Debug)]
+enum Outcome {
+    Done { items: u64, errors: u64 },
+    AlreadyDone,
+    Failed(String),
+    LeaseLost(String),
+    Interrupted,
+}
+
+/// A message from the pipeline to a shard.
+#[derive(Debug)]
+enum ToShard {
+    Row(usize, OutputRow),
+    /// The whole shard must fail (the model cannot run, storage is down).
+    Fail(String),
+}
+
+/// One shard in work, as the pipeline stages see it.
+struct ShardWork {
+    ctx: Arc<JobContext>,
+    tx: mpsc::UnboundedSender<ToShard>,
+    cancel: CancellationToken,
+}
+
+impl ShardWork {
+    fn send(&self, msg: ToShard) {
+        // The shard may have stopped (lease lost, interrupted); its rows are no longer wanted.
+        let _ = self.tx.send(msg);
+    }
+}
+
+struct Fetched {
+    work: Arc<ShardWork>,
+    idx: usize,
+    key: String,
+    bytes: Bytes,
+}
+
+struct Decoded {
+    work: Arc<ShardWork>,
+    idx: usize,
+    key: String,
+    values: Vec<f32>,
+}
+
+/// State shared by a worker's tasks.
+struct Shared {
+    queue: Arc<dyn LeaseQueue>,
+    jobs: Jobs,
+    opts: WorkerOptions,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+    decode_tx: async_channel::Sender<Fetched>,
+    /// One shard feeds the pipeline at a time; the others wait here, unstarted.
+    feed: Semaphore,
+}
+
+/// Runs a worker until the queue is empty (with `exit_when_empty`) or `stop` is cancelled. On stop
+/// every held lease is released at once.
+pub async fn run_worker(
+    queue: Arc<dyn LeaseQueue>,
+    jobs: Jobs,
+    opts: WorkerOptions,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> Result<(), QueueError> {
+    let (decode_tx, decode_rx) = async_channel::bounded::<Fetched>(64);
+    let (infer_tx, infer_rx) = crossbeam_channel::bounded::<Decoded>(128);
+    let mut threads = Vec::new();
+    for i in 0..opts.decode_threads.max(1) {
+        let (rx, tx) = (decode_rx.clone(), infer_tx.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("decode-{i}"))
+                .spawn(move || decode_loop(rx, tx))
+                .map_err(|e| spawn_err(&queue, e))?,
+        );
+    }
+    drop((decode_rx, infer_tx));
+    threads.push(
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || engine_loop(infer_rx))
+            .map_err(|e| spawn_err(&queue, e))?,
+    );
+
+    let shared = Arc::new(Shared {
+        queue,
+        jobs,
+        progress,
+        stop,
+        decode_tx,
+        feed: Semaphore::new(1),
+        opts,
+    });
+    let result = lease_loop(Arc::clone(&shared)).await;
+    // Closing the decode queue lets the threads drain and exit.
+    shared.decode_tx.close();
+    drop(shared);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    result
+}
+
+fn spawn_err(queue: &Arc<dyn LeaseQueue>, e: std::io::Error) -> QueueError {
+    QueueError::Backend {
+        queue: queue.name().to_string(),
+        backend: "worker",
+        source: format!("cannot start a pipeline thread: {e}").into(),
+    }
+}
+
+async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
+    let slots = Arc::new(Semaphore::new(shared.opts.prefetch.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let result = loop {
+        while tasks.try_join_next().is_some() {}
+        if shared.stop.is_cancelled() {
+            break Ok(());
+        }
+        // Wait for a free slot (or stop).
+        let first = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break Ok(()) },
+            _ = shared.stop.cancelled() => break Ok(()),
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
+            permits.push(p);
+        }
+        if shared.opts.exit_when_empty && tasks.is_empty() {
+            match shared.queue.depth().await {
+                Ok(d) if d.pending() == 0 => break Ok(()),
+                Ok(_) => {}
+                Err(e) => warn!(worker = %shared.opts.id, error = %e, "queue depth failed"),
+            }
+        }
+        let visibility = Duration::from_secs(visibility_secs(&shared));
+        // While our own shards are in work, look again soon: a slot frees when one finishes.
+        let wait = if tasks.is_empty() { shared.opts.lease_wait } else { shared.opts.lease_wait.min(Duration::from_millis(100)) };
+        let leases = tokio::select! {
+            r = shared.queue.lease(permits.len(), visibility, wait) => r,
+            _ = shared.stop.cancelled() => break Ok(()),
+        };
+        let leases = match leases {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(worker = %shared.opts.id, error = %e, "lease failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if leases.is_empty() {
+            continue;
+        }
+        for (lease, permit) in leases.into_iter().zip(permits.into_iter()) {
+            let shared = Arc::clone(&shared);
+            tasks.spawn(async move {
+                handle_lease(&shared, lease).await;
+                drop(permit);
+            });
+        }
+    };
+    // Interrupted or finished: let every shard task release or finish.
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// The visibility timeout: the manifest's for known jobs (all jobs of a worker share a queue, so
+/// the largest), else the default.
+fn visibility_secs(shared: &Shared) -> u64 {
+    shared.jobs.max_visibility_secs().unwrap_or(60)
+}
+
+async fn handle_lease(shared: &Shared, lease: Lease) {
+    let q = &shared.queue;
+    let task = match ShardTask::from_bytes(&lease.body) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(worker = %shared.opts.id, item = %lease.id, error = %e, "dead-lettering a message that is not ours");
+            if let Err(e) = q.dead_letter(&lease, &e.to_string()).await {
+                warn!(item = %lease.id, error = %e, "dead-letter failed");
+            }
+            return;
+        }
+    };
+    if lease.delivery_count > 1 {
+        metrics::counter!("spotbatch_redeliveries_total").increment(1);
+    }
+    shared.progress.shards_in_flight.fetch_add(1, Ordering::Relaxed);
+    let outcome = run_shard(shared, &task, &lease).await;
+    shared.progress.shards_in_flight.fetch_sub(1, Ordering::Relaxed);
+    let job = task.job.clone();
+    match outcome {
+        Outcome::Done { items, errors } => {
+            // Acks need no retry: an un-acked shard is redelivered, found done, and acked then.
+            if let Err(e) = q.ack(std::slice::from_ref(&lease)).await {
+                warn!(job = %job, shard = %task.shard, error = %e, "ack failed; the shard will be redelivered and skipped");
+            }
+            shared.progress.items_ok.fetch_add(items - errors, Ordering::Relaxed);
+            shared.progress.items_failed.fetch_add(errors, Ordering::Relaxed);
+            shared.progress.shards_done.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "ok").increment(items - errors);
+            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "error").increment(errors);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done").increment(1);
+            debug!(shard = %task.shard, items, errors, "shard done");
+        }
+        Outcome::AlreadyDone => {
+            let _ = q.ack(std::slice::from_ref(&lease)).await;
+            shared.progress.shards_skipped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "skipped").increment(1);
+        }
+        Outcome::Failed(reason) => {
+            warn!(worker = %shared.opts.id, job = %job, shard = %task.shard, attempt = lease.delivery_count, error = %reason, "shard failed; releasing it");
+            shared.progress.attempts_failed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "failed").increment(1);
+            metrics::counter!("spotbatch_leases_released_total", "reason" => "failed").increment(1);
+            if let Err(e) = q.release(std::slice::from_ref(&lease), Some(&reason)).await {
+                warn!(shard = %task.shard, error = %e, "release failed; the lease will expire");
+            }
+        }
+        Outcome::LeaseLost(reason) => {
+            warn!(worker = %shared.opts.id, shard = %task.shard, error = %reason, "lease lost; stopped work on the shard");
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "lease_lost").increment(1);
+        }
+        Outcome::Interrupted => {
+            metrics::counter!("spotbatch_leases_released_total", "reason" => "shutdown").increment(1);
+            if let Err(e) = q.release(std::slice::from_ref(&lease), None).await {
+                warn!(shard = %task.shard, error = %e, "release failed; the lease will expire");
+            }
+            info!(shard = %task.shard, "released on shutdown");
+        }
+    }
+}
+
+async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome {
+    let ctx = match shared.jobs.context(task).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let done_key = JobLayout::done_key(&task.shard);
+    match ctx.layout.prefix.exists(&done_key).await {
+        Ok(true) => return Outcome::AlreadyDone,
+        Ok(false) => {}
+        Err(e) => return Outcome::Failed(e.to_string()),
+    }
+    let cancel = shared.stop.child_token();
+    let visibility = Duration::from_secs(ctx.manifest.raw.queue.visibility_timeout_secs);
+    let work = tokio::select! {
+        o = process_shard(shared, &ctx, task, cancel.clone()) => o,
+        lost = heartbeat(shared.queue.as_ref(), lease, visibility) => Err(Outcome::LeaseLost(lost)),
+        _ = shared.stop.cancelled() => Err(Outcome::Interrupted),
+    };
+    cancel.cancel();
+    let rows = match work {
+        Ok(rows) => rows,
+        Err(outcome) => return outcome,
+    };
+    // Write the part whole, then the done marker, then (the caller) ack.
+    let t0 = Instant::now();
+    let mut body = Vec::with_capacity(rows.len() * 128);
+    let mut errors = 0;
+    for row in &rows {
+        errors += u64::from(row.error.is_some());
+        if let Err(e) = serde_json::to_writer(&mut body, row) {
+            return Outcome::Failed(format!("cannot encode row for {}: {e}", row.key));
+        }
+        body.push(b'\n');
+    }
+    let part = JobLayout::part_key(&task.shard);
+    let marker = DoneMarker {
+        job: task.job.clone(),
+        shard: task.shard.clone(),
+        items: rows.len() as u64,
+        errors,
+        part: part.clone(),
+        sha256: sha256_hex(&body),
+    };
+    let write = async {
+        ctx.layout.prefix.put(&part, Bytes::from(body)).await?;
+        let marker = serde_json::to_vec(&marker).unwrap_or_default();
+        ctx.layout.prefix.put(&done_key, Bytes::from(marker)).await
+    };
+    let written: Result<(), StorageError> = tokio::select! {
+        w = write => w,
+        lost = heartbeat(shared.queue.as_ref(), lease, visibility) => return Outcome::LeaseLost(lost),
+    };
+    if let Err(e) = written {
+        return Outcome::Failed(e.to_string());
+    }
+    metrics::histogram!("spotbatch_stage_seconds", "stage" => "write").record(t0.elapsed().as_secs_f64());
+    Outcome::Done {
+        items: rows.len() as u64,
+        errors,
+    }
+}
+
+/// Feeds the shard's inputs into the pipeline and collects one row per key, in key order.
+async fn process_shard(
+    shared: &Shared,
+    ctx: &Arc<JobContext>,
+    task: &ShardTask,
+    cancel: CancellationToken,
+) -> Result<Vec<OutputRow>, Outcome> {
+    let n = task.keys.len();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let work = Arc::new(ShardWork {
+        ctx: Arc::clone(ctx),
+        tx,
+        cancel,
+    });
+    let feed = async {
+        let Ok(_permit) = shared.feed.acquire().await else { return };
+        let max_bytes = ctx.manifest.raw.input.max_bytes;
+        let fetches = futures::stream::iter(task.keys.clone().into_iter().enumerate())
+            .map(|(idx, key)| {
+                let ctx = Arc::clone(ctx);
+                async move {
+                    let t0 = Instant::now();
+                    let r = ctx.input.get(&key, max_bytes).await;
+                    metrics::histogram!("spotbatch_stage_seconds", "stage" => "fetch").record(t0.elapsed().as_secs_f64());
+                    (idx, key, r)
+                }
+            })
+            .buffered(shared.opts.fetch_concurrency.max(1));
+        futures::pin_mut!(fetches);
+        while let Some((idx, key, r)) = fetches.next().await {
+            if work.cancel.is_cancelled() {
+                return;
+            }
+            match r {
+                Ok(bytes) => {
+                    let item = Fetched {
+                        work: Arc::clone(&work),
+                        idx,
+                        key,
+                        bytes,
+                    };
+                    if shared.decode_tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                // Missing or oversized inputs are the item's problem: an error row.
+                Err(e @ GetError::TooLarge { .. }) | Err(e @ GetError::Storage(StorageError::NotFound { .. })) => {
+                    work.send(ToShard::Row(idx, OutputRow::failed(key, ctx.post.kind(), e.to_string())));
+                }
+                // Anything else is the store's: fail the attempt, it is retried.
+                Err(GetError::Storage(e)) => {
+                    work.send(ToShard::Fail(e.to_string()));
+                    return;
+                }
+            }
+        }
+    };
+    let collect = async {
+        let mut rows: Vec<Option<OutputRow>> = vec![None; n];
+        let mut have = 0;
+        while have < n {
+            match rx.recv().await {
+                Some(ToShard::Row(idx, row)) => {
+                    if let Some(slot) = rows.get_mut(idx) {
+                        if slot.is_none() {
+                            have += 1;
+                        }
+                        *slot = Some(row);
+                    }
+                }
+                Some(ToShard::Fail(reason)) => return Err(Outcome::Failed(reason)),
+                None => return Err(Outcome::Failed("pipeline stopped".into())),
+            }
+        }
+        Ok(rows.into_iter().flatten().collect())
+    };
+    let (_, rows) = tokio::join!(feed, collect);
+    if rows.is_err() {
+        work.cancel.cancel();
+    }
+    rows
+}
+
+/// Extends the lease every third of the visibility timeout. Returns only when the lease is lost
+/// (or cannot be extended before it runs out), with the reason.
+///
+/// Retry policy: extensions retry aggressively (every second until the deadline), because losing
+/// a lease wastes the work done on it; a `LeaseLost` answer is final.
+async fn heartbeat(queue: &dyn LeaseQueue, lease: &Lease, visibility: Duration) -> String {
+    let period = (visibility / 3).max(Duration::from_millis(100));
+    let mut deadline = lease.deadline;
+    loop {
+        tokio::time::sleep(period).await;
+        loop {
+            match queue.extend(lease, visibility).await {
+                Ok(d) => {
+                    deadline = d;
+                    break;
+                }
+                Err(e @ QueueError::LeaseLost { .. }) => return e.to_string(),
+                Err(e) => {
+                    if std::time::SystemTime::now() + Duration::from_secs(1) >= deadline {
+                        return format!("could not extend the lease before it ran out: {e}");
+                    }
+                    warn!(item = %lease.id, error = %e, "lease extension failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+fn decode_loop(rx: async_channel::Receiver<Fetched>, tx: crossbeam_channel::Sender<Decoded>) {
+    while let Ok(item) = rx.recv_blocking() {
+        if item.work.cancel.is_cancelled() {
+            continue;
+        }
+        let t0 = Instant::now();
+        let mut values = Vec::with_capacity(item.work.ctx.plan.item_len);
+        let pre = &item.work.ctx.pre;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| pre.process(&item.bytes, &mut values)))
+            .unwrap_or_else(|_| Err("the image decoder crashed on this input".into()));
+        metrics::histogram!("spotbatch_stage_seconds", "stage" => "decode").record(t0.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                let d = Decoded {
+                    work: item.work,
+                    idx: item.idx,
+                    key: item.key,
+                    values,
+                };
+                if tx.send(d).is_err() {
+                    return;
+                }
+            }
+            Err(reason) => {
+                let row = OutputRow::failed(item.key, item.work.ctx.post.kind(), reason);
+                item.work.send(ToShard::Row(item.idx, row));
+            }
+        }
+    }
+}
+
+fn engine_loop(rx: crossbeam_channel::Receiver<Decoded>) {
+    let mut carry: Option<Decoded> = None;
+    loop {
+        let first = match carry.take() {
+            Some(d) => d,
+            None => match rx.recv() {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+        };
+        if first.work.cancel.is_cancelled() {
+            continue;
+        }
+        let ctx = Arc::clone(&first.work.ctx);
+        let size = ctx.batch_size();
+        let until = Instant::now() + ctx.max_batch_delay();
+        let mut batch = vec![first];
+        while batch.len() < size {
+            match rx.recv_deadline(until) {
+                Ok(d) if d.work.cancel.is_cancelled() => {}
+                Ok(d) if Arc::ptr_eq(&d.work.ctx, &ctx) => batch.push(d),
+                Ok(d) => {
+                    carry = Some(d);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&ctx, batch);
+    }
+}
+
+/// Runs one batch and sends each item's row. If the batch fails, each item is run alone: items
+/// that fail alone get error rows; if every item fails, their shards fail (the model is broken).
+fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
+    let Ok(mut engine) = ctx.engine.lock() else {
+        for d in &batch {
+            d.work.send(ToShard::Fail("engine lock poisoned".into()));
+        }
+        return;
+    };
+    let item_len = ctx.plan.item_len;
+    let mut input = Vec::with_capacity(item_len * batch.len().max(ctx.plan.fixed_batch.unwrap_or(0)));
+    for d in &batch {
+        input.extend_from_slice(&d.values);
+    }
+    let t0 = Instant::now();
+    match infer(engine.as_mut(), ctx, &input, batch.len()) {
+        Ok(outs) => {
+            metrics::histogram!("spotbatch_inference_seconds").record(t0.elapsed().as_secs_f64());
+            metrics::histogram!("spotbatch_batch_size").record(batch.len() as f64);
+            for (d, out) in batch.into_iter().zip(outs) {
+                let row = match out {
+                    Ok(value) => OutputRow {
+                        key: d.key,
+                        kind: ctx.post.kind(),
+                        value: Some(value),
+                        error: None,
+                    },
+                    Err(reason) => OutputRow::failed(d.key, ctx.post.kind(), reason),
+                };
+                d.work.send(ToShard::Row(d.idx, row));
+            }
+        }
+        Err(batch_err) if batch.len() == 1 => {
+            for d in batch {
+                d.work.send(ToShard::Fail(batch_err.clone()));
+            }
+        }
+        Err(batch_err) => {
+            warn!(job = %ctx.manifest.job_id, error = %batch_err, "batch failed; running its items one by one");
+            let singles: Vec<Result<Vec<Result<spotbatch_proto::RowValue, String>>, String>> =
+                batch.iter().map(|d| infer(engine.as_mut(), ctx, &d.values, 1)).collect();
+            let all_failed = singles.iter().all(|r| r.is_err());
+            for (d, r) in batch.into_iter().zip(singles) {
+                match (r, all_failed) {
+                    (Err(e), true) => d.work.send(ToShard::Fail(e)),
+                    (Err(e), false) => {
+                        let row = OutputRow::failed(d.key, ctx.post.kind(), e);
+                        d.work.send(ToShard::Row(d.idx, row));
+                    }
+                    (Ok(mut v), _) => {
+                        let row = match v.pop() {
+                            Some(Ok(value)) => OutputRow {
+                                key: d.key,
+                                kind: ctx.post.kind(),
+                                value: Some(value),
+                                error: None,
+                            },
+                            Some(Err(reason)) => OutputRow::failed(d.key, ctx.post.kind(), reason),
+                            None => OutputRow::failed(d.key, ctx.post.kind(), "model returned no output"),
+                        };
+                        d.work.send(ToShard::Row(d.idx, row));
+                    }
+                }
+            }
+        }
+    }
+}
+
+type ItemResults = Vec<Result<spotbatch_proto::RowValue, String>>;
+
+/// Runs `n` items (padding to a fixed batch size), splits the output per item and post-processes.
+fn infer(
+    engine: &mut dyn crate::engine::InferenceEngine,
+    ctx: &JobContext,
+    input: &[f32],
+    n: usize,
+) -> Result<ItemResults, String> {
+    let item_len = ctx.plan.item_len;
+    let run_n = ctx.plan.fixed_batch.unwrap_or(n).max(n);
+    let mut shape = Vec::with_capacity(ctx.plan.item_shape.len() + 1);
+    shape.push(run_n as i64);
+    shape.extend_from_slice(&ctx.plan.item_shape);
+    let out = if run_n > n {
+        let mut padded = input.to_vec();
+        padded.resize(run_n * item_len, 0.0);
+        engine.run(&padded, &shape)
+    } else {
+        engine.run(input, &shape)
+    }
+    .map_err(|e| e.to_string())?;
+    if out.shape.first().copied() != Some(run_n) {
+        return Err(format!("model output shape {:?} does not start with the batch size {run_n}", out.shape));
+    }
+    let per = out.data.len() / run_n.max(1);
+    let item_shape = &out.shape[1..];
+    Ok(out
+        .data
+        .chunks_exact(per.max(1))
+        .take(n)
+        .map(|values| ctx.post.apply(values, item_shape))
+        .collect())
+}

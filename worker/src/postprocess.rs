@@ -1,0 +1,109 @@
+//! One item's output values → the row's value: top-k classes, an embedding, or the raw tensor.
+
+use spotbatch_proto::manifest::{PostKind, PostprocessSpec};
+use spotbatch_proto::{RowValue, Scored};
+
+/// Turns one item's slice of the output tensor into a row value.
+#[derive(Debug, Clone)]
+pub struct Postprocessor {
+    spec: PostprocessSpec,
+    labels: Option<Vec<String>>,
+}
+
+impl Postprocessor {
+    /// For a manifest's `[postprocess]` and the labels file's lines.
+    pub fn new(spec: PostprocessSpec, labels: Option<Vec<String>>) -> Self {
+        Self { spec, labels }
+    }
+
+    /// The row kind.
+    pub fn kind(&self) -> PostKind {
+        self.spec.kind
+    }
+
+    /// `values` is one item's output; `item_shape` its shape without the batch dimension.
+    pub fn apply(&self, values: &[f32], item_shape: &[usize]) -> Result<RowValue, String> {
+        if values.iter().any(|v| v.is_nan()) {
+            return Err("model output contains NaN".into());
+        }
+        match self.spec.kind {
+            PostKind::Classify => {
+                let scores = if self.spec.softmax { softmax(values) } else { values.to_vec() };
+                let mut order: Vec<usize> = (0..scores.len()).collect();
+                // Best first; equal scores keep class order so rows are deterministic.
+                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+                order.truncate(self.spec.top_k);
+                Ok(RowValue::TopK(
+                    order
+                        .into_iter()
+                        .map(|i| Scored {
+                            index: i,
+                            label: self
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(i).cloned())
+                                .unwrap_or_else(|| i.to_string()),
+                            score: scores[i],
+                        })
+                        .collect(),
+                ))
+            }
+            PostKind::Embedding => {
+                let mut v = values.to_vec();
+                if self.spec.normalize {
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if norm > 0.0 {
+                        v.iter_mut().for_each(|x| *x /= norm);
+                    }
+                }
+                Ok(RowValue::Embedding(v))
+            }
+            PostKind::Raw => Ok(RowValue::Tensor {
+                shape: item_shape.to_vec(),
+                data: values.to_vec(),
+            }),
+        }
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: PostKind, top_k: usize, softmax: bool, normalize: bool) -> PostprocessSpec {
+        PostprocessSpec { kind, top_k, labels: None, softmax, normalize }
+    }
+
+    #[test]
+    fn top_k_orders_by_score_then_index_with_labels() {
+        let p = Postprocessor::new(spec(PostKind::Classify, 3, false, false), Some(vec!["a".into(), "b".into(), "c".into(), "d".into()]));
+        let RowValue::TopK(t) = p.apply(&[0.1, 0.5, 0.5, 0.2], &[4]).unwrap() else { panic!() };
+        let got: Vec<(usize, &str)> = t.iter().map(|s| (s.index, s.label.as_str())).collect();
+        assert_eq!(got, vec![(1, "b"), (2, "c"), (3, "d")]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let p = Postprocessor::new(spec(PostKind::Classify, 2, true, false), None);
+        let RowValue::TopK(t) = p.apply(&[1.0, 3.0, 2.0], &[3]).unwrap() else { panic!() };
+        assert_eq!((t[0].index, t[0].label.as_str()), (2 - 1, "1"));
+        let s = softmax(&[1.0, 3.0, 2.0]);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((t[0].score - s[1]).abs() < 1e-7);
+    }
+
+    #[test]
+    fn embedding_normalises_and_nan_is_an_error() {
+        let p = Postprocessor::new(spec(PostKind::Embedding, 1, false, true), None);
+        assert_eq!(p.apply(&[3.0, 4.0], &[2]).unwrap(), RowValue::Embedding(vec![0.6, 0.8]));
+        assert!(p.apply(&[f32::NAN], &[1]).is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! Decode and preprocess one image on the CPU: refuse what is not a usable image (with a one-line
+//! reason that becomes the item's error row), convert colour, resize, normalise, lay out.
+//!
+//! This is the reference implementation; the GPU path must match it.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageReader, Limits};
+use spotbatch_proto::manifest::{Color, Layout};
+use spotbatch_proto::Manifest;
+
+use crate::model::InputPlan;
+
+/// Turns encoded image bytes into one item's input values.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    width: u32,
+    height: u32,
+    resize: bool,
+    color: Color,
+    layout: Layout,
+    /// Per channel: value = byte * mul[c] + add[c]  (scale, mean and std folded together).
+    mul: Vec<f32>,
+    add: Vec<f32>,
+    max_pixels: u64,
+}
+
+impl Preprocessor {
+    /// The preprocessor for a manifest and the model's input plan.
+    pub fn new(m: &Manifest, plan: &InputPlan) -> Self {
+        let p = &m.raw.preprocess;
+        // (x * scale - mean) / std  ==  x * (scale / std) + (-mean / std)
+        let mul = m.std.iter().map(|s| p.scale / s).collect();
+        let add = m.mean.iter().zip(&m.std).map(|(mu, s)| -mu / s).collect();
+        Self {
+            width: plan.width,
+            height: plan.height,
+            resize: p.resize.is_some(),
+            color: p.color,
+            layout: p.layout,
+            mul,
+            add,
+            max_pixels: p.max_pixels,
+        }
+    }
+
+    /// Values per item.
+    pub fn item_len(&self) -> usize {
+        self.color.channels() * self.width as usize * self.height as usize
+    }
+
+    /// Decodes `bytes` and appends one item's values to `out`. On error `out` is unchanged.
+    pub fn process(&self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+        let pixels = self.decode(bytes)?;
+        let start = out.len();
+        out.resize(start + self.item_len(), 0.0);
+        self.write_tensor(&pixels, &mut out[start..]);
+        Ok(())
+    }
+
+    /// Decodes and converts to the target size and colour: interleaved bytes, `channels` per pixel.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        if bytes.is_empty() {
+            return Err("empty file".into());
+        }
+        let reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read image: {e}"))?;
+        if reader.format().is_none() {
+            return Err("not an image (unrecognised format)".into());
+        }
+        let (w, h) = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read image: {e}"))?
+            .into_dimensions()
+            .map_err(|e| format!("corrupt image header: {}", crate::engine::one_line(&e.to_string())))?;
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > self.max_pixels {
+            return Err(format!(
+                "image is {w}×{h} ({pixels} pixels), over preprocess.max_pixels = {}",
+                self.max_pixels
+            ));
+        }
+        if pixels == 0 {
+            return Err(format!("image is {w}×{h}: no pixels"));
+        }
+        let mut reader = reader;
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(w);
+        limits.max_image_height = Some(h);
+        // Room for the decoded image at up to 16 bytes per pixel, plus the decoder's own buffers.
+        limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
+        reader.limits(limits);
+        let img = reader
+            .decode()
+            .map_err(|e| format!("corrupt or truncated image: {}", crate::engine::one_line(&e.to_string())))?;
+        if !self.resize && (img.width(), img.height()) != (self.width, self.height) {
+            return Err(format!(
+                "image is {}×{}, the model takes {}×{} (set preprocess.resize to resize)",
+                img.width(),
+                img.height(),
+                self.width,
+                self.height
+            ));
+        }
+        Ok(match self.color {
+            Color::Gray => {
+                let gray = to_gray(img);
+                self.resized(gray)
+            }
+            Color::Rgb | Color::Bgr => {
+                let rgb = DynamicImage::ImageRgb8(img.into_rgb8());
+                self.resized(rgb)
+            }
+        })
+    }
+
+    fn resized(&self, img: DynamicImage) -> Vec<u8> {
+        if (img.width(), img.height()) == (self.width, self.height) {
+            return img.into_bytes();
+        }
+        img.resize_exact(self.width, self.height, image::imageops::FilterType::Triangle)
+            .into_bytes()
+    }
+
+    /// Normalises interleaved pixels into the tensor layout.
+    pub fn write_tensor(&self, pixels: &[u8], out: &mut [f32]) {
+        let c = self.color.channels();
+        let hw = self.width as usize * self.height as usize;
+        // Source channel for each tensor channel: BGR reverses RGB.
+        let src = |ch: usize| if self.color == Color::Bgr { 2 - ch } else { ch };
+        match self.layout {
+            Layout::Nchw => {
+                for ch in 0..c {
+                    let (m, a, s) = (self.mul[ch], self.add[ch], src(ch));
+                    for (o, px) in out[ch * hw..(ch + 1) * hw].iter_mut().zip(pixels.chunks_exact(c)) {
+                        *o = f32::from(px[s]) * m + a;
+                    }
+                }
+            }
+            Layout::Nhwc => {
+                for (o, px) in out.chunks_exact_mut(c).zip(pixels.chunks_exact(c)) {
+                    for ch in 0..c {
+                        o[ch] = f32::from(px[src(ch)]) * self.mul[ch] + self.add[ch];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Luma as Pillow's `convert("L")` computes it (ITU-R 601-2), so models trained on Pillow input see
+/// the same values.
+fn to_gray(img: DynamicImage) -> DynamicImage {
+    if let DynamicImage::ImageLuma8(g) = img {
+        return DynamicImage::ImageLuma8(g);
+    }
+    let rgb = img.into_rgb8();
+    let (w, h) = rgb.dimensions();
+    let luma: Vec<u8> = rgb
+        .pixels()
+        .map(|p| {
+            let [r, g, b] = p.0;
+            ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
+        })
+        .collect();
+    match image::GrayImage::from_raw(w, h, luma) {
+        Some(g) => DynamicImage::ImageLuma8(g),
+        None => DynamicImage::new_luma8(w, h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn prep(extra: &str, plan: (u32, u32)) -> Preprocessor {
+        let text = format!(
+            "name = \"t\"\n[input]\nuri = \"i\"\n[model]\nuri = \"m.onnx\"\n[output]\nuri = \"o\"\n[preprocess]\n{extra}\n"
+        );
+        let m = Manifest::parse(&text, Path::new("/x")).unwrap();
+        let ip = InputPlan {
+            width: plan.0,
+            height: plan.1,
+            item_shape: vec![],
+            item_len: 0,
+            fixed_batch: None,
+        };
+        Preprocessor::new(&m, &ip)
+    }
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn normalises_in_nchw_and_nhwc_with_bgr() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(2, 1, |x, _| {
+            if x == 0 { image::Rgb([10, 20, 30]) } else { image::Rgb([40, 50, 60]) }
+        }));
+        let bytes = png(img);
+        let p = prep("color = \"rgb\"\nlayout = \"nchw\"\nscale = 1.0\nmean = [0.0, 10.0, 20.0]\nstd = [1.0, 2.0, 4.0]", (2, 1));
+        let mut out = Vec::new();
+        p.process(&bytes, &mut out).unwrap();
+        assert_eq!(out, vec![10.0, 40.0, 5.0, 20.0, 2.5, 10.0]);
+        let p = prep("color = \"bgr\"\nlayout = \"nhwc\"\nscale = 1.0", (2, 1));
+        let mut out = Vec::new();
+        p.process(&bytes, &mut out).unwrap();
+        assert_eq!(out, vec![30.0, 20.0, 10.0, 60.0, 50.0, 40.0]);
+    }
+
+    #[test]
+    fn gray_matches_pillow_luma() {
+        let bytes = png(DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([200, 100, 50]))));
+        let p = prep("color = \"gray\"\nscale = 1.0", (1, 1));
+        let mut out = Vec::new();
+        p.process(&bytes, &mut out).unwrap();
+        // Pillow: (200*19595 + 100*38470 + 50*7471 + 32768) >> 16 = 124
+        assert_eq!(out, vec![124.0]);
+    }
+
+    #[test]
+    fn bad_inputs_give_reasons_and_leave_out_untouched() {
+        let p = prep("color = \"gray\"", (8, 8));
+        let mut out = vec![1.0];
+        let reason = |b: &[u8], out: &mut Vec<f32>| p.process(b, out).unwrap_err();
+        assert_eq!(reason(b"", &mut out), "empty file");
+        assert_eq!(reason(b"hello, I am text", &mut out), "not an image (unrecognised format)");
+        let good = png(DynamicImage::new_luma8(8, 8));
+        assert!(reason(&good[..good.len() / 2], &mut out).starts_with("corrupt or truncated image"));
+        let wrong = png(DynamicImage::new_luma8(9, 8));
+        assert!(reason(&wrong, &mut out).contains("the model takes 8×8"));
+        assert_eq!(out, vec![1.0]);
+    }
+
+    #[test]
+    fn resizes_when_asked() {
+        let p = prep("color = \"gray\"\nresize = [4, 2]\nscale = 1.0", (4, 2));
+        let mut out = Vec::new();
+        p.process(&png(DynamicImage::ImageLuma8(image::GrayImage::from_pixel(16, 8, image::Luma([77])))), &mut out)
+            .unwrap();
+        assert_eq!(out, vec![77.0; 8]);
+    }
+}
