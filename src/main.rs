@@ -55,6 +55,9 @@ struct RunArgs {
     /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// Testing knob: pause this many milliseconds after every inference batch.
+    #[arg(long, hide = true)]
+    throttle_batch_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,6 +176,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !m.queue_uri.starts_with("sqlite://") {
         bail!("queue.uri: `spotbatch run` uses the embedded SQLite queue; {} is for distributed workers", m.queue_uri);
     }
+    // Without ONNX Runtime every shard would fail; say so once instead.
+    spotbatch_worker::engine::ort_environment()?;
     let queue = open_local_queue(&m).await?;
     let _lock = lock_queue_file(queue.path())?;
     // We hold the file: any lease still in it belongs to a run that was killed.
@@ -205,6 +210,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             prefetch: usize::from(args.prefetch),
             decode_threads: args.decode_threads.unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
             exit_when_empty: true,
+            throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
             ..WorkerOptions::default()
         };
         let jobs = Jobs::new([m.clone()], args.ort_threads);

@@ -3,7 +3,8 @@
 first folder of each key (images/<label>/NNNN.png). Exits non-zero if any input is missing or
 duplicated, or if any row carries an error.
 
-usage: accuracy.py OUTPUT_JOB_DIR IMAGES_DIR
+usage: accuracy.py OUTPUT_DIR IMAGES_DIR
+OUTPUT_DIR is the manifest's output.uri: it must hold exactly one job folder.
 """
 import glob
 import json
@@ -12,7 +13,12 @@ import sys
 
 
 def main() -> int:
-    out_dir, images = sys.argv[1], sys.argv[2]
+    out_root, images = sys.argv[1], sys.argv[2]
+    jobs = [d for d in glob.glob(os.path.join(out_root, "*")) if os.path.isdir(d)]
+    if len(jobs) != 1:
+        print(f"{out_root}: expected one job folder, found {len(jobs)}", file=sys.stderr)
+        return 1
+    out_dir = jobs[0]
     rows = {}
     for part in sorted(glob.glob(os.path.join(out_dir, "part-*.jsonl"))):
         with open(part, encoding="utf-8") as f:

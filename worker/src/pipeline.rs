@@ -48,6 +48,8 @@ pub struct WorkerOptions {
     pub lease_wait: Duration,
     /// Stop when the queue has nothing visible or in flight (for `run`); otherwise wait for work.
     pub exit_when_empty: bool,
+    /// Testing knob: sleep this long after every inference batch, to make a worker slow.
+    pub throttle_batch: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -59,6 +61,7 @@ impl Default for WorkerOptions {
             fetch_concurrency: 16,
             lease_wait: Duration::from_secs(1),
             exit_when_empty: true,
+            throttle_batch: None,
         }
     }
 }
@@ -165,10 +168,11 @@ pub async fn run_worker(
         );
     }
     drop((decode_rx, infer_tx));
+    let throttle = opts.throttle_batch;
     threads.push(
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_loop(infer_rx))
+            .spawn(move || engine_loop(infer_rx, throttle))
             .map_err(|e| spawn_err(&queue, e))?,
     );
 
@@ -529,7 +533,7 @@ fn decode_loop(rx: async_channel::Receiver<Fetched>, tx: crossbeam_channel::Send
     }
 }
 
-fn engine_loop(rx: crossbeam_channel::Receiver<Decoded>) {
+fn engine_loop(rx: crossbeam_channel::Receiver<Decoded>, throttle: Option<Duration>) {
     let mut carry: Option<Decoded> = None;
     loop {
         let first = match carry.take() {
@@ -558,6 +562,9 @@ fn engine_loop(rx: crossbeam_channel::Receiver<Decoded>) {
             }
         }
         run_batch(&ctx, batch);
+        if let Some(pause) = throttle {
+            std::thread::sleep(pause);
+        }
     }
 }
 

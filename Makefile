@@ -1,0 +1,26 @@
+# The two commands: `make demo` and `make test`. Both set up what they need (.venv with ONNX
+# Runtime's library from PyPI) on a clean machine.
+SHELL := /bin/bash
+ENV := source scripts/env.sh
+
+.PHONY: demo test lint bench clean
+
+demo:
+	@$(ENV) && cargo build --release --locked
+	@rm -rf examples/digits/out examples/digits/queue.db examples/digits/queue.db-* examples/digits/queue.db.lock
+	@$(ENV) && target/release/spotbatch validate examples/digits/job.toml
+	@$(ENV) && target/release/spotbatch run examples/digits/job.toml
+	@$(ENV) && $$SPOTBATCH_PYTHON examples/digits/accuracy.py examples/digits/out examples/digits/images
+
+test:
+	@$(ENV) && scripts/test.sh
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+bench:
+	@$(ENV) && cargo build --release --locked && $$SPOTBATCH_PYTHON benches/e2e_cpu.py
+
+clean:
+	rm -rf target examples/digits/out examples/digits/queue.db*
