@@ -102,7 +102,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         .output
         .join("..")
         .ok()
-        .and_then(|root| root.as_str().strip_prefix(m.input.as_str()).map(crate::storage::decode_part))
+        .and_then(|root| root.as_str().strip_prefix(m.input.as_str()).map(crate::storage::url_decode))
         .filter(|rel| !rel.is_empty());
     let keys: Vec<String> = input
         .list()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
@@ -87,7 +87,7 @@ impl Prefix {
             .path_segments()
             .and_then(|mut s| s.next_back())
             .filter(|n| !n.is_empty())
-            .map(decode_part)
+            .map(url_decode)
             .ok_or_else(|| StorageError::Unsupported {
                 url: url.to_string(),
                 reason: "does not name a file".into(),
@@ -109,16 +109,23 @@ impl Prefix {
         format!("{}{}", self.url, key)
     }
 
-    fn path(&self, key: &str) -> Path {
+    /// The store path of `key`. Parts are taken as written (`object_store` would percent-encode
+    /// non-ASCII text if converted with `From`, and the local store would then miss the file);
+    /// `.`/`..` parts and control characters are refused.
+    fn path(&self, key: &str) -> Result<Path, StorageError> {
         let mut p = self.root.clone();
         for part in key.split('/').filter(|s| !s.is_empty()) {
-            p = p.clone().join(part);
+            let part = PathPart::parse(part).map_err(|e| StorageError::Unsupported {
+                url: self.url_of(key),
+                reason: format!("invalid key: {e}"),
+            })?;
+            p = p.join(part);
         }
-        p
+        Ok(p)
     }
 
     fn key_of(&self, path: &Path) -> Option<String> {
-        let parts: Vec<String> = path.prefix_match(&self.root)?.map(|p| decode_part(p.as_ref())).collect();
+        let parts: Vec<String> = path.prefix_match(&self.root)?.map(|p| p.as_ref().to_string()).collect();
         Some(parts.join("/"))
     }
 
@@ -140,7 +147,7 @@ impl Prefix {
 
     /// Reads one object whole, refusing objects over `max_bytes` before reading them.
     pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Bytes, GetError> {
-        let path = self.path(key);
+        let path = self.path(key).map_err(GetError::Storage)?;
         let res = self.store.get(&path).await.map_err(|e| GetError::Storage(self.err(Some(key), e)))?;
         if res.meta.size > max_bytes {
             return Err(GetError::TooLarge {
@@ -153,7 +160,7 @@ impl Prefix {
 
     /// Reads an object, `None` when it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        match self.store.get(&self.path(key)).await {
+        match self.store.get(&self.path(key)?).await {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| self.err(Some(key), e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(Some(key), e)),
@@ -163,7 +170,7 @@ impl Prefix {
     /// Writes an object whole (readers see the old or the new content, never a part).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         self.store
-            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .put(&self.path(key)?, PutPayload::from_bytes(bytes))
             .await
             .map(|_| ())
             .map_err(|e| self.err(Some(key), e))
@@ -171,7 +178,7 @@ impl Prefix {
 
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        match self.store.head(&self.path(key)).await {
+        match self.store.head(&self.path(key)?).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.err(Some(key), e)),
@@ -203,8 +210,8 @@ pub enum GetError {
     Storage(StorageError),
 }
 
-/// `object_store` percent-encodes a few characters inside path parts; keys show them as written.
-pub(crate) fn decode_part(part: &str) -> String {
+/// Decodes `%XX` escapes of a URL path segment.
+pub(crate) fn url_decode(part: &str) -> String {
     let bytes = part.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

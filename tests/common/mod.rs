@@ -1,0 +1,144 @@
+//! Helpers for the end-to-end tests: they drive the real `spotbatch` binary against real ONNX
+//! Runtime (the library `make test` installs; its path comes from `ORT_DYLIB_PATH`).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spotbatch");
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `ORT_DYLIB_PATH`, which `make test` always sets. Missing is a failure, not a skip.
+pub fn ort_lib() -> String {
+    std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`")
+}
+
+/// The project's Python (with onnxruntime and Pillow), which `make test` always sets.
+pub fn python() -> String {
+    std::env::var("SPOTBATCH_PYTHON").expect("SPOTBATCH_PYTHON is not set: run the tests with `make test`")
+}
+
+/// A `spotbatch` command with ONNX Runtime configured.
+pub fn spotbatch() -> Command {
+    let mut c = Command::new(BIN);
+    c.env("ORT_DYLIB_PATH", ort_lib()).env_remove("SPOTBATCH_LOG");
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn spotbatch");
+    assert!(
+        out.status.success(),
+        "spotbatch failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A job folder: the demo's model and labels, a copy of (some of) its images, and a manifest.
+pub struct JobDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl JobDir {
+    /// Copies the demo model and labels, and every `step`-th demo image (all with `step` 1).
+    pub fn digits(step: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let demo = root().join("examples/digits");
+        for f in ["model.onnx", "labels.txt"] {
+            std::fs::copy(demo.join(f), dir.path().join(f)).expect("copy demo file");
+        }
+        let mut all = Vec::new();
+        collect_files(&demo.join("images"), &mut all);
+        all.sort();
+        for (i, src) in all.iter().enumerate() {
+            if i % step != 0 {
+                continue;
+            }
+            let rel = src.strip_prefix(demo.join("images")).unwrap();
+            let dst = dir.path().join("images").join(rel);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(src, dst).unwrap();
+        }
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.path().join("images")
+    }
+
+    /// Writes `job.toml` from the demo manifest with `edits` (from, to) applied.
+    pub fn manifest(&self, edits: &[(&str, &str)]) -> PathBuf {
+        let mut text = std::fs::read_to_string(root().join("examples/digits/job.toml")).unwrap();
+        for (from, to) in edits {
+            assert!(text.contains(from), "manifest has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let path = self.path().join("job.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The single job folder under `out/`.
+    pub fn job_out(&self) -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.path().join("out"))
+            .expect("out/ exists")
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(dirs.len(), 1, "one job folder expected: {dirs:?}");
+        dirs.pop().unwrap()
+    }
+
+    /// Every row of every part file, keyed by input key; panics on a duplicate key.
+    pub fn rows(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut rows = BTreeMap::new();
+        for entry in std::fs::read_dir(self.job_out()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !(name.starts_with("part-") && name.ends_with(".jsonl")) {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let row: serde_json::Value = serde_json::from_str(line).expect("row is JSON");
+                let key = row["key"].as_str().expect("row has a key").to_string();
+                assert!(rows.insert(key.clone(), row).is_none(), "duplicate row for {key}");
+            }
+        }
+        rows
+    }
+
+    /// Keys of every input file under images/, `/`-separated.
+    pub fn input_keys(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        collect_files(&self.images(), &mut files);
+        let mut keys: Vec<String> = files
+            .iter()
+            .map(|p| p.strip_prefix(self.images()).unwrap().to_string_lossy().replace('\\', "/"))
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+pub fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
