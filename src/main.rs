@@ -18,7 +18,11 @@ use spotbatch_worker::{run_worker, Jobs, Progress, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "spotbatch", version, about = "Batch inference that makes spot-instance interruption a non-event")]
+#[command(
+    name = "spotbatch",
+    version,
+    about = "Batch inference that makes spot-instance interruption a non-event"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,11 +80,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPOTBATCH_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SPOTBATCH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -144,8 +152,14 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 /// one queue per job so jobs sharing a file never take each other's shards.
 async fn open_local_queue(m: &Manifest) -> anyhow::Result<SqliteQueue> {
     let (path, named) = spotbatch_queue::sqlite::parse_uri(&m.queue_uri)?;
-    let queue = if m.queue_uri.contains("queue=") { named } else { m.job_id.clone() };
-    let config = QueueConfig { max_attempts: m.raw.queue.max_attempts };
+    let queue = if m.queue_uri.contains("queue=") {
+        named
+    } else {
+        m.job_id.clone()
+    };
+    let config = QueueConfig {
+        max_attempts: m.raw.queue.max_attempts,
+    };
     Ok(SqliteQueue::open(&path, &queue, config).await?)
 }
 
@@ -208,13 +222,21 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let opts = WorkerOptions {
             id: format!("run-{}-{i}", std::process::id()),
             prefetch: usize::from(args.prefetch),
-            decode_threads: args.decode_threads.unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
+            decode_threads: args
+                .decode_threads
+                .unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
             exit_when_empty: true,
             throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
             ..WorkerOptions::default()
         };
         let jobs = Jobs::new([m.clone()], args.ort_threads);
-        workers.spawn(run_worker(Arc::clone(&queue), jobs, opts, Arc::clone(&progress), stop.clone()));
+        workers.spawn(run_worker(
+            Arc::clone(&queue),
+            jobs,
+            opts,
+            Arc::clone(&progress),
+            stop.clone(),
+        ));
     }
     let finished = CancellationToken::new();
     let display = spawn_progress(
@@ -239,12 +261,17 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
     let done = layout.done_markers().await?;
-    let planned: std::collections::HashSet<&str> = plan.shards.iter().map(|s| s.shard.as_str()).collect();
-    let done: Vec<_> = done.into_iter().filter(|d| planned.contains(d.shard.as_str())).collect();
+    let planned: std::collections::HashSet<&str> =
+        plan.shards.iter().map(|s| s.shard.as_str()).collect();
+    let done: Vec<_> = done
+        .into_iter()
+        .filter(|d| planned.contains(d.shard.as_str()))
+        .collect();
     let items: u64 = done.iter().map(|d| d.items).sum();
     let errors: u64 = done.iter().map(|d| d.errors).sum();
     let elapsed = started.elapsed().as_secs_f64();
-    let processed = progress.items_ok.load(Ordering::Relaxed) + progress.items_failed.load(Ordering::Relaxed);
+    let processed =
+        progress.items_ok.load(Ordering::Relaxed) + progress.items_failed.load(Ordering::Relaxed);
     if stop.is_cancelled() {
         eprintln!(
             "interrupted: leases released; {items} of {} items done ({} of {} shards). Run the same command again to resume.",
@@ -255,7 +282,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     let dead = queue.dead_letters(1000).await?;
-    let rate = if elapsed > 0.0 { processed as f64 / elapsed } else { 0.0 };
+    let rate = if elapsed > 0.0 {
+        processed as f64 / elapsed
+    } else {
+        0.0
+    };
     println!(
         "{}: {items} of {} items in {}/{} shards, {errors} error rows; {processed} items processed in {elapsed:.1} s ({rate:.0} items/s) → {}",
         m.job_id,
@@ -267,7 +298,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !dead.is_empty() {
         for d in &dead {
             let (index, keys) = match ShardTask::from_bytes(&d.body) {
-                Ok(t) => (t.index.to_string(), format!("{}..{}", t.keys.first().cloned().unwrap_or_default(), t.keys.last().cloned().unwrap_or_default())),
+                Ok(t) => (
+                    t.index.to_string(),
+                    format!(
+                        "{}..{}",
+                        t.keys.first().cloned().unwrap_or_default(),
+                        t.keys.last().cloned().unwrap_or_default()
+                    ),
+                ),
                 Err(_) => ("?".into(), "?".into()),
             };
             eprintln!(
@@ -275,11 +313,19 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 d.id, d.delivery_count, d.reason
             );
         }
-        eprintln!("{}: {} shard(s) dead-lettered; fix the cause and run again to retry them", m.job_id, dead.len());
+        eprintln!(
+            "{}: {} shard(s) dead-lettered; fix the cause and run again to retry them",
+            m.job_id,
+            dead.len()
+        );
         return Ok(ExitCode::from(1));
     }
     if (done.len() as u64) < plan.shards.len() as u64 {
-        bail!("{}: {} shards are neither done nor dead-lettered", m.job_id, plan.shards.len() - done.len());
+        bail!(
+            "{}: {} shards are neither done nor dead-lettered",
+            m.job_id,
+            plan.shards.len() - done.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -287,7 +333,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// First Ctrl-C or SIGTERM: stop leasing, release every lease, exit. Second: exit now.
 fn spawn_signal_handler(stop: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let next = async {
             match term.as_mut() {
                 Some(t) => {
@@ -342,7 +389,10 @@ fn spawn_progress(
             loop {
                 let (n, errors) = counts(&p);
                 pb.set_position(done_before + n);
-                pb.set_message(format!("{errors} errors, {} shards in work", p.shards_in_flight.load(Ordering::Relaxed)));
+                pb.set_message(format!(
+                    "{errors} errors, {} shards in work",
+                    p.shards_in_flight.load(Ordering::Relaxed)
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = finished.cancelled() => break,
@@ -361,7 +411,11 @@ fn spawn_progress(
                 let secs = started.elapsed().as_secs_f64();
                 let rate = n as f64 / secs.max(1e-9);
                 let left = total.saturating_sub(done_before + n);
-                let eta = if rate > 0.0 { format!("{:.0} s", left as f64 / rate) } else { "?".into() };
+                let eta = if rate > 0.0 {
+                    format!("{:.0} s", left as f64 / rate)
+                } else {
+                    "?".into()
+                };
                 eprintln!(
                     "progress: {}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors",
                     done_before + n

@@ -10,7 +10,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -44,9 +48,17 @@ fn poison_inputs_become_error_rows_and_the_job_completes() {
     std::fs::create_dir_all(&poison).unwrap();
     let a_png = std::fs::read(job.images().join(&good[0])).unwrap();
     std::fs::write(poison.join("empty.png"), b"").unwrap();
-    std::fs::write(poison.join("text.png"), b"this is not an image, it is a text file\n").unwrap();
+    std::fs::write(
+        poison.join("text.png"),
+        b"this is not an image, it is a text file\n",
+    )
+    .unwrap();
     std::fs::write(poison.join("truncated.png"), &a_png[..a_png.len() / 2]).unwrap();
-    std::fs::write(poison.join("bomb.png"), png_header_claiming(100_000, 100_000)).unwrap();
+    std::fs::write(
+        poison.join("bomb.png"),
+        png_header_claiming(100_000, 100_000),
+    )
+    .unwrap();
     std::fs::write(poison.join("huge.png"), vec![7u8; 300_000]).unwrap();
     // An image of the wrong size for the model, with no resize configured.
     let odd = image_of_size(12, 10);
@@ -58,32 +70,61 @@ fn poison_inputs_become_error_rows_and_the_job_completes() {
 
     let manifest = job.manifest(&[
         ("resize = [8, 8]\n", ""),
-        ("glob = \"**/*.png\"", "glob = \"**/*.png\"\nmax_bytes = 100000"),
+        (
+            "glob = \"**/*.png\"",
+            "glob = \"**/*.png\"\nmax_bytes = 100000",
+        ),
     ]);
-    let out = run_ok(spotbatch().arg("run").arg(&manifest).args(["--progress", "none"]));
+    let out = run_ok(
+        spotbatch()
+            .arg("run")
+            .arg(&manifest)
+            .args(["--progress", "none"]),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("6 error rows"), "{stdout}");
 
     let rows = job.rows();
-    assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), job.input_keys(), "every input exactly one row");
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        job.input_keys(),
+        "every input exactly one row"
+    );
     let expect = [
         ("poison/empty.png", "empty file"),
         ("poison/text.png", "not an image (unrecognised format)"),
         ("poison/truncated.png", "corrupt or truncated image"),
-        ("poison/bomb.png", "image is 100000×100000 (10000000000 pixels), over preprocess.max_pixels"),
-        ("poison/huge.png", "input is 300000 bytes, over input.max_bytes = 100000"),
+        (
+            "poison/bomb.png",
+            "image is 100000×100000 (10000000000 pixels), over preprocess.max_pixels",
+        ),
+        (
+            "poison/huge.png",
+            "input is 300000 bytes, over input.max_bytes = 100000",
+        ),
         ("poison/odd-size.png", "image is 12×10, the model takes 8×8"),
     ];
     for (key, reason) in expect {
         let row = &rows[key];
-        let err = row["error"].as_str().unwrap_or_else(|| panic!("{key} should have an error row: {row}"));
-        assert!(err.starts_with(reason), "{key}: {err:?} should start with {reason:?}");
+        let err = row["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} should have an error row: {row}"));
+        assert!(
+            err.starts_with(reason),
+            "{key}: {err:?} should start with {reason:?}"
+        );
         assert!(!err.contains('\n'));
-        assert!(row["top_k"].is_null(), "{key}: a failed row carries no result");
+        assert!(
+            row["top_k"].is_null(),
+            "{key}: a failed row carries no result"
+        );
     }
     let uni_row = &rows["ünïcødé dir/数字 1.png"];
     assert!(uni_row["error"].is_null());
-    assert_eq!(uni_row["top_k"][0], rows[&good[0]]["top_k"][0], "same pixels, same answer");
+    assert_eq!(
+        uni_row["top_k"][0], rows[&good[0]]["top_k"][0],
+        "same pixels, same answer"
+    );
     for key in &good {
         assert!(rows[key]["error"].is_null(), "{key}");
     }
@@ -125,21 +166,56 @@ fn image_of_size(w: u32, h: u32) -> Vec<u8> {
 #[test]
 fn a_model_that_cannot_load_dead_letters_its_shards_and_run_names_them() {
     let job = JobDir::digits(30);
-    std::fs::write(job.path().join("model.onnx"), b"definitely not an onnx protobuf").unwrap();
-    let manifest = job.manifest(&[("shard_size = 64", "shard_size = 8"), ("max_attempts = 3", "max_attempts = 2")]);
-    let out = spotbatch().arg("run").arg(&manifest).args(["--progress", "none"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "run must fail when shards are dead-lettered");
+    std::fs::write(
+        job.path().join("model.onnx"),
+        b"definitely not an onnx protobuf",
+    )
+    .unwrap();
+    let manifest = job.manifest(&[
+        ("shard_size = 64", "shard_size = 8"),
+        ("max_attempts = 3", "max_attempts = 2"),
+    ]);
+    let out = spotbatch()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--progress", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "run must fail when shards are dead-lettered"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let dead: Vec<&str> = stderr.lines().filter(|l| l.starts_with("dead-lettered: shard ")).collect();
-    assert_eq!(dead.len(), 3, "18 inputs in shards of 8 = 3 shards:\n{stderr}");
+    let dead: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("dead-lettered: shard "))
+        .collect();
+    assert_eq!(
+        dead.len(),
+        3,
+        "18 inputs in shards of 8 = 3 shards:\n{stderr}"
+    );
     for line in dead {
-        assert!(line.contains("after 2 deliveries: model.uri: not a loadable ONNX model"), "{line}");
+        assert!(
+            line.contains("after 2 deliveries: model.uri: not a loadable ONNX model"),
+            "{line}"
+        );
     }
     assert!(stderr.contains("3 shard(s) dead-lettered"), "{stderr}");
 
     // Fixing the model and running again re-drives the dead-lettered shards.
-    std::fs::copy(root().join("examples/digits/model.onnx"), job.path().join("model.onnx")).unwrap();
-    run_ok(spotbatch().arg("run").arg(&manifest).args(["--progress", "none"]));
+    std::fs::copy(
+        root().join("examples/digits/model.onnx"),
+        job.path().join("model.onnx"),
+    )
+    .unwrap();
+    run_ok(
+        spotbatch()
+            .arg("run")
+            .arg(&manifest)
+            .args(["--progress", "none"]),
+    );
     assert_eq!(job.rows().len(), 18);
 }
 
@@ -153,7 +229,9 @@ fn validate_names_each_wrong_field_on_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let prefix = format!("{}: ", manifest.display());
     assert!(
-        stderr.contains(&format!("{prefix}model.input: \"pixelz\" is not an input of the model (its inputs: \"pixels\")")),
+        stderr.contains(&format!(
+            "{prefix}model.input: \"pixelz\" is not an input of the model (its inputs: \"pixels\")"
+        )),
         "{stderr}"
     );
 
@@ -161,7 +239,9 @@ fn validate_names_each_wrong_field_on_one_line() {
     let out = spotbatch().arg("validate").arg(&manifest).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{prefix}postprocess.labels: has 3 labels, the model output \"probs\" has 10 classes")),
+        stderr.contains(&format!(
+            "{prefix}postprocess.labels: has 3 labels, the model output \"probs\" has 10 classes"
+        )),
         "{stderr}"
     );
 
@@ -170,8 +250,20 @@ fn validate_names_each_wrong_field_on_one_line() {
     let out = spotbatch().arg("validate").arg(&manifest).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{prefix}model.uri: file://")) && l.ends_with("model.onnx: not found")), "{stderr}");
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{prefix}postprocess.labels: file://")) && l.ends_with("labels.txt: not found")), "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{prefix}model.uri: file://"))
+                && l.ends_with("model.onnx: not found")),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with(&format!("{prefix}postprocess.labels: file://"))
+                && l.ends_with("labels.txt: not found")
+        ),
+        "{stderr}"
+    );
 
     // Manifest mistakes: every one reported, one line each, before any file is touched.
     std::fs::write(&manifest, "name = \"x y\"\n[input]\nuri = \"i\"\nglobb = \"*\"\n[model]\nuri = \"m.onnx\"\nbatch_size = \"many\"\n[output]\nuri = \"o\"\n[preprocess]\ncolor = \"gray\"\nmean = [1.0, 2.0]\n").unwrap();
@@ -180,7 +272,14 @@ fn validate_names_each_wrong_field_on_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let fields: Vec<String> = stderr
         .lines()
-        .map(|l| l.strip_prefix(&prefix).unwrap_or_else(|| panic!("line without the file: {l}")).split(':').next().unwrap().to_string())
+        .map(|l| {
+            l.strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("line without the file: {l}"))
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(fields, vec!["input.globb", "model.batch_size"], "{stderr}");
     // Once the parse errors are fixed, the semantic ones show.
@@ -188,7 +287,12 @@ fn validate_names_each_wrong_field_on_one_line() {
     let out = spotbatch().arg("validate").arg(&manifest).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{prefix}name: ")), "{stderr}");
-    assert!(stderr.contains(&format!("{prefix}preprocess.mean: has 2 values, but color = \"gray\" has 1 channel")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{prefix}preprocess.mean: has 2 values, but color = \"gray\" has 1 channel"
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]

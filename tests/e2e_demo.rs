@@ -12,14 +12,26 @@ const DOCUMENTED_CORRECT: usize = 528;
 fn demo_rows_accuracy_and_parity_with_python_onnxruntime() {
     let job = JobDir::digits(1);
     let manifest = job.manifest(&[]);
-    let out = run_ok(spotbatch().arg("run").arg(&manifest).args(["--progress", "none"]));
+    let out = run_ok(
+        spotbatch()
+            .arg("run")
+            .arg(&manifest)
+            .args(["--progress", "none"]),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("540 of 540 items in 9/9 shards, 0 error rows"), "{stdout}");
+    assert!(
+        stdout.contains("540 of 540 items in 9/9 shards, 0 error rows"),
+        "{stdout}"
+    );
 
     let rows = job.rows();
     let keys = job.input_keys();
     assert_eq!(keys.len(), 540);
-    assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), keys, "exactly one row per input");
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        keys,
+        "exactly one row per input"
+    );
 
     let mut correct = 0;
     for (key, row) in &rows {
@@ -29,10 +41,18 @@ fn demo_rows_accuracy_and_parity_with_python_onnxruntime() {
         let truth: u64 = key.split('/').next().unwrap().parse().unwrap();
         correct += usize::from(top[0]["index"].as_u64() == Some(truth));
         // Labels come from labels.txt, line N naming class N.
-        let names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
-        assert_eq!(top[0]["label"].as_str(), Some(names[top[0]["index"].as_u64().unwrap() as usize]));
+        let names = [
+            "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+        ];
+        assert_eq!(
+            top[0]["label"].as_str(),
+            Some(names[top[0]["index"].as_u64().unwrap() as usize])
+        );
     }
-    assert_eq!(correct, DOCUMENTED_CORRECT, "accuracy differs from the documented 528/540");
+    assert_eq!(
+        correct, DOCUMENTED_CORRECT,
+        "accuracy differs from the documented 528/540"
+    );
 
     // Python onnxruntime on the same pixels.
     let reference = std::process::Command::new(python())
@@ -42,7 +62,11 @@ fn demo_rows_accuracy_and_parity_with_python_onnxruntime() {
         .arg("pixels")
         .output()
         .expect("run reference.py");
-    assert!(reference.status.success(), "{}", String::from_utf8_lossy(&reference.stderr));
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
     let reference: std::collections::BTreeMap<String, Vec<f64>> =
         serde_json::from_slice(&reference.stdout).expect("reference JSON");
     assert_eq!(reference.len(), rows.len());
@@ -55,10 +79,22 @@ fn demo_rows_accuracy_and_parity_with_python_onnxruntime() {
             worst = worst.max(diff);
         }
         // The top class is Python's top class too.
-        let py_top = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-        assert_eq!(row["top_k"][0]["index"].as_u64(), Some(py_top as u64), "{key}");
+        let py_top = probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(
+            row["top_k"][0]["index"].as_u64(),
+            Some(py_top as u64),
+            "{key}"
+        );
     }
-    assert!(worst <= 1e-4, "largest score difference from onnxruntime Python: {worst}");
+    assert!(
+        worst <= 1e-4,
+        "largest score difference from onnxruntime Python: {worst}"
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ use common::*;
 
 fn done_markers(job: &JobDir) -> usize {
     let out = job.path().join("out");
-    let Ok(jobs) = std::fs::read_dir(&out) else { return 0 };
+    let Ok(jobs) = std::fs::read_dir(&out) else {
+        return 0;
+    };
     jobs.filter_map(|j| std::fs::read_dir(j.ok()?.path().join("_done")).ok())
         .map(|d| d.count())
         .sum()
@@ -22,7 +24,10 @@ fn done_markers(job: &JobDir) -> usize {
 fn wait_for_markers(job: &JobDir, child: &mut Child, at_least: usize) {
     let give_up = Instant::now() + Duration::from_secs(60);
     while done_markers(job) < at_least {
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be interrupted");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be interrupted"
+        );
         assert!(Instant::now() < give_up, "no progress within 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -33,7 +38,12 @@ fn part_mtimes(dir: &Path) -> BTreeMap<String, SystemTime> {
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
-        .map(|e| (e.file_name().to_string_lossy().to_string(), e.metadata().unwrap().modified().unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                e.metadata().unwrap().modified().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -51,19 +61,28 @@ fn slow_run(manifest: &Path) -> Child {
 #[test]
 fn ctrl_c_then_kill_9_then_resume_completes_exactly_once() {
     let job = JobDir::digits(1);
-    let manifest = job.manifest(&[("batch_size = 32", "batch_size = 4"), ("shard_size = 64", "shard_size = 16")]);
+    let manifest = job.manifest(&[
+        ("batch_size = 32", "batch_size = 4"),
+        ("shard_size = 64", "shard_size = 16"),
+    ]);
     let shards = 540usize.div_ceil(16);
 
     // 1. Ctrl-C part-way: leases are released, exit code 130, a hint to resume.
     let mut child = slow_run(&manifest);
     wait_for_markers(&job, &mut child, 2);
-    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("interrupted: leases released"), "{stderr}");
-    assert!(stderr.contains("Run the same command again to resume"), "{stderr}");
+    assert!(
+        stderr.contains("Run the same command again to resume"),
+        "{stderr}"
+    );
 
     // 2. Run again and kill -9 part-way: its leases stay behind in the queue file.
     let mut child = slow_run(&manifest);
@@ -73,24 +92,53 @@ fn ctrl_c_then_kill_9_then_resume_completes_exactly_once() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The Ctrl-C run released everything: this run found no leases to reclaim.
-    assert!(!stderr.contains("left in work by an interrupted run"), "{stderr}");
+    assert!(
+        !stderr.contains("left in work by an interrupted run"),
+        "{stderr}"
+    );
     assert!(stderr.contains("shards already done"), "{stderr}");
     let done_before = done_markers(&job);
-    assert!(done_before < shards, "the job must not have finished before the kill");
+    assert!(
+        done_before < shards,
+        "the job must not have finished before the kill"
+    );
     let parts_before = part_mtimes(&job.job_out());
 
     // 3. Run again: the killed run's leases are reclaimed at once, finished shards skipped.
     let started = Instant::now();
-    let out = run_ok(spotbatch().arg("run").arg(&manifest).args(["--progress", "none"]));
-    assert!(started.elapsed() < Duration::from_secs(30), "resume must not wait for lease expiry");
+    let out = run_ok(
+        spotbatch()
+            .arg("run")
+            .arg(&manifest)
+            .args(["--progress", "none"]),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "resume must not wait for lease expiry"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("left in work by an interrupted run are back on the queue"), "{stderr}");
-    assert!(stderr.contains(&format!("resuming: {done_before} of {shards} shards already done")), "{stderr}");
+    assert!(
+        stderr.contains("left in work by an interrupted run are back on the queue"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "resuming: {done_before} of {shards} shards already done"
+        )),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("540 of 540 items in {shards}/{shards} shards")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("540 of 540 items in {shards}/{shards} shards")),
+        "{stdout}"
+    );
 
     let rows = job.rows();
-    assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), job.input_keys(), "every input exactly one row");
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        job.input_keys(),
+        "every input exactly one row"
+    );
     assert!(rows.values().all(|r| r["error"].is_null()));
     // Shards finished before the kill were skipped, not rewritten.
     let parts_after = part_mtimes(&job.job_out());

@@ -52,7 +52,9 @@ pub struct JobLayout {
 impl JobLayout {
     /// The layout for a manifest.
     pub fn for_manifest(m: &Manifest) -> Result<Self, StorageError> {
-        Ok(Self { prefix: Prefix::open(&m.output)? })
+        Ok(Self {
+            prefix: Prefix::open(&m.output)?,
+        })
     }
 
     /// Key of a shard's part file.
@@ -70,14 +72,18 @@ impl JobLayout {
     pub async fn done_markers(&self) -> Result<Vec<DoneMarker>, StorageError> {
         let mut out = Vec::new();
         for listed in self.prefix.list().await? {
-            let Some(rest) = listed.key.strip_prefix("_done/") else { continue };
+            let Some(rest) = listed.key.strip_prefix("_done/") else {
+                continue;
+            };
             if !rest.ends_with(".json") {
                 continue;
             }
             if let Some(bytes) = self.prefix.get_opt(&listed.key).await? {
                 match serde_json::from_slice::<DoneMarker>(&bytes) {
                     Ok(m) => out.push(m),
-                    Err(e) => tracing::warn!(key = %listed.key, error = %e, "ignoring unreadable done marker"),
+                    Err(e) => {
+                        tracing::warn!(key = %listed.key, error = %e, "ignoring unreadable done marker")
+                    }
                 }
             }
         }
@@ -86,7 +92,9 @@ impl JobLayout {
 
     /// Stores the manifest beside the results (once; same content each time).
     pub async fn store_manifest(&self, m: &Manifest) -> Result<(), StorageError> {
-        self.prefix.put("_manifest.toml", Bytes::from(m.to_toml())).await
+        self.prefix
+            .put("_manifest.toml", Bytes::from(m.to_toml()))
+            .await
     }
 }
 
@@ -94,7 +102,9 @@ impl JobLayout {
 pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
     let input = Prefix::open(&m.input)?;
     let glob = match &m.raw.input.glob {
-        Some(g) => Some(spotbatch_proto::compile_glob(g).map_err(|e| PlanError::Glob(e.to_string()))?),
+        Some(g) => {
+            Some(spotbatch_proto::compile_glob(g).map_err(|e| PlanError::Glob(e.to_string()))?)
+        }
         None => None,
     };
     // Never read our own outputs back as inputs when the output folder sits inside the input one.
@@ -102,7 +112,11 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         .output
         .join("..")
         .ok()
-        .and_then(|root| root.as_str().strip_prefix(m.input.as_str()).map(crate::storage::url_decode))
+        .and_then(|root| {
+            root.as_str()
+                .strip_prefix(m.input.as_str())
+                .map(crate::storage::url_decode)
+        })
         .filter(|rel| !rel.is_empty());
     let keys: Vec<String> = input
         .list()
@@ -110,7 +124,11 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         .into_iter()
         .map(|l| l.key)
         .filter(|k| glob.as_ref().is_none_or(|g| g.is_match(k)))
-        .filter(|k| outputs_below.as_ref().is_none_or(|rel| !k.starts_with(rel.as_str())))
+        .filter(|k| {
+            outputs_below
+                .as_ref()
+                .is_none_or(|rel| !k.starts_with(rel.as_str()))
+        })
         .collect();
     if keys.is_empty() {
         return Err(PlanError::NoInputs {
@@ -151,10 +169,17 @@ pub struct SubmitReport {
 }
 
 /// Enqueues every shard of `plan` whose done marker does not exist yet.
-pub async fn enqueue_plan(queue: &dyn LeaseQueue, layout: &JobLayout, plan: &Plan) -> Result<SubmitReport, PlanError> {
+pub async fn enqueue_plan(
+    queue: &dyn LeaseQueue,
+    layout: &JobLayout,
+    plan: &Plan,
+) -> Result<SubmitReport, PlanError> {
     let done = layout.done_markers().await?;
     let planned: HashSet<&str> = plan.shards.iter().map(|s| s.shard.as_str()).collect();
-    let done: Vec<&DoneMarker> = done.iter().filter(|d| planned.contains(d.shard.as_str())).collect();
+    let done: Vec<&DoneMarker> = done
+        .iter()
+        .filter(|d| planned.contains(d.shard.as_str()))
+        .collect();
     let done_ids: HashSet<&str> = done.iter().map(|d| d.shard.as_str()).collect();
     let todo: Vec<NewItem> = plan
         .shards

@@ -68,7 +68,8 @@ impl Prefix {
                 let dir = url
                     .to_file_path()
                     .map_err(|()| unsupported("not a local path".into()))?;
-                let root = Path::from_absolute_path(&dir).map_err(|e| unsupported(e.to_string()))?;
+                let root =
+                    Path::from_absolute_path(&dir).map_err(|e| unsupported(e.to_string()))?;
                 Ok(Self {
                     store: Arc::new(object_store::local::LocalFileSystem::new()),
                     root,
@@ -125,7 +126,10 @@ impl Prefix {
     }
 
     fn key_of(&self, path: &Path) -> Option<String> {
-        let parts: Vec<String> = path.prefix_match(&self.root)?.map(|p| p.as_ref().to_string()).collect();
+        let parts: Vec<String> = path
+            .prefix_match(&self.root)?
+            .map(|p| p.as_ref().to_string())
+            .collect();
         Some(parts.join("/"))
     }
 
@@ -137,7 +141,12 @@ impl Prefix {
             .map_err(|source| self.err(None, source))
             .try_filter_map(|meta| {
                 let key = self.key_of(&meta.location);
-                async move { Ok(key.map(|key| Listed { key, size: meta.size })) }
+                async move {
+                    Ok(key.map(|key| Listed {
+                        key,
+                        size: meta.size,
+                    }))
+                }
             })
             .try_collect()
             .await?;
@@ -148,20 +157,30 @@ impl Prefix {
     /// Reads one object whole, refusing objects over `max_bytes` before reading them.
     pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Bytes, GetError> {
         let path = self.path(key).map_err(GetError::Storage)?;
-        let res = self.store.get(&path).await.map_err(|e| GetError::Storage(self.err(Some(key), e)))?;
+        let res = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| GetError::Storage(self.err(Some(key), e)))?;
         if res.meta.size > max_bytes {
             return Err(GetError::TooLarge {
                 size: res.meta.size,
                 max: max_bytes,
             });
         }
-        res.bytes().await.map_err(|e| GetError::Storage(self.err(Some(key), e)))
+        res.bytes()
+            .await
+            .map_err(|e| GetError::Storage(self.err(Some(key), e)))
     }
 
     /// Reads an object, `None` when it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
         match self.store.get(&self.path(key)?).await {
-            Ok(r) => r.bytes().await.map(Some).map_err(|e| self.err(Some(key), e)),
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| self.err(Some(key), e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(Some(key), e)),
         }
@@ -186,7 +205,9 @@ impl Prefix {
     }
 
     fn err(&self, key: Option<&str>, source: object_store::Error) -> StorageError {
-        let url = key.map(|k| self.url_of(k)).unwrap_or_else(|| self.url.to_string());
+        let url = key
+            .map(|k| self.url_of(k))
+            .unwrap_or_else(|| self.url.to_string());
         match source {
             object_store::Error::NotFound { .. } => StorageError::NotFound { url },
             source => StorageError::Store { url, source },
@@ -216,7 +237,9 @@ pub(crate) fn url_decode(part: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(b)) => {
                 out.push(b);

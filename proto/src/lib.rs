@@ -40,7 +40,9 @@ pub enum TaskError {
     #[error("not a spotbatch shard message ({0})")]
     Foreign(String),
     /// A spotbatch shard of a version this build does not know.
-    #[error("shard message version {0} is not supported (this build reads version {TASK_VERSION})")]
+    #[error(
+        "shard message version {0} is not supported (this build reads version {TASK_VERSION})"
+    )]
     Version(u32),
 }
 
@@ -56,13 +58,15 @@ impl ShardTask {
         struct Probe {
             v: Option<u32>,
         }
-        let probe: Probe = serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
+        let probe: Probe =
+            serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
         match probe.v {
             Some(TASK_VERSION) => {}
             Some(other) => return Err(TaskError::Version(other)),
             None => return Err(TaskError::Foreign("no version field \"v\"".into())),
         }
-        let task: ShardTask = serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
+        let task: ShardTask =
+            serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
         if task.keys.is_empty() || task.shard.is_empty() || task.job.is_empty() {
             return Err(TaskError::Foreign("empty job, shard or key list".into()));
         }
@@ -74,7 +78,11 @@ impl ShardTask {
 /// over the same inputs always yields the same shards.
 pub fn shard_id(job: &str, keys: &[String]) -> String {
     let mut h = Sha256::new();
-    for part in [job, keys.first().map(String::as_str).unwrap_or(""), keys.last().map(String::as_str).unwrap_or("")] {
+    for part in [
+        job,
+        keys.first().map(String::as_str).unwrap_or(""),
+        keys.last().map(String::as_str).unwrap_or(""),
+    ] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -161,7 +169,9 @@ impl Serialize for OutputRow {
             None => m.serialize_entry(field, &())?,
             Some(RowValue::TopK(t)) => m.serialize_entry(field, t)?,
             Some(RowValue::Embedding(v)) => m.serialize_entry(field, v)?,
-            Some(RowValue::Tensor { shape, data }) => m.serialize_entry(field, &Tensor { shape, data })?,
+            Some(RowValue::Tensor { shape, data }) => {
+                m.serialize_entry(field, &Tensor { shape, data })?
+            }
         }
         m.serialize_entry("error", &self.error)?;
         m.end()
@@ -214,9 +224,18 @@ mod tests {
             keys: vec!["ünï/ 1.png".into()],
         };
         assert_eq!(ShardTask::from_bytes(&t.to_bytes()).unwrap(), t);
-        assert!(matches!(ShardTask::from_bytes(b"\x00\xff garbage"), Err(TaskError::Foreign(_))));
-        assert!(matches!(ShardTask::from_bytes(br#"{"hello":"world"}"#), Err(TaskError::Foreign(_))));
-        assert!(matches!(ShardTask::from_bytes(br#"{"v":99,"x":1}"#), Err(TaskError::Version(99))));
+        assert!(matches!(
+            ShardTask::from_bytes(b"\x00\xff garbage"),
+            Err(TaskError::Foreign(_))
+        ));
+        assert!(matches!(
+            ShardTask::from_bytes(br#"{"hello":"world"}"#),
+            Err(TaskError::Foreign(_))
+        ));
+        assert!(matches!(
+            ShardTask::from_bytes(br#"{"v":99,"x":1}"#),
+            Err(TaskError::Version(99))
+        ));
     }
 
     #[test]
@@ -224,14 +243,25 @@ mod tests {
         let ok = OutputRow {
             key: "k".into(),
             kind: manifest::PostKind::Classify,
-            value: Some(RowValue::TopK(vec![Scored { index: 3, label: "three".into(), score: 0.5 }])),
+            value: Some(RowValue::TopK(vec![Scored {
+                index: 3,
+                label: "three".into(),
+                score: 0.5,
+            }])),
             error: None,
         };
         assert_eq!(
             serde_json::to_string(&ok).unwrap(),
             r#"{"key":"k","top_k":[{"index":3,"label":"three","score":0.5}],"error":null}"#
         );
-        let bad = OutputRow::failed("k".into(), manifest::PostKind::Embedding, "truncated\nimage");
-        assert_eq!(serde_json::to_string(&bad).unwrap(), r#"{"key":"k","embedding":null,"error":"truncated image"}"#);
+        let bad = OutputRow::failed(
+            "k".into(),
+            manifest::PostKind::Embedding,
+            "truncated\nimage",
+        );
+        assert_eq!(
+            serde_json::to_string(&bad).unwrap(),
+            r#"{"key":"k","embedding":null,"error":"truncated image"}"#
+        );
     }
 }

@@ -373,10 +373,14 @@ impl Manifest {
         if !name_ok {
             errs.push(FieldError::new(
                 "name",
-                format!("{:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'", raw.name),
+                format!(
+                    "{:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'",
+                    raw.name
+                ),
             ));
         }
-        let input = resolve_dir(&raw.input.uri, base_dir).map_err(|m| FieldError::new("input.uri", m));
+        let input =
+            resolve_dir(&raw.input.uri, base_dir).map_err(|m| FieldError::new("input.uri", m));
         if let Some(glob) = &raw.input.glob {
             if let Err(e) = check_glob(glob) {
                 errs.push(FieldError::new("input.glob", e));
@@ -387,69 +391,123 @@ impl Manifest {
         }
         let model = resolve(&raw.model.uri, base_dir).map_err(|m| FieldError::new("model.uri", m));
         if !(1..=65_536).contains(&raw.model.batch_size) {
-            errs.push(FieldError::new("model.batch_size", format!("{} is out of range 1..=65536", raw.model.batch_size)));
+            errs.push(FieldError::new(
+                "model.batch_size",
+                format!("{} is out of range 1..=65536", raw.model.batch_size),
+            ));
         }
         if raw.model.intra_op_threads > 1024 {
-            errs.push(FieldError::new("model.intra_op_threads", "at most 1024 (0 = one per core)"));
+            errs.push(FieldError::new(
+                "model.intra_op_threads",
+                "at most 1024 (0 = one per core)",
+            ));
         }
         if raw.model.max_batch_delay_ms > 60_000 {
             errs.push(FieldError::new("model.max_batch_delay_ms", "at most 60000"));
         }
-        for (field, name) in [("model.input", &raw.model.input), ("model.output", &raw.model.output)] {
+        for (field, name) in [
+            ("model.input", &raw.model.input),
+            ("model.output", &raw.model.output),
+        ] {
             if name.as_deref() == Some("") {
-                errs.push(FieldError::new(field, "must not be empty (leave it out to use the model's only one)"));
+                errs.push(FieldError::new(
+                    field,
+                    "must not be empty (leave it out to use the model's only one)",
+                ));
             }
         }
         let p = &raw.preprocess;
         if let Some([w, h]) = p.resize {
             if !(1..=16_384).contains(&w) || !(1..=16_384).contains(&h) {
-                errs.push(FieldError::new("preprocess.resize", format!("[{w}, {h}]: width and height must be 1..=16384")));
+                errs.push(FieldError::new(
+                    "preprocess.resize",
+                    format!("[{w}, {h}]: width and height must be 1..=16384"),
+                ));
             }
         }
         if !p.scale.is_finite() || p.scale == 0.0 {
-            errs.push(FieldError::new("preprocess.scale", format!("{} must be a finite, non-zero number", p.scale)));
+            errs.push(FieldError::new(
+                "preprocess.scale",
+                format!("{} must be a finite, non-zero number", p.scale),
+            ));
         }
         let channels = p.color.channels();
-        let mean = per_channel(&mut errs, "preprocess.mean", &p.mean, channels, 0.0, p.color);
+        let mean = per_channel(
+            &mut errs,
+            "preprocess.mean",
+            &p.mean,
+            channels,
+            0.0,
+            p.color,
+        );
         let std = per_channel(&mut errs, "preprocess.std", &p.std, channels, 1.0, p.color);
-        if std.iter().any(|s| *s == 0.0) {
-            errs.push(FieldError::new("preprocess.std", "values must not be 0 (they divide)"));
+        if std.contains(&0.0) {
+            errs.push(FieldError::new(
+                "preprocess.std",
+                "values must not be 0 (they divide)",
+            ));
         }
         if p.max_pixels == 0 {
-            errs.push(FieldError::new("preprocess.max_pixels", "must be at least 1"));
+            errs.push(FieldError::new(
+                "preprocess.max_pixels",
+                "must be at least 1",
+            ));
         }
         let q = &raw.postprocess;
         if q.kind == PostKind::Classify && q.top_k == 0 {
             errs.push(FieldError::new("postprocess.top_k", "must be at least 1"));
         }
         if q.kind != PostKind::Classify {
-            for (set, field) in [(q.labels.is_some(), "postprocess.labels"), (q.softmax, "postprocess.softmax")] {
+            for (set, field) in [
+                (q.labels.is_some(), "postprocess.labels"),
+                (q.softmax, "postprocess.softmax"),
+            ] {
                 if set {
-                    errs.push(FieldError::new(field, format!("only applies to kind = \"classify\", not {:?}", kind_name(q.kind))));
+                    errs.push(FieldError::new(
+                        field,
+                        format!(
+                            "only applies to kind = \"classify\", not {:?}",
+                            kind_name(q.kind)
+                        ),
+                    ));
                 }
             }
         }
         if q.normalize && q.kind != PostKind::Embedding {
-            errs.push(FieldError::new("postprocess.normalize", "only applies to kind = \"embedding\""));
+            errs.push(FieldError::new(
+                "postprocess.normalize",
+                "only applies to kind = \"embedding\"",
+            ));
         }
         let labels = q
             .labels
             .as_deref()
             .map(|l| resolve(l, base_dir).map_err(|m| FieldError::new("postprocess.labels", m)));
-        let output_root = resolve_dir(&raw.output.uri, base_dir).map_err(|m| FieldError::new("output.uri", m));
-        let queue_uri = resolve_queue(&raw.queue.uri, base_dir).map_err(|m| FieldError::new("queue.uri", m));
+        let output_root =
+            resolve_dir(&raw.output.uri, base_dir).map_err(|m| FieldError::new("output.uri", m));
+        let queue_uri =
+            resolve_queue(&raw.queue.uri, base_dir).map_err(|m| FieldError::new("queue.uri", m));
         let qs = &raw.queue;
         if !(1..=100_000).contains(&qs.shard_size) {
-            errs.push(FieldError::new("queue.shard_size", format!("{} is out of range 1..=100000", qs.shard_size)));
+            errs.push(FieldError::new(
+                "queue.shard_size",
+                format!("{} is out of range 1..=100000", qs.shard_size),
+            ));
         }
         if !(1..=43_200).contains(&qs.visibility_timeout_secs) {
             errs.push(FieldError::new(
                 "queue.visibility_timeout_secs",
-                format!("{} is out of range 1..=43200 (12 h, SQS's limit)", qs.visibility_timeout_secs),
+                format!(
+                    "{} is out of range 1..=43200 (12 h, SQS's limit)",
+                    qs.visibility_timeout_secs
+                ),
             ));
         }
         if !(1..=1000).contains(&qs.max_attempts) {
-            errs.push(FieldError::new("queue.max_attempts", format!("{} is out of range 1..=1000", qs.max_attempts)));
+            errs.push(FieldError::new(
+                "queue.max_attempts",
+                format!("{} is out of range 1..=1000", qs.max_attempts),
+            ));
         }
 
         let mut take = |r: Result<Url, FieldError>| match r {
@@ -473,8 +531,13 @@ impl Manifest {
         if !errs.is_empty() {
             return Err(errs);
         }
-        let (Some(input), Some(model), Some(output_root), Some(queue_uri)) = (input, model, output_root, queue_uri) else {
-            return Err(vec![FieldError::new("", "internal error: unresolved location")]);
+        let (Some(input), Some(model), Some(output_root), Some(queue_uri)) =
+            (input, model, output_root, queue_uri)
+        else {
+            return Err(vec![FieldError::new(
+                "",
+                "internal error: unresolved location",
+            )]);
         };
         let labels = labels.flatten();
         let digest = identity_digest(&raw);
@@ -518,7 +581,9 @@ fn kind_name(k: PostKind) -> &'static str {
 /// Parses TOML into a [`RawManifest`], reporting unknown keys and wrong types per field, all at once.
 pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
         let msg = one_line(e.message());
         vec![match line {
             Some(l) => FieldError::new("", format!("line {l}: {msg}")),
@@ -526,10 +591,21 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
         }]
     })?;
     let mut errs = Vec::new();
-    const TOP: &[&str] = &["name", "input", "model", "preprocess", "postprocess", "output", "queue"];
+    const TOP: &[&str] = &[
+        "name",
+        "input",
+        "model",
+        "preprocess",
+        "postprocess",
+        "output",
+        "queue",
+    ];
     for key in table.keys() {
         if !TOP.contains(&key.as_str()) {
-            errs.push(FieldError::new(key.clone(), format!("unknown key (expected one of: {})", TOP.join(", "))));
+            errs.push(FieldError::new(
+                key.clone(),
+                format!("unknown key (expected one of: {})", TOP.join(", ")),
+            ));
         }
     }
     fn section<T: serde::de::DeserializeOwned>(
@@ -547,17 +623,27 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
             None => toml::Value::Table(toml::Table::new()),
         };
         if key != "name" && !value.is_table() {
-            errs.push(FieldError::new(key, format!("expected a [{key}] table, found a {}", value.type_str())));
+            errs.push(FieldError::new(
+                key,
+                format!("expected a [{key}] table, found a {}", value.type_str()),
+            ));
             return None;
         }
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
                 let path = e.path().to_string();
-                let field = if path == "." || path.is_empty() { key.to_string() } else { format!("{key}.{path}") };
+                let field = if path == "." || path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{key}.{path}")
+                };
                 let msg = e.into_inner().to_string();
                 // serde says "missing field `uri`" at the table: name the field itself instead.
-                let (field, msg) = match msg.strip_prefix("missing field `").and_then(|m| m.split_once('`')) {
+                let (field, msg) = match msg
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.split_once('`'))
+                {
                     Some((f, _)) => (format!("{key}.{f}"), "missing".to_string()),
                     None => (field, msg),
                 };
@@ -574,11 +660,23 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
     let output = section(&table, "output", true, &mut errs);
     let queue = section(&table, "queue", false, &mut errs);
     match (name, input, model, preprocess, postprocess, output, queue) {
-        (Some(name), Some(input), Some(model), Some(preprocess), Some(postprocess), Some(output), Some(queue))
-            if errs.is_empty() =>
-        {
-            Ok(RawManifest { name, input, model, preprocess, postprocess, output, queue })
-        }
+        (
+            Some(name),
+            Some(input),
+            Some(model),
+            Some(preprocess),
+            Some(postprocess),
+            Some(output),
+            Some(queue),
+        ) if errs.is_empty() => Ok(RawManifest {
+            name,
+            input,
+            model,
+            preprocess,
+            postprocess,
+            output,
+            queue,
+        }),
         _ => Err(errs),
     }
 }
@@ -625,7 +723,9 @@ fn check_glob(glob: &str) -> Result<(), String> {
     if glob.is_empty() {
         return Err("must not be empty (leave it out to take every file)".into());
     }
-    crate::compile_glob(glob).map(|_| ()).map_err(|e| format!("{glob:?}: {e}"))
+    crate::compile_glob(glob)
+        .map(|_| ())
+        .map_err(|e| format!("{glob:?}: {e}"))
 }
 
 /// Resolves a location: a URL with a scheme, or a path relative to `base`.
@@ -641,7 +741,9 @@ pub fn resolve(s: &str, base: &Path) -> Result<Url, String> {
             "s3" | "gs" | "az" | "abfs" | "abfss" | "azure" | "http" | "https" => {
                 Url::parse(s).map_err(|e| format!("{s:?}: {e}"))
             }
-            other => Err(format!("{s:?}: unsupported scheme {other:?} (use a path, file://, s3://, gs:// or az://)")),
+            other => Err(format!(
+                "{s:?}: unsupported scheme {other:?} (use a path, file://, s3://, gs:// or az://)"
+            )),
         };
     }
     file_url(Path::new(s), base)
@@ -658,7 +760,11 @@ pub fn resolve_dir(s: &str, base: &Path) -> Result<Url, String> {
 }
 
 fn file_url(path: &Path, base: &Path) -> Result<Url, String> {
-    let abs = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
     let norm = normalize(&abs);
     Url::from_file_path(&norm).map_err(|()| format!("{}: not a usable path", path.display()))
 }
@@ -694,14 +800,20 @@ fn resolve_queue(uri: &str, base: &Path) -> Result<String, String> {
                 return Err(format!("{uri:?}: the SQLite path is empty"));
             }
             let p = Path::new(path);
-            let abs = normalize(&if p.is_absolute() { p.to_path_buf() } else { base.join(p) });
+            let abs = normalize(&if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            });
             Ok(match query {
                 Some(q) => format!("sqlite://{}?{q}", abs.display()),
                 None => format!("sqlite://{}", abs.display()),
             })
         }
         "sqs" | "kafka" => Ok(uri.to_string()),
-        other => Err(format!("{uri:?}: unsupported queue scheme {other:?} (sqlite://, sqs://, kafka://)")),
+        other => Err(format!(
+            "{uri:?}: unsupported queue scheme {other:?} (sqlite://, sqs://, kafka://)"
+        )),
     }
 }
 

@@ -51,8 +51,17 @@ fn the_documented_example_is_valid_and_resolved() {
     let m = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
     assert_eq!(m.input.as_str(), "file:///jobs/demo/images/");
     assert_eq!(m.model.as_str(), "file:///jobs/demo/model.onnx");
-    assert_eq!(m.labels.as_ref().unwrap().as_str(), "file:///jobs/demo/labels.txt");
-    assert!(m.output.as_str().starts_with("file:///jobs/demo/out/digits-"), "{}", m.output);
+    assert_eq!(
+        m.labels.as_ref().unwrap().as_str(),
+        "file:///jobs/demo/labels.txt"
+    );
+    assert!(
+        m.output
+            .as_str()
+            .starts_with("file:///jobs/demo/out/digits-"),
+        "{}",
+        m.output
+    );
     assert_eq!(m.queue_uri, "sqlite:///jobs/demo/queue.db");
     assert_eq!(m.raw.preprocess.color, Color::Gray);
     assert_eq!(m.raw.preprocess.layout, Layout::Nchw);
@@ -65,11 +74,24 @@ fn the_documented_example_is_valid_and_resolved() {
 fn job_id_is_stable_and_ignores_how_the_job_is_run() {
     let a = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
     // Comments, formatting, folder location, queue settings and batch size do not change the job.
-    let moved = Manifest::parse(&format!("# a comment\n{}", GOOD.replace("batch_size = 32", "batch_size = 8")
-        .replace("visibility_timeout_secs = 60", "visibility_timeout_secs = 120")), Path::new("/elsewhere")).unwrap();
+    let moved = Manifest::parse(
+        &format!(
+            "# a comment\n{}",
+            GOOD.replace("batch_size = 32", "batch_size = 8").replace(
+                "visibility_timeout_secs = 60",
+                "visibility_timeout_secs = 120"
+            )
+        ),
+        Path::new("/elsewhere"),
+    )
+    .unwrap();
     assert_eq!(a.job_id, moved.job_id);
     // What changes the rows changes the job.
-    let other = Manifest::parse(&GOOD.replace("top_k = 3", "top_k = 4"), Path::new("/jobs/demo")).unwrap();
+    let other = Manifest::parse(
+        &GOOD.replace("top_k = 3", "top_k = 4"),
+        Path::new("/jobs/demo"),
+    )
+    .unwrap();
     assert_ne!(a.job_id, other.job_id);
 }
 
@@ -126,12 +148,19 @@ fn missing_required_field() {
 
 #[test]
 fn mean_std_length_must_match_channels() {
-    let errs = errors(&GOOD.replace("mean = [0.0]", "mean = [0.485, 0.456, 0.406]").replace("std = [1.0]", "std = [0.2, 0.2]"));
+    let errs = errors(
+        &GOOD
+            .replace("mean = [0.0]", "mean = [0.485, 0.456, 0.406]")
+            .replace("std = [1.0]", "std = [0.2, 0.2]"),
+    );
     let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-    assert_eq!(lines, vec![
-        "preprocess.mean: has 3 values, but color = \"gray\" has 1 channel".to_string(),
-        "preprocess.std: has 2 values, but color = \"gray\" has 1 channel".to_string(),
-    ]);
+    assert_eq!(
+        lines,
+        vec![
+            "preprocess.mean: has 3 values, but color = \"gray\" has 1 channel".to_string(),
+            "preprocess.std: has 2 values, but color = \"gray\" has 1 channel".to_string(),
+        ]
+    );
 }
 
 #[test]
@@ -144,7 +173,13 @@ fn every_problem_is_reported_at_once_one_line_each() {
         .replace("resize = [8, 8]", "resize = [0, 8]");
     let errs = errors(&bad);
     let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-    for f in ["name", "model.batch_size", "queue.shard_size", "preprocess.std", "preprocess.resize"] {
+    for f in [
+        "name",
+        "model.batch_size",
+        "queue.shard_size",
+        "preprocess.std",
+        "preprocess.resize",
+    ] {
         assert!(fields.contains(&f), "{f} not reported in {fields:?}");
     }
     assert!(errs.iter().all(|e| !e.to_string().contains('\n')));
@@ -185,12 +220,27 @@ fn toml_syntax_error_names_the_line() {
 fn load_prefixes_every_line_with_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("job.toml");
-    std::fs::write(&path, GOOD.replace("top_k = 3", "top_k = 0").replace("max_attempts = 3", "max_attempts = 0")).unwrap();
+    std::fs::write(
+        &path,
+        GOOD.replace("top_k = 3", "top_k = 0")
+            .replace("max_attempts = 3", "max_attempts = 0"),
+    )
+    .unwrap();
     let msg = Manifest::load(&path).unwrap_err().to_string();
     let lines: Vec<&str> = msg.lines().collect();
     assert_eq!(lines.len(), 2, "{msg}");
-    assert!(lines.iter().all(|l| l.starts_with(&format!("{}: ", path.display()))), "{msg}");
-    assert!(msg.contains("postprocess.top_k: must be at least 1"), "{msg}");
-    let missing = Manifest::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with(&format!("{}: ", path.display()))),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("postprocess.top_k: must be at least 1"),
+        "{msg}"
+    );
+    let missing = Manifest::load(&dir.path().join("nope.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(missing.contains("nope.toml: cannot read"), "{missing}");
 }

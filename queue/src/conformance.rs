@@ -61,7 +61,12 @@ fn ids(leases: &[crate::Lease]) -> Vec<String> {
 pub async fn body_roundtrip(f: &dyn QueueFactory) {
     let q = f.fresh(QueueConfig::default()).await;
     let body: Vec<u8> = (0..=255u8).chain("ünïcødé ✓".bytes()).collect();
-    q.enqueue(&[NewItem { id: "a".into(), body: body.clone() }]).await.unwrap();
+    q.enqueue(&[NewItem {
+        id: "a".into(),
+        body: body.clone(),
+    }])
+    .await
+    .unwrap();
     let before = SystemTime::now();
     let got = q.lease(10, LONG, WAIT).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -69,8 +74,14 @@ pub async fn body_roundtrip(f: &dyn QueueFactory) {
     assert_eq!(got[0].body, body);
     assert_eq!(got[0].delivery_count, 1);
     let ahead = got[0].deadline.duration_since(before).unwrap_or_default();
-    assert!(ahead <= LONG + Duration::from_secs(1), "deadline {ahead:?} ahead, visibility {LONG:?}");
-    assert!(ahead >= LONG - Duration::from_secs(5), "deadline {ahead:?} ahead, visibility {LONG:?}");
+    assert!(
+        ahead <= LONG + Duration::from_secs(1),
+        "deadline {ahead:?} ahead, visibility {LONG:?}"
+    );
+    assert!(
+        ahead >= LONG - Duration::from_secs(5),
+        "deadline {ahead:?} ahead, visibility {LONG:?}"
+    );
 }
 
 /// A leased item is hidden from other consumers until its deadline.
@@ -83,7 +94,11 @@ pub async fn lease_hides_item(f: &dyn QueueFactory) {
     assert_eq!(second.len(), 1, "only one item was still visible");
     assert!(!first.iter().any(|l| l.id == second[0].id));
     let third = q.lease(10, LONG, Duration::from_millis(300)).await.unwrap();
-    assert!(third.is_empty(), "everything is leased, got {:?}", ids(&third));
+    assert!(
+        third.is_empty(),
+        "everything is leased, got {:?}",
+        ids(&third)
+    );
     let d = q.depth().await.unwrap();
     assert_eq!((d.visible, d.in_flight), (0, 3));
 }
@@ -101,7 +116,10 @@ pub async fn expiry_redelivers(f: &dyn QueueFactory) {
         .unwrap();
     assert_eq!(ids(&again), ids(&first), "the expired item must come back");
     assert_eq!(again[0].delivery_count, first[0].delivery_count + 1);
-    assert_ne!(again[0].token, first[0].token, "a new delivery gets a new token");
+    assert_ne!(
+        again[0].token, first[0].token,
+        "a new delivery gets a new token"
+    );
     // The old holder's extension must fail: someone else owns the item now.
     match q.extend(&first[0], LONG).await {
         Err(QueueError::LeaseLost { item, .. }) => assert_eq!(item, first[0].id),
@@ -114,13 +132,24 @@ pub async fn extend_postpones_expiry(f: &dyn QueueFactory) {
     let a = f.allowances();
     let q = f.fresh(QueueConfig::default()).await;
     q.enqueue(&items("ext", 1)).await.unwrap();
-    let lease = q.lease(1, a.short_visibility, WAIT).await.unwrap().remove(0);
+    let lease = q
+        .lease(1, a.short_visibility, WAIT)
+        .await
+        .unwrap()
+        .remove(0);
     let new_deadline = q.extend(&lease, LONG).await.unwrap();
-    assert!(new_deadline > lease.deadline, "extension must move the deadline later");
+    assert!(
+        new_deadline > lease.deadline,
+        "extension must move the deadline later"
+    );
     // Past the original deadline (plus slack) the item is still hidden.
     let waited = a.short_visibility + a.expiry_slack;
     let none = q.lease(1, LONG, waited).await.unwrap();
-    assert!(none.is_empty(), "extended item was redelivered: {:?}", ids(&none));
+    assert!(
+        none.is_empty(),
+        "extended item was redelivered: {:?}",
+        ids(&none)
+    );
     // The holder can still extend and ack.
     q.extend(&lease, LONG).await.unwrap();
     q.ack(std::slice::from_ref(&lease)).await.unwrap();
@@ -132,7 +161,11 @@ pub async fn extend_after_expiry(f: &dyn QueueFactory) {
     let a = f.allowances();
     let q = f.fresh(QueueConfig { max_attempts: 10 }).await;
     q.enqueue(&items("late", 1)).await.unwrap();
-    let lease = q.lease(1, a.short_visibility, WAIT).await.unwrap().remove(0);
+    let lease = q
+        .lease(1, a.short_visibility, WAIT)
+        .await
+        .unwrap()
+        .remove(0);
     tokio::time::sleep(a.short_visibility + a.expiry_slack).await;
     match q.extend(&lease, LONG).await {
         Err(QueueError::LeaseLost { .. }) => {}
@@ -151,11 +184,17 @@ pub async fn release_makes_visible_now(f: &dyn QueueFactory) {
     q.release(&leases, None).await.unwrap();
     let back = q.lease(2, LONG, WAIT).await.unwrap();
     assert_eq!(ids(&back), ids(&leases));
-    assert!(t0.elapsed() < Duration::from_secs(2), "released items took {:?} to reappear", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "released items took {:?} to reappear",
+        t0.elapsed()
+    );
     // Releasing the stale leases again does nothing to the new holder.
     q.release(&leases, None).await.unwrap();
     for l in &back {
-        q.extend(l, LONG).await.expect("the new holder keeps its lease");
+        q.extend(l, LONG)
+            .await
+            .expect("the new holder keeps its lease");
     }
 }
 
@@ -197,7 +236,10 @@ pub async fn concurrent_consumers_never_share(f: &dyn QueueFactory) {
                     let mut seen = seen.lock().unwrap();
                     for l in &got {
                         if let Some(other) = seen.insert(l.id.clone(), c) {
-                            panic!("{} leased by consumer {other} and then {c} while held", l.id);
+                            panic!(
+                                "{} leased by consumer {other} and then {c} while held",
+                                l.id
+                            );
                         }
                     }
                 }
@@ -209,8 +251,8 @@ pub async fn concurrent_consumers_never_share(f: &dyn QueueFactory) {
     for t in tasks {
         t.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), N, "every item leased exactly once");
+    let leased = seen.lock().unwrap().len();
+    assert_eq!(leased, N, "every item leased exactly once");
     assert_eq!(q.depth().await.unwrap().pending(), 0);
 }
 
@@ -222,12 +264,22 @@ pub async fn dead_letter_after_max_attempts(f: &dyn QueueFactory) {
     q.enqueue(&items("fine", 1)).await.unwrap();
     for attempt in 1..=2 {
         let got = q.lease(10, LONG, WAIT).await.unwrap();
-        let poison: Vec<_> = got.iter().filter(|l| l.id.starts_with("poison")).cloned().collect();
+        let poison: Vec<_> = got
+            .iter()
+            .filter(|l| l.id.starts_with("poison"))
+            .cloned()
+            .collect();
         assert_eq!(poison.len(), 1, "attempt {attempt}: poison item delivered");
-        q.release(&poison, Some(&format!("decode failed on attempt {attempt}")))
-            .await
-            .unwrap();
-        let fine: Vec<_> = got.into_iter().filter(|l| l.id.starts_with("fine")).collect();
+        q.release(
+            &poison,
+            Some(&format!("decode failed on attempt {attempt}")),
+        )
+        .await
+        .unwrap();
+        let fine: Vec<_> = got
+            .into_iter()
+            .filter(|l| l.id.starts_with("fine"))
+            .collect();
         q.ack(&fine).await.unwrap();
     }
     let after = q.lease(10, LONG, Duration::from_millis(500)).await.unwrap();
@@ -249,7 +301,10 @@ pub async fn expiries_count_as_attempts(f: &dyn QueueFactory) {
     let mut delivered = 0;
     let give_up = Instant::now() + (a.short_visibility + a.expiry_slack) * 4 + WAIT;
     while Instant::now() < give_up {
-        let got = q.lease(1, a.short_visibility, Duration::from_millis(200)).await.unwrap();
+        let got = q
+            .lease(1, a.short_visibility, Duration::from_millis(200))
+            .await
+            .unwrap();
         delivered += got.len();
         if q.depth().await.unwrap().dead == 1 {
             break;
@@ -257,7 +312,11 @@ pub async fn expiries_count_as_attempts(f: &dyn QueueFactory) {
     }
     assert_eq!(delivered, 2, "delivered exactly max_attempts times");
     let dead = q.dead_letters(10).await.unwrap();
-    assert_eq!(dead.len(), 1, "the item is dead-lettered after its leases expired");
+    assert_eq!(
+        dead.len(),
+        1,
+        "the item is dead-lettered after its leases expired"
+    );
     assert!(!dead[0].reason.is_empty());
 }
 
@@ -266,10 +325,15 @@ pub async fn explicit_dead_letter(f: &dyn QueueFactory) {
     let q = f.fresh(QueueConfig::default()).await;
     q.enqueue(&items("dl", 2)).await.unwrap();
     let leases = q.lease(2, LONG, WAIT).await.unwrap();
-    q.dead_letter(&leases[0], "not a spotbatch message").await.unwrap();
+    q.dead_letter(&leases[0], "not a spotbatch message")
+        .await
+        .unwrap();
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].id.as_str(), dead[0].reason.as_str()), (leases[0].id.as_str(), "not a spotbatch message"));
+    assert_eq!(
+        (dead[0].id.as_str(), dead[0].reason.as_str()),
+        (leases[0].id.as_str(), "not a spotbatch message")
+    );
     q.ack(&leases[1..]).await.unwrap();
     let d = q.depth().await.unwrap();
     assert_eq!((d.pending(), d.dead), (0, 1));

@@ -192,7 +192,9 @@ pub async fn open(uri: &str, config: QueueConfig) -> Result<Box<dyn LeaseQueue>>
         "sqlite" => Ok(Box::new(sqlite::SqliteQueue::open_uri(uri, config).await?)),
         "sqs" | "kafka" => Err(QueueError::InvalidUri {
             uri: uri.to_string(),
-            reason: format!("the {scheme} backend is not part of this build yet; use sqlite://PATH"),
+            reason: format!(
+                "the {scheme} backend is not part of this build yet; use sqlite://PATH"
+            ),
         }),
         _ => Err(QueueError::InvalidUri {
             uri: uri.to_string(),

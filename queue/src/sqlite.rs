@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
 use crate::{
-    from_unix_millis, unix_millis, Depth, DeadLetter, Lease, LeaseQueue, LeaseToken, NewItem,
+    from_unix_millis, unix_millis, DeadLetter, Depth, Lease, LeaseQueue, LeaseToken, NewItem,
     QueueConfig, QueueError, Result,
 };
 
@@ -93,8 +93,10 @@ impl SqliteQueue {
                 source: format!("cannot open {}: {e}", path_c.display()).into(),
             })?;
             conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-            conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(err)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(err)?;
             conn.execute_batch(SCHEMA).map_err(err)?;
             Ok(conn)
         })
@@ -195,7 +197,12 @@ impl SqliteQueue {
 }
 
 /// Marks expired leases as failed attempts and dead-letters items out of attempts.
-fn sweep(tx: &rusqlite::Transaction<'_>, q: &str, now_ms: i64, max_attempts: u32) -> rusqlite::Result<()> {
+fn sweep(
+    tx: &rusqlite::Transaction<'_>,
+    q: &str,
+    now_ms: i64,
+    max_attempts: u32,
+) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE items SET failures = failures + 1, token = NULL,
              last_error = 'lease expired without ack or release (delivery ' || delivery_count || ')'
@@ -282,11 +289,16 @@ impl LeaseQueue for SqliteQueue {
     }
 
     async fn ack(&self, leases: &[Lease]) -> Result<()> {
-        let keys: Vec<(String, String)> = leases.iter().map(|l| (l.id.clone(), l.token.0.clone())).collect();
+        let keys: Vec<(String, String)> = leases
+            .iter()
+            .map(|l| (l.id.clone(), l.token.0.clone()))
+            .collect();
         self.with_conn(move |conn, q| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut del = tx.prepare_cached("DELETE FROM items WHERE queue = ?1 AND id = ?2 AND token = ?3")?;
+                let mut del = tx.prepare_cached(
+                    "DELETE FROM items WHERE queue = ?1 AND id = ?2 AND token = ?3",
+                )?;
                 for (id, token) in &keys {
                     del.execute(params![q, id, token])?;
                 }
@@ -297,7 +309,10 @@ impl LeaseQueue for SqliteQueue {
     }
 
     async fn release(&self, leases: &[Lease], error: Option<&str>) -> Result<()> {
-        let keys: Vec<(String, String)> = leases.iter().map(|l| (l.id.clone(), l.token.0.clone())).collect();
+        let keys: Vec<(String, String)> = leases
+            .iter()
+            .map(|l| (l.id.clone(), l.token.0.clone()))
+            .collect();
         let error = error.map(one_line);
         self.with_conn(move |conn, q| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -430,18 +445,31 @@ pub fn parse_uri(uri: &str) -> Result<(PathBuf, String)> {
         return Err(invalid("the path is empty"));
     }
     let mut queue = "default".to_string();
-    for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+    for pair in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+    {
         match pair.split_once('=') {
             Some(("queue", name)) if valid_queue_name(name) => queue = name.to_string(),
-            Some(("queue", _)) => return Err(invalid("queue= takes 1-80 letters, digits, '-' or '_'")),
-            _ => return Err(invalid(&format!("unknown parameter {pair:?} (known: queue)"))),
+            Some(("queue", _)) => {
+                return Err(invalid("queue= takes 1-80 letters, digits, '-' or '_'"))
+            }
+            _ => {
+                return Err(invalid(&format!(
+                    "unknown parameter {pair:?} (known: queue)"
+                )))
+            }
         }
     }
     Ok((PathBuf::from(path), queue))
 }
 
 fn valid_queue_name(name: &str) -> bool {
-    (1..=80).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    (1..=80).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn backend_err(queue: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> QueueError {

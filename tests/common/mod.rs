@@ -15,18 +15,21 @@ pub fn root() -> PathBuf {
 
 /// `ORT_DYLIB_PATH`, which `make test` always sets. Missing is a failure, not a skip.
 pub fn ort_lib() -> String {
-    std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`")
+    std::env::var("ORT_DYLIB_PATH")
+        .expect("ORT_DYLIB_PATH is not set: run the tests with `make test`")
 }
 
 /// The project's Python (with onnxruntime and Pillow), which `make test` always sets.
 pub fn python() -> String {
-    std::env::var("SPOTBATCH_PYTHON").expect("SPOTBATCH_PYTHON is not set: run the tests with `make test`")
+    std::env::var("SPOTBATCH_PYTHON")
+        .expect("SPOTBATCH_PYTHON is not set: run the tests with `make test`")
 }
 
 /// A `spotbatch` command with ONNX Runtime configured.
 pub fn spotbatch() -> Command {
     let mut c = Command::new(BIN);
-    c.env("ORT_DYLIB_PATH", ort_lib()).env_remove("SPOTBATCH_LOG");
+    c.env("ORT_DYLIB_PATH", ort_lib())
+        .env_remove("SPOTBATCH_LOG");
     c
 }
 
@@ -113,7 +116,10 @@ impl JobDir {
             for line in std::fs::read_to_string(&path).unwrap().lines() {
                 let row: serde_json::Value = serde_json::from_str(line).expect("row is JSON");
                 let key = row["key"].as_str().expect("row has a key").to_string();
-                assert!(rows.insert(key.clone(), row).is_none(), "duplicate row for {key}");
+                assert!(
+                    rows.insert(key.clone(), row).is_none(),
+                    "duplicate row for {key}"
+                );
             }
         }
         rows
@@ -125,7 +131,12 @@ impl JobDir {
         collect_files(&self.images(), &mut files);
         let mut keys: Vec<String> = files
             .iter()
-            .map(|p| p.strip_prefix(self.images()).unwrap().to_string_lossy().replace('\\', "/"))
+            .map(|p| {
+                p.strip_prefix(self.images())
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/")
+            })
             .collect();
         keys.sort();
         keys

@@ -117,7 +117,9 @@ pub struct OrtEngine {
 
 impl std::fmt::Debug for OrtEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrtEngine").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("OrtEngine")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,29 +133,48 @@ impl OrtEngine {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| bad(e.into()))?;
         if opts.intra_op_threads > 0 {
-            builder = builder.with_intra_threads(opts.intra_op_threads).map_err(|e| bad(e.into()))?;
+            builder = builder
+                .with_intra_threads(opts.intra_op_threads)
+                .map_err(|e| bad(e.into()))?;
         }
         let session = builder.commit_from_memory(model).map_err(bad)?;
-        let inputs: Vec<TensorInfo> = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
-        let outputs: Vec<TensorInfo> = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        let inputs: Vec<TensorInfo> = session
+            .inputs()
+            .iter()
+            .map(|o| tensor_info(o.name(), o.dtype()))
+            .collect();
+        let outputs: Vec<TensorInfo> = session
+            .outputs()
+            .iter()
+            .map(|o| tensor_info(o.name(), o.dtype()))
+            .collect();
         let input = pick("model.input", "input", &inputs, opts.input.as_deref())?;
         let output = pick("model.output", "output", &outputs, opts.output.as_deref())?;
         if !input.is_f32 {
             return Err(EngineError::Mismatch {
                 field: "model.input",
-                message: format!("{:?} takes {} values; spotbatch feeds float32", input.name, input.element),
+                message: format!(
+                    "{:?} takes {} values; spotbatch feeds float32",
+                    input.name, input.element
+                ),
             });
         }
         if !output.is_f32 {
             return Err(EngineError::Mismatch {
                 field: "model.output",
-                message: format!("{:?} gives {} values; spotbatch reads float32", output.name, output.element),
+                message: format!(
+                    "{:?} gives {} values; spotbatch reads float32",
+                    output.name, output.element
+                ),
             });
         }
         if output.dims.is_empty() {
             return Err(EngineError::Mismatch {
                 field: "model.output",
-                message: format!("{:?} is a scalar; spotbatch needs a batch dimension first", output.name),
+                message: format!(
+                    "{:?} is a scalar; spotbatch needs a batch dimension first",
+                    output.name
+                ),
             });
         }
         Ok(Self {
@@ -175,12 +196,18 @@ impl InferenceEngine for OrtEngine {
             .session
             .run(ort::inputs![self.info.input.name.as_str() => tensor])
             .map_err(run_err)?;
-        let value = outputs
-            .get(&self.info.output.name)
-            .ok_or_else(|| EngineError::Run(format!("output {:?} missing from the results", self.info.output.name)))?;
+        let value = outputs.get(&self.info.output.name).ok_or_else(|| {
+            EngineError::Run(format!(
+                "output {:?} missing from the results",
+                self.info.output.name
+            ))
+        })?;
         let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
         Ok(BatchOutput {
-            shape: out_shape.iter().map(|d| usize::try_from(*d).unwrap_or(0)).collect(),
+            shape: out_shape
+                .iter()
+                .map(|d| usize::try_from(*d).unwrap_or(0))
+                .collect(),
             data: data.to_vec(),
         })
     }
@@ -203,17 +230,39 @@ fn tensor_info(name: &str, ty: &ValueType) -> TensorInfo {
     }
 }
 
-fn pick(field: &'static str, what: &str, all: &[TensorInfo], wanted: Option<&str>) -> Result<TensorInfo, EngineError> {
-    let names = || all.iter().map(|t| format!("{:?}", t.name)).collect::<Vec<_>>().join(", ");
+fn pick(
+    field: &'static str,
+    what: &str,
+    all: &[TensorInfo],
+    wanted: Option<&str>,
+) -> Result<TensorInfo, EngineError> {
+    let names = || {
+        all.iter()
+            .map(|t| format!("{:?}", t.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match wanted {
-        Some(name) => all.iter().find(|t| t.name == name).cloned().ok_or_else(|| EngineError::Mismatch {
-            field,
-            message: format!("{name:?} is not an {what} of the model (its {what}s: {})", names()),
-        }),
+        Some(name) => {
+            all.iter()
+                .find(|t| t.name == name)
+                .cloned()
+                .ok_or_else(|| EngineError::Mismatch {
+                    field,
+                    message: format!(
+                        "{name:?} is not an {what} of the model (its {what}s: {})",
+                        names()
+                    ),
+                })
+        }
         None if all.len() == 1 => Ok(all[0].clone()),
         None => Err(EngineError::Mismatch {
             field,
-            message: format!("the model has {} {what}s ({}); name one", all.len(), names()),
+            message: format!(
+                "the model has {} {what}s ({}); name one",
+                all.len(),
+                names()
+            ),
         }),
     }
 }

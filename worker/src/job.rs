@@ -60,18 +60,27 @@ pub struct JobContext {
 
 impl std::fmt::Debug for JobContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobContext").field("job", &self.manifest.job_id).finish_non_exhaustive()
+        f.debug_struct("JobContext")
+            .field("job", &self.manifest.job_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl JobContext {
     /// Reads the model and labels, loads the model and fits the manifest to it.
-    pub async fn load(manifest: Manifest, intra_op_threads: Option<usize>) -> Result<Self, JobError> {
+    pub async fn load(
+        manifest: Manifest,
+        intra_op_threads: Option<usize>,
+    ) -> Result<Self, JobError> {
         let file_err = |field: &'static str| move |e: String| JobError::File { field, message: e };
-        let model_bytes = read_url(&manifest.model).await.map_err(file_err("model.uri"))?;
+        let model_bytes = read_url(&manifest.model)
+            .await
+            .map_err(file_err("model.uri"))?;
         let labels = match &manifest.labels {
             Some(url) => {
-                let bytes = read_url(url).await.map_err(file_err("postprocess.labels"))?;
+                let bytes = read_url(url)
+                    .await
+                    .map_err(file_err("postprocess.labels"))?;
                 let text = String::from_utf8(bytes.to_vec()).map_err(|_| JobError::File {
                     field: "postprocess.labels",
                     message: format!("{url}: not UTF-8 text"),
@@ -111,7 +120,9 @@ impl JobContext {
 
     /// Items per inference call.
     pub fn batch_size(&self) -> usize {
-        self.plan.fixed_batch.unwrap_or(self.manifest.raw.model.batch_size)
+        self.plan
+            .fixed_batch
+            .unwrap_or(self.manifest.raw.model.batch_size)
     }
 
     /// How long a partial batch waits for more items.
@@ -123,10 +134,13 @@ impl JobContext {
 /// Reads a whole small file (model, labels) by URL.
 pub async fn read_url(url: &url::Url) -> Result<bytes::Bytes, String> {
     let (prefix, key) = Prefix::open_object(url).map_err(|e| e.to_string())?;
-    prefix.get(&key, MAX_MODEL_BYTES).await.map_err(|e| match e {
-        spotbatch_coordinator::GetError::Storage(s) => s.to_string(),
-        other => format!("{url}: {other}"),
-    })
+    prefix
+        .get(&key, MAX_MODEL_BYTES)
+        .await
+        .map_err(|e| match e {
+            spotbatch_coordinator::GetError::Storage(s) => s.to_string(),
+            other => format!("{url}: {other}"),
+        })
 }
 
 /// The jobs a worker serves, by manifest digest, with their loaded contexts.
@@ -139,9 +153,15 @@ pub struct Jobs {
 
 impl Jobs {
     /// Jobs from manifests; `intra_op_threads` overrides each manifest's setting when given.
-    pub fn new(manifests: impl IntoIterator<Item = Manifest>, intra_op_threads: Option<usize>) -> Self {
+    pub fn new(
+        manifests: impl IntoIterator<Item = Manifest>,
+        intra_op_threads: Option<usize>,
+    ) -> Self {
         Self {
-            manifests: manifests.into_iter().map(|m| (m.digest.clone(), m)).collect(),
+            manifests: manifests
+                .into_iter()
+                .map(|m| (m.digest.clone(), m))
+                .collect(),
             loaded: Default::default(),
             intra_op_threads,
         }
@@ -149,7 +169,10 @@ impl Jobs {
 
     /// The longest visibility timeout among the jobs (one lease call serves them all).
     pub fn max_visibility_secs(&self) -> Option<u64> {
-        self.manifests.values().map(|m| m.raw.queue.visibility_timeout_secs).max()
+        self.manifests
+            .values()
+            .map(|m| m.raw.queue.visibility_timeout_secs)
+            .max()
     }
 
     /// The loaded job for a shard, loading it on first use. Failures are not cached: the next

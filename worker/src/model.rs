@@ -52,14 +52,18 @@ pub fn plan_input(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineErr
             _ => {
                 return Err(mismatch(
                     "preprocess.resize",
-                    format!("required: the model input {name:?} has dynamic height/width ({dims:?})"),
+                    format!(
+                        "required: the model input {name:?} has dynamic height/width ({dims:?})"
+                    ),
                 ))
             }
         },
         None => {
             return Err(mismatch(
                 "preprocess.resize",
-                format!("required: the model input {name:?} ({dims:?}) does not say the image size"),
+                format!(
+                    "required: the model input {name:?} ({dims:?}) does not say the image size"
+                ),
             ))
         }
     };
@@ -83,7 +87,11 @@ pub fn plan_input(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineErr
         }
         for (i, (&d, &w)) in item.iter().zip(&want).enumerate() {
             if d > 0 && d != w {
-                let field = if i == ci { "preprocess.layout" } else { "preprocess.resize" };
+                let field = if i == ci {
+                    "preprocess.layout"
+                } else {
+                    "preprocess.resize"
+                };
                 return Err(mismatch(
                     field,
                     format!("the model input {name:?} takes {dims:?} per batch; preprocessing gives [batch, {}]",
@@ -120,10 +128,17 @@ pub fn plan_input(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineErr
 
 /// Checks the output against the post-processing and labels; returns the per-item output size
 /// when the model fixes it.
-pub fn check_output(m: &Manifest, info: &ModelInfo, labels: Option<&[String]>) -> Result<Option<usize>, EngineError> {
+pub fn check_output(
+    m: &Manifest,
+    info: &ModelInfo,
+    labels: Option<&[String]>,
+) -> Result<Option<usize>, EngineError> {
     let dims = &info.output.dims;
     let item = &dims[1.min(dims.len())..];
-    let per_item = item.iter().all(|d| *d > 0).then(|| item.iter().product::<i64>() as usize);
+    let per_item = item
+        .iter()
+        .all(|d| *d > 0)
+        .then(|| item.iter().product::<i64>() as usize);
     let q = &m.raw.postprocess;
     if q.kind == PostKind::Classify {
         if let Some(k) = per_item {
@@ -131,7 +146,11 @@ pub fn check_output(m: &Manifest, info: &ModelInfo, labels: Option<&[String]>) -
                 if labels.len() != k {
                     return Err(mismatch(
                         "postprocess.labels",
-                        format!("has {} labels, the model output {:?} has {k} classes", labels.len(), info.output.name),
+                        format!(
+                            "has {} labels, the model output {:?} has {k} classes",
+                            labels.len(),
+                            info.output.name
+                        ),
                     ));
                 }
             }
@@ -142,7 +161,10 @@ pub fn check_output(m: &Manifest, info: &ModelInfo, labels: Option<&[String]>) -
 
 /// Reads a labels file: one label per line, trailing blank lines ignored.
 pub fn parse_labels(text: &str) -> Vec<String> {
-    let mut labels: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let mut labels: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
     while labels.last().is_some_and(|l| l.trim().is_empty()) {
         labels.pop();
     }

@@ -68,7 +68,10 @@ impl Default for WorkerOptions {
 
 /// Half the cores for decoding, at least one: the model's own threads take the rest.
 pub fn default_decode_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Live counters, shared with whoever shows progress.
@@ -232,7 +235,11 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
         }
         let visibility = Duration::from_secs(visibility_secs(&shared));
         // While our own shards are in work, look again soon: a slot frees when one finishes.
-        let wait = if tasks.is_empty() { shared.opts.lease_wait } else { shared.opts.lease_wait.min(Duration::from_millis(100)) };
+        let wait = if tasks.is_empty() {
+            shared.opts.lease_wait
+        } else {
+            shared.opts.lease_wait.min(Duration::from_millis(100))
+        };
         let leases = tokio::select! {
             r = shared.queue.lease(permits.len(), visibility, wait) => r,
             _ = shared.stop.cancelled() => break Ok(()),
@@ -248,7 +255,7 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
         if leases.is_empty() {
             continue;
         }
-        for (lease, permit) in leases.into_iter().zip(permits.into_iter()) {
+        for (lease, permit) in leases.into_iter().zip(permits) {
             let shared = Arc::clone(&shared);
             tasks.spawn(async move {
                 handle_lease(&shared, lease).await;
@@ -282,9 +289,15 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     if lease.delivery_count > 1 {
         metrics::counter!("spotbatch_redeliveries_total").increment(1);
     }
-    shared.progress.shards_in_flight.fetch_add(1, Ordering::Relaxed);
+    shared
+        .progress
+        .shards_in_flight
+        .fetch_add(1, Ordering::Relaxed);
     let outcome = run_shard(shared, &task, &lease).await;
-    shared.progress.shards_in_flight.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .progress
+        .shards_in_flight
+        .fetch_sub(1, Ordering::Relaxed);
     let job = task.job.clone();
     match outcome {
         Outcome::Done { items, errors } => {
@@ -292,23 +305,40 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             if let Err(e) = q.ack(std::slice::from_ref(&lease)).await {
                 warn!(job = %job, shard = %task.shard, error = %e, "ack failed; the shard will be redelivered and skipped");
             }
-            shared.progress.items_ok.fetch_add(items - errors, Ordering::Relaxed);
-            shared.progress.items_failed.fetch_add(errors, Ordering::Relaxed);
+            shared
+                .progress
+                .items_ok
+                .fetch_add(items - errors, Ordering::Relaxed);
+            shared
+                .progress
+                .items_failed
+                .fetch_add(errors, Ordering::Relaxed);
             shared.progress.shards_done.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "ok").increment(items - errors);
-            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "error").increment(errors);
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done").increment(1);
+            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "ok")
+                .increment(items - errors);
+            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "error")
+                .increment(errors);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done")
+                .increment(1);
             debug!(shard = %task.shard, items, errors, "shard done");
         }
         Outcome::AlreadyDone => {
             let _ = q.ack(std::slice::from_ref(&lease)).await;
-            shared.progress.shards_skipped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "skipped").increment(1);
+            shared
+                .progress
+                .shards_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "skipped")
+                .increment(1);
         }
         Outcome::Failed(reason) => {
             warn!(worker = %shared.opts.id, job = %job, shard = %task.shard, attempt = lease.delivery_count, error = %reason, "shard failed; releasing it");
-            shared.progress.attempts_failed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "failed").increment(1);
+            shared
+                .progress
+                .attempts_failed
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "failed")
+                .increment(1);
             metrics::counter!("spotbatch_leases_released_total", "reason" => "failed").increment(1);
             if let Err(e) = q.release(std::slice::from_ref(&lease), Some(&reason)).await {
                 warn!(shard = %task.shard, error = %e, "release failed; the lease will expire");
@@ -316,10 +346,12 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
         }
         Outcome::LeaseLost(reason) => {
             warn!(worker = %shared.opts.id, shard = %task.shard, error = %reason, "lease lost; stopped work on the shard");
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "lease_lost").increment(1);
+            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "lease_lost")
+                .increment(1);
         }
         Outcome::Interrupted => {
-            metrics::counter!("spotbatch_leases_released_total", "reason" => "shutdown").increment(1);
+            metrics::counter!("spotbatch_leases_released_total", "reason" => "shutdown")
+                .increment(1);
             if let Err(e) = q.release(std::slice::from_ref(&lease), None).await {
                 warn!(shard = %task.shard, error = %e, "release failed; the lease will expire");
             }
@@ -383,7 +415,8 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
     if let Err(e) = written {
         return Outcome::Failed(e.to_string());
     }
-    metrics::histogram!("spotbatch_stage_seconds", "stage" => "write").record(t0.elapsed().as_secs_f64());
+    metrics::histogram!("spotbatch_stage_seconds", "stage" => "write")
+        .record(t0.elapsed().as_secs_f64());
     Outcome::Done {
         items: rows.len() as u64,
         errors,
@@ -405,7 +438,9 @@ async fn process_shard(
         cancel,
     });
     let feed = async {
-        let Ok(_permit) = shared.feed.acquire().await else { return };
+        let Ok(_permit) = shared.feed.acquire().await else {
+            return;
+        };
         let max_bytes = ctx.manifest.raw.input.max_bytes;
         let fetches = futures::stream::iter(task.keys.clone().into_iter().enumerate())
             .map(|(idx, key)| {
@@ -413,7 +448,8 @@ async fn process_shard(
                 async move {
                     let t0 = Instant::now();
                     let r = ctx.input.get(&key, max_bytes).await;
-                    metrics::histogram!("spotbatch_stage_seconds", "stage" => "fetch").record(t0.elapsed().as_secs_f64());
+                    metrics::histogram!("spotbatch_stage_seconds", "stage" => "fetch")
+                        .record(t0.elapsed().as_secs_f64());
                     (idx, key, r)
                 }
             })
@@ -436,8 +472,12 @@ async fn process_shard(
                     }
                 }
                 // Missing or oversized inputs are the item's problem: an error row.
-                Err(e @ GetError::TooLarge { .. }) | Err(e @ GetError::Storage(StorageError::NotFound { .. })) => {
-                    work.send(ToShard::Row(idx, OutputRow::failed(key, ctx.post.kind(), e.to_string())));
+                Err(e @ GetError::TooLarge { .. })
+                | Err(e @ GetError::Storage(StorageError::NotFound { .. })) => {
+                    work.send(ToShard::Row(
+                        idx,
+                        OutputRow::failed(key, ctx.post.kind(), e.to_string()),
+                    ));
                 }
                 // Anything else is the store's: fail the attempt, it is retried.
                 Err(GetError::Storage(e)) => {
@@ -510,9 +550,11 @@ fn decode_loop(rx: async_channel::Receiver<Fetched>, tx: crossbeam_channel::Send
         let t0 = Instant::now();
         let mut values = Vec::with_capacity(item.work.ctx.plan.item_len);
         let pre = &item.work.ctx.pre;
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| pre.process(&item.bytes, &mut values)))
-            .unwrap_or_else(|_| Err("the image decoder crashed on this input".into()));
-        metrics::histogram!("spotbatch_stage_seconds", "stage" => "decode").record(t0.elapsed().as_secs_f64());
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| pre.process(&item.bytes, &mut values)))
+                .unwrap_or_else(|_| Err("the image decoder crashed on this input".into()));
+        metrics::histogram!("spotbatch_stage_seconds", "stage" => "decode")
+            .record(t0.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 let d = Decoded {
@@ -578,7 +620,8 @@ fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
         return;
     };
     let item_len = ctx.plan.item_len;
-    let mut input = Vec::with_capacity(item_len * batch.len().max(ctx.plan.fixed_batch.unwrap_or(0)));
+    let mut input =
+        Vec::with_capacity(item_len * batch.len().max(ctx.plan.fixed_batch.unwrap_or(0)));
     for d in &batch {
         input.extend_from_slice(&d.values);
     }
@@ -608,7 +651,10 @@ fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
         Err(batch_err) => {
             warn!(job = %ctx.manifest.job_id, error = %batch_err, "batch failed; running its items one by one");
             let singles: Vec<Result<Vec<Result<spotbatch_proto::RowValue, String>>, String>> =
-                batch.iter().map(|d| infer(engine.as_mut(), ctx, &d.values, 1)).collect();
+                batch
+                    .iter()
+                    .map(|d| infer(engine.as_mut(), ctx, &d.values, 1))
+                    .collect();
             let all_failed = singles.iter().all(|r| r.is_err());
             for (d, r) in batch.into_iter().zip(singles) {
                 match (r, all_failed) {
@@ -626,7 +672,11 @@ fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
                                 error: None,
                             },
                             Some(Err(reason)) => OutputRow::failed(d.key, ctx.post.kind(), reason),
-                            None => OutputRow::failed(d.key, ctx.post.kind(), "model returned no output"),
+                            None => OutputRow::failed(
+                                d.key,
+                                ctx.post.kind(),
+                                "model returned no output",
+                            ),
                         };
                         d.work.send(ToShard::Row(d.idx, row));
                     }
@@ -659,7 +709,10 @@ fn infer(
     }
     .map_err(|e| e.to_string())?;
     if out.shape.first().copied() != Some(run_n) {
-        return Err(format!("model output shape {:?} does not start with the batch size {run_n}", out.shape));
+        return Err(format!(
+            "model output shape {:?} does not start with the batch size {run_n}",
+            out.shape
+        ));
     }
     let per = out.data.len() / run_n.max(1);
     let item_shape = &out.shape[1..];

@@ -28,7 +28,11 @@ impl Postprocessor {
         }
         match self.spec.kind {
             PostKind::Classify => {
-                let scores = if self.spec.softmax { softmax(values) } else { values.to_vec() };
+                let scores = if self.spec.softmax {
+                    softmax(values)
+                } else {
+                    values.to_vec()
+                };
                 let mut order: Vec<usize> = (0..scores.len()).collect();
                 // Best first; equal scores keep class order so rows are deterministic.
                 order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -79,13 +83,24 @@ mod tests {
     use super::*;
 
     fn spec(kind: PostKind, top_k: usize, softmax: bool, normalize: bool) -> PostprocessSpec {
-        PostprocessSpec { kind, top_k, labels: None, softmax, normalize }
+        PostprocessSpec {
+            kind,
+            top_k,
+            labels: None,
+            softmax,
+            normalize,
+        }
     }
 
     #[test]
     fn top_k_orders_by_score_then_index_with_labels() {
-        let p = Postprocessor::new(spec(PostKind::Classify, 3, false, false), Some(vec!["a".into(), "b".into(), "c".into(), "d".into()]));
-        let RowValue::TopK(t) = p.apply(&[0.1, 0.5, 0.5, 0.2], &[4]).unwrap() else { panic!() };
+        let p = Postprocessor::new(
+            spec(PostKind::Classify, 3, false, false),
+            Some(vec!["a".into(), "b".into(), "c".into(), "d".into()]),
+        );
+        let RowValue::TopK(t) = p.apply(&[0.1, 0.5, 0.5, 0.2], &[4]).unwrap() else {
+            panic!()
+        };
         let got: Vec<(usize, &str)> = t.iter().map(|s| (s.index, s.label.as_str())).collect();
         assert_eq!(got, vec![(1, "b"), (2, "c"), (3, "d")]);
     }
@@ -93,7 +108,9 @@ mod tests {
     #[test]
     fn softmax_sums_to_one_and_keeps_order() {
         let p = Postprocessor::new(spec(PostKind::Classify, 2, true, false), None);
-        let RowValue::TopK(t) = p.apply(&[1.0, 3.0, 2.0], &[3]).unwrap() else { panic!() };
+        let RowValue::TopK(t) = p.apply(&[1.0, 3.0, 2.0], &[3]).unwrap() else {
+            panic!()
+        };
         assert_eq!((t[0].index, t[0].label.as_str()), (2 - 1, "1"));
         let s = softmax(&[1.0, 3.0, 2.0]);
         assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
@@ -103,7 +120,10 @@ mod tests {
     #[test]
     fn embedding_normalises_and_nan_is_an_error() {
         let p = Postprocessor::new(spec(PostKind::Embedding, 1, false, true), None);
-        assert_eq!(p.apply(&[3.0, 4.0], &[2]).unwrap(), RowValue::Embedding(vec![0.6, 0.8]));
+        assert_eq!(
+            p.apply(&[3.0, 4.0], &[2]).unwrap(),
+            RowValue::Embedding(vec![0.6, 0.8])
+        );
         assert!(p.apply(&[f32::NAN], &[1]).is_err());
     }
 }

@@ -73,7 +73,12 @@ impl Preprocessor {
             .with_guessed_format()
             .map_err(|e| format!("cannot read image: {e}"))?
             .into_dimensions()
-            .map_err(|e| format!("corrupt image header: {}", crate::engine::one_line(&e.to_string())))?;
+            .map_err(|e| {
+                format!(
+                    "corrupt image header: {}",
+                    crate::engine::one_line(&e.to_string())
+                )
+            })?;
         let pixels = u64::from(w) * u64::from(h);
         if pixels > self.max_pixels {
             return Err(format!(
@@ -91,9 +96,12 @@ impl Preprocessor {
         // Room for the decoded image at up to 16 bytes per pixel, plus the decoder's own buffers.
         limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
         reader.limits(limits);
-        let img = reader
-            .decode()
-            .map_err(|e| format!("corrupt or truncated image: {}", crate::engine::one_line(&e.to_string())))?;
+        let img = reader.decode().map_err(|e| {
+            format!(
+                "corrupt or truncated image: {}",
+                crate::engine::one_line(&e.to_string())
+            )
+        })?;
         if !self.resize && (img.width(), img.height()) != (self.width, self.height) {
             return Err(format!(
                 "image is {}×{}, the model takes {}×{} (set preprocess.resize to resize)",
@@ -119,8 +127,12 @@ impl Preprocessor {
         if (img.width(), img.height()) == (self.width, self.height) {
             return img.into_bytes();
         }
-        img.resize_exact(self.width, self.height, image::imageops::FilterType::Triangle)
-            .into_bytes()
+        img.resize_exact(
+            self.width,
+            self.height,
+            image::imageops::FilterType::Triangle,
+        )
+        .into_bytes()
     }
 
     /// Normalises interleaved pixels into the tensor layout.
@@ -133,7 +145,10 @@ impl Preprocessor {
             Layout::Nchw => {
                 for ch in 0..c {
                     let (m, a, s) = (self.mul[ch], self.add[ch], src(ch));
-                    for (o, px) in out[ch * hw..(ch + 1) * hw].iter_mut().zip(pixels.chunks_exact(c)) {
+                    for (o, px) in out[ch * hw..(ch + 1) * hw]
+                        .iter_mut()
+                        .zip(pixels.chunks_exact(c))
+                    {
                         *o = f32::from(px[s]) * m + a;
                     }
                 }
@@ -161,7 +176,8 @@ fn to_gray(img: DynamicImage) -> DynamicImage {
         .pixels()
         .map(|p| {
             let [r, g, b] = p.0;
-            ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
+            ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16)
+                as u8
         })
         .collect();
     match image::GrayImage::from_raw(w, h, luma) {
@@ -199,7 +215,11 @@ mod tests {
     #[test]
     fn normalises_in_nchw_and_nhwc_with_bgr() {
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(2, 1, |x, _| {
-            if x == 0 { image::Rgb([10, 20, 30]) } else { image::Rgb([40, 50, 60]) }
+            if x == 0 {
+                image::Rgb([10, 20, 30])
+            } else {
+                image::Rgb([40, 50, 60])
+            }
         }));
         let bytes = png(img);
         let p = prep("color = \"rgb\"\nlayout = \"nchw\"\nscale = 1.0\nmean = [0.0, 10.0, 20.0]\nstd = [1.0, 2.0, 4.0]", (2, 1));
@@ -214,7 +234,11 @@ mod tests {
 
     #[test]
     fn gray_matches_pillow_luma() {
-        let bytes = png(DynamicImage::ImageRgb8(image::RgbImage::from_pixel(1, 1, image::Rgb([200, 100, 50]))));
+        let bytes = png(DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            1,
+            1,
+            image::Rgb([200, 100, 50]),
+        )));
         let p = prep("color = \"gray\"\nscale = 1.0", (1, 1));
         let mut out = Vec::new();
         p.process(&bytes, &mut out).unwrap();
@@ -228,7 +252,10 @@ mod tests {
         let mut out = vec![1.0];
         let reason = |b: &[u8], out: &mut Vec<f32>| p.process(b, out).unwrap_err();
         assert_eq!(reason(b"", &mut out), "empty file");
-        assert_eq!(reason(b"hello, I am text", &mut out), "not an image (unrecognised format)");
+        assert_eq!(
+            reason(b"hello, I am text", &mut out),
+            "not an image (unrecognised format)"
+        );
         let good = png(DynamicImage::new_luma8(8, 8));
         assert!(reason(&good[..good.len() / 2], &mut out).starts_with("corrupt or truncated image"));
         let wrong = png(DynamicImage::new_luma8(9, 8));
@@ -240,8 +267,15 @@ mod tests {
     fn resizes_when_asked() {
         let p = prep("color = \"gray\"\nresize = [4, 2]\nscale = 1.0", (4, 2));
         let mut out = Vec::new();
-        p.process(&png(DynamicImage::ImageLuma8(image::GrayImage::from_pixel(16, 8, image::Luma([77])))), &mut out)
-            .unwrap();
+        p.process(
+            &png(DynamicImage::ImageLuma8(image::GrayImage::from_pixel(
+                16,
+                8,
+                image::Luma([77]),
+            ))),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, vec![77.0; 8]);
     }
 }

@@ -29,7 +29,10 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
             inputs = plan.total_items as usize;
             shards = plan.shards.len();
         }
-        Err(e) => errs.push(FieldError::new("input.uri", e.to_string().trim_start_matches("input.uri ").to_string())),
+        Err(e) => errs.push(FieldError::new(
+            "input.uri",
+            e.to_string().trim_start_matches("input.uri ").to_string(),
+        )),
     }
     if let Err(e) = Prefix::open(&m.output) {
         errs.push(FieldError::new("output.uri", e.to_string()));
@@ -62,15 +65,24 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
             Err(JobError::Engine(crate::EngineError::Mismatch { field, message })) => {
                 errs.push(FieldError::new(field, message))
             }
-            Err(JobError::Engine(crate::EngineError::Runtime(msg))) => {
-                errs.push(FieldError::new("model", format!("cannot check the model: {msg}")))
-            }
-            Err(e) => errs.push(FieldError::new("model.uri", e.to_string().trim_start_matches("model.uri: ").to_string())),
+            Err(JobError::Engine(crate::EngineError::Runtime(msg))) => errs.push(FieldError::new(
+                "model",
+                format!("cannot check the model: {msg}"),
+            )),
+            Err(e) => errs.push(FieldError::new(
+                "model.uri",
+                e.to_string().trim_start_matches("model.uri: ").to_string(),
+            )),
         }
     }
     if !errs.is_empty() {
         return Err(errs);
     }
     let (model_input, model_output) = summary.unwrap_or_default();
-    Ok(Summary { inputs, shards, model_input, model_output })
+    Ok(Summary {
+        inputs,
+        shards,
+        model_input,
+        model_output,
+    })
 }
