@@ -93,11 +93,26 @@ impl SqliteQueue {
                 source: format!("cannot open {}: {e}", path_c.display()).into(),
             })?;
             conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(err)?;
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(err)?;
-            conn.execute_batch(SCHEMA).map_err(err)?;
+            // Switching a new file to WAL takes an exclusive lock and SQLite does not always wait
+            // for it through the busy handler, so processes opening the file at the same moment
+            // retry here for a while.
+            let give_up = Instant::now() + Duration::from_secs(30);
+            loop {
+                let setup = conn
+                    .pragma_update(None, "journal_mode", "WAL")
+                    .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+                    .and_then(|()| conn.execute_batch(SCHEMA));
+                match setup {
+                    Ok(()) => break,
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::DatabaseBusy
+                            && Instant::now() < give_up =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20 + rand::random::<u64>() % 80));
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
             Ok(conn)
         })
         .await
