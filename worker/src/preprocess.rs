@@ -125,10 +125,16 @@ impl Preprocessor {
         if (w, h) == (self.width, self.height) {
             return Ok(img.into_bytes());
         }
-        let pixel = if self.color == Color::Gray { fir::PixelType::U8 } else { fir::PixelType::U8x3 };
-        let src = fir::images::Image::from_vec_u8(w, h, img.into_bytes(), pixel).map_err(|e| format!("cannot resize: {e}"))?;
+        let pixel = if self.color == Color::Gray {
+            fir::PixelType::U8
+        } else {
+            fir::PixelType::U8x3
+        };
+        let src = fir::images::Image::from_vec_u8(w, h, img.into_bytes(), pixel)
+            .map_err(|e| format!("cannot resize: {e}"))?;
         let mut dst = fir::images::Image::new(self.width, self.height, pixel);
-        let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+        let options = fir::ResizeOptions::new()
+            .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
         thread_local! {
             static RESIZER: std::cell::RefCell<fast_image_resize::Resizer> = std::cell::RefCell::new(fast_image_resize::Resizer::new());
         }
