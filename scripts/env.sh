@@ -5,7 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.installed-$(sha256sum "$ROOT/scripts/requirements.txt" | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
-  echo "setting up $VENV (ONNX Runtime, numpy, Pillow, scikit-learn, onnx)" >&2
+  echo "setting up $VENV (ONNX Runtime, numpy, Pillow, scikit-learn, onnx, moto)" >&2
   python3 -m venv "$VENV" || return 1
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/scripts/requirements.txt" || return 1
   rm -f "$VENV"/.installed-*

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 
 pub mod conformance;
 pub mod sqlite;
+pub mod sqs;
 
 /// What can go wrong talking to a queue. Every variant names the queue (and the item where there
 /// is one) it concerns.
@@ -182,7 +183,8 @@ impl Default for QueueConfig {
     }
 }
 
-/// Opens a queue from its URI: `sqlite://PATH[?queue=NAME]` today.
+/// Opens a queue from its URI: `sqlite://PATH[?queue=NAME]`, `sqs://NAME[?region=…&endpoint=…]`
+/// or an SQS queue URL.
 ///
 /// Relative SQLite paths are taken as given (callers resolve them against the manifest's folder
 /// first).
@@ -190,15 +192,15 @@ pub async fn open(uri: &str, config: QueueConfig) -> Result<Box<dyn LeaseQueue>>
     let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "sqlite" => Ok(Box::new(sqlite::SqliteQueue::open_uri(uri, config).await?)),
-        "sqs" | "kafka" => Err(QueueError::InvalidUri {
+        "sqs" | "http" | "https" => Ok(Box::new(sqs::SqsQueue::open_uri(uri, config).await?)),
+        "kafka" => Err(QueueError::InvalidUri {
             uri: uri.to_string(),
-            reason: format!(
-                "the {scheme} backend is not part of this build yet; use sqlite://PATH"
-            ),
+            reason: "the kafka backend is not part of this build yet; use sqlite:// or sqs://"
+                .to_string(),
         }),
         _ => Err(QueueError::InvalidUri {
             uri: uri.to_string(),
-            reason: "expected sqlite://PATH (sqs:// and kafka:// are planned)".to_string(),
+            reason: "expected sqlite://PATH, sqs://NAME or an SQS queue URL".to_string(),
         }),
     }
 }

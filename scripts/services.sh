@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Starts the services the tests need, on loopback and free ports, and prints `export` lines for
+# their addresses. `scripts/test.sh` evaluates the output and stops them on exit
+# (scripts/services.sh stop). Logs go to .cache/services/.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RUN="$ROOT/.cache/services"
+mkdir -p "$RUN"
+
+free_port() { "$ROOT/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { # url, name, log
+  for _ in $(seq 1 150); do
+    if "$ROOT/.venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "$2 did not start; its log:" >&2; cat "$3" >&2; return 1
+}
+
+case "${1:-start}" in
+  start)
+    port=$(free_port)
+    "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$RUN/moto.log" 2>&1 &
+    echo $! >"$RUN/moto.pid"
+    wait_http "http://127.0.0.1:$port/moto-api/" moto "$RUN/moto.log"
+    echo "export SPOTBATCH_TEST_SQS_ENDPOINT=http://127.0.0.1:$port"
+    echo "export SPOTBATCH_TEST_S3_ENDPOINT=http://127.0.0.1:$port"
+    echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1"
+    ;;
+  stop)
+    for f in "$RUN"/*.pid; do
+      [ -f "$f" ] || continue
+      kill "$(cat "$f")" 2>/dev/null || true
+      rm -f "$f"
+    done
+    ;;
+esac
