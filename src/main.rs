@@ -38,6 +38,80 @@ enum Command {
         /// The job manifest (TOML).
         manifest: PathBuf,
     },
+    /// Plan a job and put its shards on its queue (`queue.uri`, or --queue) for workers elsewhere.
+    /// Idempotent: shards already done are not enqueued again.
+    Enqueue {
+        /// The job manifest (TOML).
+        manifest: PathBuf,
+        /// The queue to use instead of the manifest's `queue.uri`.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Work shards from a queue until told to stop (SIGTERM/SIGINT: leases released, exit 0).
+    Worker(WorkerArgs),
+    /// Manage queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Create a queue: for SQS the queue and, with --dlq, NAME-dlq and a redrive policy.
+    Create {
+        /// `sqs://NAME[?region=…&endpoint=…]` or `sqlite://PATH`.
+        uri: String,
+        /// Also create the dead-letter queue and point the redrive policy at it.
+        #[arg(long)]
+        dlq: bool,
+        /// Receives after which SQS moves a message to the dead-letter queue.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+    },
+    /// List the dead-letter queue: each shard with its deliveries and the reason.
+    Dlq {
+        /// The queue URI.
+        uri: String,
+    },
+    /// Show how many items are visible, in flight and dead-lettered.
+    Depth {
+        /// The queue URI.
+        uri: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// The queue to work (`sqs://NAME…`, an SQS URL, or `sqlite://PATH[?queue=NAME]`).
+    #[arg(long)]
+    queue: String,
+    /// Manifests of the jobs to serve; jobs not given are loaded from the stored manifest each
+    /// shard refers to.
+    #[arg(long = "manifest")]
+    manifests: Vec<PathBuf>,
+    /// Exit when the queue has nothing visible or in flight, instead of waiting for more work.
+    #[arg(long)]
+    exit_when_empty: bool,
+    /// Shards held at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    prefetch: u16,
+    /// Threads decoding images (default: half the cores).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// ONNX Runtime intra-op threads (default: each manifest's).
+    #[arg(long)]
+    ort_threads: Option<usize>,
+    /// Lease length in seconds (default: the manifests' queue.visibility_timeout_secs, else 60).
+    #[arg(long)]
+    visibility_timeout_secs: Option<u64>,
+    /// Failed attempts before a shard is dead-lettered (default: the first manifest's, else 3).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Names this worker in logs (default: worker-PID).
+    #[arg(long)]
+    id: Option<String>,
+    /// Testing knob: pause this many milliseconds after every inference batch.
+    #[arg(long, hide = true)]
+    throttle_batch_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +173,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Validate { manifest } => validate(&manifest).await,
+            Command::Enqueue { manifest, queue } => enqueue(&manifest, queue).await,
+            Command::Worker(args) => worker(args).await,
+            Command::Queue(cmd) => queue_command(cmd).await,
         }
     });
     match result {
@@ -326,6 +403,142 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             m.job_id,
             plan.shards.len() - done.len()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode> {
+    let m = match load_manifest(path) {
+        Ok(m) => m,
+        Err(code) => return Ok(code),
+    };
+    let uri = queue.unwrap_or_else(|| m.queue_uri.clone());
+    let q = spotbatch_queue::open(
+        &uri,
+        QueueConfig {
+            max_attempts: m.raw.queue.max_attempts,
+        },
+    )
+    .await?;
+    let plan = plan_job(&m).await?;
+    let layout = JobLayout::for_manifest(&m)?;
+    layout.store_manifest(&m).await?;
+    let report = enqueue_plan(q.as_ref(), &layout, &plan).await?;
+    println!(
+        "{}: {} shards enqueued on {uri}, {} already done; {} inputs → {}",
+        m.job_id, report.enqueued, report.already_done, plan.total_items, m.output
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let mut manifests = Vec::new();
+    for path in &args.manifests {
+        match load_manifest(path) {
+            Ok(m) => manifests.push(m),
+            Err(code) => return Ok(code),
+        }
+    }
+    spotbatch_worker::engine::ort_environment()?;
+    let max_attempts = args
+        .max_attempts
+        .or_else(|| manifests.first().map(|m| m.raw.queue.max_attempts))
+        .unwrap_or(3);
+    let queue: Arc<dyn LeaseQueue> =
+        Arc::from(spotbatch_queue::open(&args.queue, QueueConfig { max_attempts }).await?);
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let opts = WorkerOptions {
+        id: id.clone(),
+        prefetch: usize::from(args.prefetch),
+        decode_threads: args
+            .decode_threads
+            .unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
+        exit_when_empty: args.exit_when_empty,
+        throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
+        visibility: args.visibility_timeout_secs.map(Duration::from_secs),
+        ..WorkerOptions::default()
+    };
+    let progress = Arc::new(Progress::default());
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    tracing::info!(worker = %id, queue = %args.queue, "worker started");
+    let started = Instant::now();
+    run_worker(
+        Arc::clone(&queue),
+        Jobs::new(manifests, args.ort_threads),
+        opts,
+        Arc::clone(&progress),
+        stop.clone(),
+    )
+    .await?;
+    let p = &progress;
+    eprintln!(
+        "{id}: {} shards done ({} skipped as already done, {} failed attempts), {} items ({} error rows) in {:.1} s{}{}",
+        p.shards_done.load(Ordering::Relaxed),
+        p.shards_skipped.load(Ordering::Relaxed),
+        p.attempts_failed.load(Ordering::Relaxed),
+        p.items_ok.load(Ordering::Relaxed) + p.items_failed.load(Ordering::Relaxed),
+        p.items_failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        queue.requests().map(|n| format!(", {n} queue requests")).unwrap_or_default(),
+        if stop.is_cancelled() { "; stopped, leases released" } else { "" },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        QueueCommand::Create {
+            uri,
+            dlq,
+            max_attempts,
+        } => {
+            if uri.starts_with("sqlite://") {
+                spotbatch_queue::open(&uri, QueueConfig { max_attempts }).await?;
+                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)");
+            } else {
+                let url = spotbatch_queue::sqs::SqsQueue::create(&uri, dlq, max_attempts).await?;
+                let extra = if dlq {
+                    format!(", dead-letter queue after {max_attempts} receives")
+                } else {
+                    String::new()
+                };
+                println!("{url}{extra}");
+            }
+        }
+        QueueCommand::Dlq { uri } => {
+            let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
+            let dead = q.dead_letters(10_000).await?;
+            for d in &dead {
+                let what = match ShardTask::from_bytes(&d.body) {
+                    Ok(t) => format!(
+                        "job {} shard {} (#{}, {} keys)",
+                        t.job,
+                        t.shard,
+                        t.index,
+                        t.keys.len()
+                    ),
+                    Err(_) => format!(
+                        "item {} ({} bytes, not a spotbatch shard)",
+                        d.id,
+                        d.body.len()
+                    ),
+                };
+                println!("{what}: {} deliveries: {}", d.delivery_count, d.reason);
+            }
+            eprintln!("{}: {} dead-lettered", q.name(), dead.len());
+        }
+        QueueCommand::Depth { uri } => {
+            let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
+            let d = q.depth().await?;
+            println!(
+                "visible {} in_flight {} dead {}",
+                d.visible, d.in_flight, d.dead
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

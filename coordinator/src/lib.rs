@@ -5,7 +5,7 @@
 //! Layout of a job's output prefix (`output.uri/JOB_ID/`):
 //! - `part-SHARD.jsonl`: one row per input of the shard, written whole;
 //! - `_done/SHARD.json`: the shard's [`DoneMarker`], written after its part file;
-//! - `_manifest.toml`: the manifest the job was planned from.
+//! - `_manifest.json`: the manifest the job was planned from, locations resolved.
 #![warn(missing_docs)]
 
 pub mod plan;

@@ -90,10 +90,14 @@ impl JobLayout {
         Ok(out)
     }
 
-    /// Stores the manifest beside the results (once; same content each time).
+    /// Key of the stored manifest.
+    pub const MANIFEST_KEY: &'static str = "_manifest.json";
+
+    /// Stores the manifest beside the results (same content each time), for workers that find the
+    /// job through a shard's reference.
     pub async fn store_manifest(&self, m: &Manifest) -> Result<(), StorageError> {
         self.prefix
-            .put("_manifest.toml", Bytes::from(m.to_toml()))
+            .put(Self::MANIFEST_KEY, Bytes::from(m.to_stored()))
             .await
     }
 }
@@ -136,6 +140,11 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
             glob: m.raw.input.glob.clone(),
         });
     }
+    let manifest_url = m
+        .output
+        .join(JobLayout::MANIFEST_KEY)
+        .ok()
+        .map(|u| u.to_string());
     let shards = keys
         .chunks(m.raw.queue.shard_size)
         .enumerate()
@@ -146,6 +155,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
             index: u32::try_from(i).unwrap_or(u32::MAX),
             manifest_digest: m.digest.clone(),
             keys: chunk.to_vec(),
+            manifest: manifest_url.clone(),
         })
         .collect();
     Ok(Plan {

@@ -76,8 +76,17 @@ impl Prefix {
                     url: url.clone(),
                 })
             }
+            "s3" | "s3a" => {
+                let store = s3_store(url).map_err(|e| unsupported(e.to_string()))?;
+                let root = Path::parse(url.path().trim_matches('/')).map_err(|e| unsupported(e.to_string()))?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    root,
+                    url: url.clone(),
+                })
+            }
             other => Err(unsupported(format!(
-                "{other}:// storage is not part of this build yet (local folders and file:// work)"
+                "{other}:// storage is not part of this build yet (local folders, file:// and s3:// work)"
             ))),
         }
     }
@@ -213,6 +222,27 @@ impl Prefix {
             source => StorageError::Store { url, source },
         }
     }
+}
+
+/// An S3 store for the bucket in `url`, configured from the standard AWS environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`/`AWS_DEFAULT_REGION`, and
+/// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` for an S3-compatible server).
+/// Plain-HTTP endpoints (a local server) are allowed when the endpoint says `http://`.
+fn s3_store(url: &Url) -> Result<object_store::aws::AmazonS3, object_store::Error> {
+    let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+    let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    if let Some(e) = endpoint {
+        if e.starts_with("http://") {
+            b = b.with_allow_http(true);
+        }
+        b = b.with_endpoint(e);
+    }
+    if std::env::var("AWS_REGION").is_ok() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region(std::env::var("AWS_REGION").unwrap_or_default());
+    }
+    b.build()
 }
 
 /// Why an input could not be read.

@@ -31,6 +31,10 @@ pub struct ShardTask {
     pub manifest_digest: String,
     /// Input keys, relative to the job's input prefix, in order.
     pub keys: Vec<String>,
+    /// Where the job's stored manifest is (`OUTPUT/JOB/_manifest.json`), for workers that were not
+    /// given the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// Why a queue message could not be read as a [`ShardTask`].
@@ -222,6 +226,7 @@ mod tests {
             index: 0,
             manifest_digest: "d".into(),
             keys: vec!["ünï/ 1.png".into()],
+            manifest: Some("s3://b/out/j-1/_manifest.json".into()),
         };
         assert_eq!(ShardTask::from_bytes(&t.to_bytes()).unwrap(), t);
         assert!(matches!(

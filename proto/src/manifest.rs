@@ -568,6 +568,63 @@ impl Manifest {
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.raw).unwrap_or_default()
     }
+
+    /// The manifest as stored beside the job's results: locations resolved to absolute URLs and
+    /// the job's identity kept, so a worker on any machine can load it from a shard's reference.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let mut raw = self.raw.clone();
+        raw.input.uri = self.input.to_string();
+        raw.model.uri = self.model.to_string();
+        raw.postprocess.labels = self.labels.as_ref().map(|u| u.to_string());
+        raw.output.uri = self
+            .output
+            .join("..")
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        raw.queue.uri = self.queue_uri.clone();
+        let stored = StoredManifest {
+            v: 1,
+            job_id: self.job_id.clone(),
+            digest: self.digest.clone(),
+            manifest: raw,
+        };
+        serde_json::to_vec_pretty(&stored).unwrap_or_default()
+    }
+
+    /// Reads a manifest written by [`Manifest::to_stored`].
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, Vec<FieldError>> {
+        let stored: StoredManifest = serde_json::from_slice(bytes).map_err(|e| {
+            vec![FieldError::new(
+                "",
+                format!("not a stored spotbatch manifest: {e}"),
+            )]
+        })?;
+        if stored.v != 1 {
+            return Err(vec![FieldError::new(
+                "",
+                format!("stored manifest version {} is not supported", stored.v),
+            )]);
+        }
+        let mut m = Self::from_raw(stored.manifest, Path::new("/"))?;
+        let root = resolve_dir(&m.raw.output.uri, Path::new("/"))
+            .map_err(|e| vec![FieldError::new("output.uri", e)])?;
+        m.output = root
+            .join(&format!("{}/", stored.job_id))
+            .map_err(|e| vec![FieldError::new("output.uri", e.to_string())])?;
+        m.job_id = stored.job_id;
+        m.digest = stored.digest;
+        Ok(m)
+    }
+}
+
+/// The stored form of a manifest (see [`Manifest::to_stored`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredManifest {
+    v: u32,
+    job_id: String,
+    digest: String,
+    manifest: RawManifest,
 }
 
 fn kind_name(k: PostKind) -> &'static str {

@@ -244,3 +244,18 @@ fn load_prefixes_every_line_with_the_file() {
         .to_string();
     assert!(missing.contains("nope.toml: cannot read"), "{missing}");
 }
+
+#[test]
+fn stored_manifest_round_trips_with_its_identity() {
+    let m = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    let back = Manifest::from_stored(&m.to_stored()).unwrap();
+    assert_eq!(back.job_id, m.job_id);
+    assert_eq!(back.digest, m.digest);
+    assert_eq!(back.input, m.input);
+    assert_eq!(back.model, m.model);
+    assert_eq!(back.labels, m.labels);
+    assert_eq!(back.output, m.output);
+    assert_eq!(back.queue_uri, m.queue_uri);
+    assert_eq!(back.mean, m.mean);
+    assert!(Manifest::from_stored(b"{\"x\":1}").is_err());
+}

@@ -168,6 +168,11 @@ pub trait LeaseQueue: Send + Sync + fmt::Debug {
 
     /// Lists dead-lettered items (at most `max`).
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Requests made to a remote service through this handle, where the backend counts them.
+    fn requests(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Configuration shared by every backend.

@@ -656,6 +656,10 @@ impl LeaseQueue for SqsQueue {
         self.change_visibility(&rest, 0).await
     }
 
+    fn requests(&self) -> Option<u64> {
+        Some(self.api_calls())
+    }
+
     async fn dead_letter(&self, lease: &Lease, reason: &str) -> Result<()> {
         self.track(&lease.token.0, None);
         self.move_to_dlq(lease, reason).await

@@ -143,10 +143,11 @@ pub async fn read_url(url: &url::Url) -> Result<bytes::Bytes, String> {
         })
 }
 
-/// The jobs a worker serves, by manifest digest, with their loaded contexts.
+/// The jobs a worker serves, by manifest digest, with their loaded contexts. Jobs it was not
+/// given are loaded from the stored manifest a shard refers to.
 #[derive(Debug, Default)]
 pub struct Jobs {
-    manifests: HashMap<String, Manifest>,
+    manifests: std::sync::Mutex<HashMap<String, Manifest>>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<JobContext>>>,
     intra_op_threads: Option<usize>,
 }
@@ -158,40 +159,80 @@ impl Jobs {
         intra_op_threads: Option<usize>,
     ) -> Self {
         Self {
-            manifests: manifests
-                .into_iter()
-                .map(|m| (m.digest.clone(), m))
-                .collect(),
+            manifests: std::sync::Mutex::new(
+                manifests
+                    .into_iter()
+                    .map(|m| (m.digest.clone(), m))
+                    .collect(),
+            ),
             loaded: Default::default(),
             intra_op_threads,
         }
     }
 
-    /// The longest visibility timeout among the jobs (one lease call serves them all).
+    /// The longest visibility timeout among the known jobs (one lease call serves them all).
     pub fn max_visibility_secs(&self) -> Option<u64> {
-        self.manifests
-            .values()
+        let m = self.manifests.lock().ok()?;
+        m.values()
             .map(|m| m.raw.queue.visibility_timeout_secs)
             .max()
+    }
+
+    fn known(&self, digest: &str) -> Option<Manifest> {
+        self.manifests.lock().ok()?.get(digest).cloned()
+    }
+
+    /// The manifest for a shard: given, or read from the shard's reference and checked against
+    /// the digest the shard names.
+    async fn manifest(&self, task: &ShardTask) -> Result<Manifest, JobError> {
+        if let Some(m) = self.known(&task.manifest_digest) {
+            if m.job_id == task.job {
+                return Ok(m);
+            }
+        }
+        let unknown = || JobError::Unknown {
+            job: task.job.clone(),
+            digest: task.manifest_digest.clone(),
+        };
+        let url = task.manifest.as_deref().ok_or_else(unknown)?;
+        let url = url::Url::parse(url).map_err(|e| JobError::File {
+            field: "manifest",
+            message: format!("{url}: {e}"),
+        })?;
+        let bytes = read_url(&url).await.map_err(|message| JobError::File {
+            field: "manifest",
+            message,
+        })?;
+        let m = Manifest::from_stored(&bytes).map_err(|errs| JobError::File {
+            field: "manifest",
+            message: format!(
+                "{url}: {}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        })?;
+        if m.digest != task.manifest_digest || m.job_id != task.job {
+            return Err(unknown());
+        }
+        if let Ok(mut known) = self.manifests.lock() {
+            known.insert(m.digest.clone(), m.clone());
+        }
+        Ok(m)
     }
 
     /// The loaded job for a shard, loading it on first use. Failures are not cached: the next
     /// shard tries again (the file may have been fixed).
     pub async fn context(&self, task: &ShardTask) -> Result<Arc<JobContext>, JobError> {
-        let manifest = self
-            .manifests
-            .get(&task.manifest_digest)
-            .filter(|m| m.job_id == task.job)
-            .ok_or_else(|| JobError::Unknown {
-                job: task.job.clone(),
-                digest: task.manifest_digest.clone(),
-            })?;
+        let manifest = self.manifest(task).await?;
         let mut loaded = self.loaded.lock().await;
-        if let Some(ctx) = loaded.get(&task.manifest_digest) {
+        if let Some(ctx) = loaded.get(&manifest.digest) {
             return Ok(Arc::clone(ctx));
         }
-        let ctx = Arc::new(JobContext::load(manifest.clone(), self.intra_op_threads).await?);
-        loaded.insert(task.manifest_digest.clone(), Arc::clone(&ctx));
+        let digest = manifest.digest.clone();
+        let ctx = Arc::new(JobContext::load(manifest, self.intra_op_threads).await?);
+        loaded.insert(digest, Arc::clone(&ctx));
         Ok(ctx)
     }
 }

@@ -50,6 +50,9 @@ pub struct WorkerOptions {
     pub exit_when_empty: bool,
     /// Testing knob: sleep this long after every inference batch, to make a worker slow.
     pub throttle_batch: Option<Duration>,
+    /// Lease length; default: the longest of the known jobs' `queue.visibility_timeout_secs`,
+    /// else 60 s.
+    pub visibility: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -62,6 +65,7 @@ impl Default for WorkerOptions {
             lease_wait: Duration::from_secs(1),
             exit_when_empty: true,
             throttle_batch: None,
+            visibility: None,
         }
     }
 }
@@ -271,7 +275,10 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
 /// The visibility timeout: the manifest's for known jobs (all jobs of a worker share a queue, so
 /// the largest), else the default.
 fn visibility_secs(shared: &Shared) -> u64 {
-    shared.jobs.max_visibility_secs().unwrap_or(60)
+    match shared.opts.visibility {
+        Some(v) => v.as_secs().max(1),
+        None => shared.jobs.max_visibility_secs().unwrap_or(60),
+    }
 }
 
 async fn handle_lease(shared: &Shared, lease: Lease) {
@@ -288,6 +295,7 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     };
     if lease.delivery_count > 1 {
         metrics::counter!("spotbatch_redeliveries_total").increment(1);
+        info!(worker = %shared.opts.id, shard = %task.shard, delivery = lease.delivery_count, "working a redelivered shard");
     }
     shared
         .progress
@@ -372,7 +380,7 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
         Err(e) => return Outcome::Failed(e.to_string()),
     }
     let cancel = shared.stop.child_token();
-    let visibility = Duration::from_secs(ctx.manifest.raw.queue.visibility_timeout_secs);
+    let visibility = Duration::from_secs(visibility_secs(shared));
     let work = tokio::select! {
         o = process_shard(shared, &ctx, task, cancel.clone()) => o,
         lost = heartbeat(shared.queue.as_ref(), lease, visibility) => Err(Outcome::LeaseLost(lost)),

@@ -1,0 +1,235 @@
+//! Distributed mode on SQS and S3 (moto's server, started by `make test`): inputs, model and
+//! outputs on S3, shards on SQS, `enqueue` plus two `worker` processes, one `kill -9`-ed part-way.
+//! Its shards come back after the visibility timeout and the job completes exactly once; foreign
+//! messages land in the dead-letter queue with their reason.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn endpoint() -> String {
+    std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT").expect(
+        "SPOTBATCH_TEST_SQS_ENDPOINT is not set: run the tests with `make test`, which starts moto",
+    )
+}
+
+fn aws(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/support/aws.py"))
+        .args(args)
+        .env("SPOTBATCH_TEST_S3_ENDPOINT", endpoint())
+        .output()
+        .expect("run aws.py");
+    assert!(
+        out.status.success(),
+        "aws.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `spotbatch` pointed at moto for both SQS and S3.
+fn sb() -> Command {
+    let mut c = spotbatch();
+    c.env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1");
+    c
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+#[test]
+fn two_workers_on_sqs_and_s3_one_killed_every_input_once() {
+    let job = JobDir::digits(10);
+    let bucket = unique("sb");
+    aws(&["mkbucket", &bucket]);
+    aws(&[
+        "upload",
+        &job.images().to_string_lossy(),
+        &format!("s3://{bucket}/images"),
+    ]);
+    let model_dir = job.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["model.onnx", "labels.txt"] {
+        std::fs::copy(job.path().join(f), model_dir.join(f)).unwrap();
+    }
+    aws(&[
+        "upload",
+        &model_dir.to_string_lossy(),
+        &format!("s3://{bucket}/model"),
+    ]);
+
+    let queue = format!(
+        "sqs://{}?region=us-east-1&endpoint={}",
+        unique("shards"),
+        endpoint()
+    );
+    let created = run_ok(sb().args(["queue", "create", &queue, "--dlq", "--max-attempts", "5"]));
+    let queue_url = String::from_utf8_lossy(&created.stdout)
+        .split(',')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(queue_url.starts_with("http://"), "{queue_url}");
+
+    let manifest = job.path().join("job.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "digits-s3"
+[input]
+uri = "s3://{bucket}/images"
+glob = "**/*.png"
+[model]
+uri = "s3://{bucket}/model/model.onnx"
+batch_size = 2
+[preprocess]
+resize = [8, 8]
+color = "gray"
+[postprocess]
+top_k = 3
+labels = "s3://{bucket}/model/labels.txt"
+[output]
+uri = "s3://{bucket}/out"
+[queue]
+uri = "{queue}"
+shard_size = 3
+visibility_timeout_secs = 3
+max_attempts = 5
+"#
+        ),
+    )
+    .unwrap();
+
+    // Messages that are not ours: foreign JSON and garbage text.
+    aws(&["send", &queue_url, &hex(b"{\"hello\":\"world\"}")]);
+    aws(&["send", &queue_url, &hex(b"\xde\xad\xbe\xef not json {{{")]);
+
+    let out = run_ok(sb().arg("enqueue").arg(&manifest));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": 18 shards enqueued on"), "{stdout}");
+
+    let worker = |id: &str, with_manifest: bool| {
+        let mut c = sb();
+        c.args([
+            "worker",
+            "--queue",
+            &queue,
+            "--exit-when-empty",
+            "--prefetch",
+            "4",
+            "--throttle-batch-ms",
+            "150",
+            "--id",
+            id,
+        ])
+        .env("SPOTBATCH_LOG", "spotbatch_worker=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if with_manifest {
+            c.arg("--manifest").arg(&manifest);
+        } else {
+            // This one learns the job from the stored manifest each shard refers to.
+            c.args(["--visibility-timeout-secs", "3"]);
+        }
+        c.spawn().expect("spawn worker")
+    };
+    let mut a = worker("A", true);
+    let out_prefix = format!("s3://{bucket}/out");
+    let give_up = Instant::now() + Duration::from_secs(90);
+    while aws(&["count", &out_prefix, ".json"])
+        .trim()
+        .parse::<usize>()
+        .unwrap()
+        < 2
+    {
+        assert!(a.try_wait().unwrap().is_none(), "worker A ended early");
+        assert!(Instant::now() < give_up, "worker A made no progress");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let b = worker("B", false);
+    std::thread::sleep(Duration::from_millis(500));
+    a.kill().unwrap(); // SIGKILL: A's leases are left to expire.
+    let a_out = a.wait_with_output().unwrap();
+    assert!(!a_out.status.success());
+
+    let b_out = b.wait_with_output().unwrap();
+    let b_err = String::from_utf8_lossy(&b_out.stderr);
+    assert!(b_out.status.success(), "worker B failed:\n{b_err}");
+    assert!(
+        b_err.contains("working a redelivered shard"),
+        "A's leased shards must come back to B:\n{b_err}"
+    );
+    assert!(b_err.contains("queue requests"), "{b_err}");
+
+    // Every input exactly one row; one done marker per shard (plus the stored manifest).
+    let mut keys = BTreeSet::new();
+    let mut rows = 0;
+    for line in aws(&["rows", &out_prefix]).lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(row["error"].is_null(), "{row}");
+        keys.insert(row["key"].as_str().unwrap().to_string());
+        rows += 1;
+    }
+    assert_eq!(rows, 54, "no duplicate rows");
+    assert_eq!(keys.into_iter().collect::<Vec<_>>(), job.input_keys());
+    assert_eq!(aws(&["count", &out_prefix, ".json"]).trim(), "19");
+
+    // The foreign messages are in the dead-letter queue, with the reason.
+    let dlq = run_ok(sb().args(["queue", "dlq", &queue]));
+    let listing = String::from_utf8_lossy(&dlq.stdout);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(
+        lines.iter().all(|l| l.contains("not a spotbatch shard")
+            && l.contains("not a spotbatch shard message (")),
+        "{listing}"
+    );
+    let depth = run_ok(sb().args(["queue", "depth", &queue]));
+    assert_eq!(
+        String::from_utf8_lossy(&depth.stdout).trim(),
+        "visible 0 in_flight 0 dead 2"
+    );
+
+    // Enqueueing the finished job again puts nothing on the queue.
+    let again = run_ok(sb().arg("enqueue").arg(&manifest));
+    assert!(String::from_utf8_lossy(&again.stdout).contains(": 0 shards enqueued on"));
+}
+
+#[test]
+fn missing_queue_is_a_clear_error() {
+    let queue = format!(
+        "sqs://{}?region=us-east-1&endpoint={}",
+        unique("missing"),
+        endpoint()
+    );
+    let out = sb().args(["queue", "depth", &queue]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("spotbatch queue create"),
+        "{stderr}"
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
