@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-sqs clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -21,6 +21,9 @@ lint:
 
 bench:
 	@$(ENV) && cargo build --release --locked && $$SPOTBATCH_PYTHON benches/e2e_cpu.py
+
+bench-sqs:
+	@$(ENV) && cargo build --release --locked && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && $$SPOTBATCH_PYTHON benches/sqs.py
 
 clean:
 	rm -rf target examples/digits/out examples/digits/queue.db*
