@@ -230,6 +230,27 @@ fn missing_queue_is_a_clear_error() {
     );
 }
 
+#[test]
+fn missing_credentials_are_a_clear_error() {
+    // No credentials anywhere: not in the environment, no config files, no instance metadata.
+    let home = tempfile::tempdir().unwrap();
+    let queue = format!(
+        "sqs://{}?region=us-east-1&endpoint={}",
+        unique("creds"),
+        endpoint()
+    );
+    let out = Command::new(BIN)
+        .args(["queue", "depth", &queue])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no usable AWS credentials"), "{stderr}");
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -51,6 +51,8 @@ const ATTR_ID: &str = "spotbatch-id";
 const ATTR_REASON: &str = "spotbatch-reason";
 const ATTR_ENCODING: &str = "spotbatch-encoding";
 const ATTR_COUNT: &str = "spotbatch-deliveries";
+/// SQS's message size limit (256 KiB), minus room for our attributes.
+const MAX_BODY: usize = 256 * 1024 - 1024;
 
 /// Where an SQS queue is and how to reach it, parsed from a queue URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,10 +362,31 @@ impl SqsQueue {
         url: &str,
         items: &[(NewItem, Vec<(&'static str, String)>)],
     ) -> Result<()> {
-        for chunk in items.chunks(10) {
+        // A batch holds at most 10 messages and 256 KiB in all.
+        let mut batches: Vec<&[(NewItem, Vec<(&'static str, String)>)]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, (item, _)) in items.iter().enumerate() {
+            let size = item.body.len() * 4 / 3 + 512;
+            if i > start && (i - start == 10 || bytes + size > MAX_BODY) {
+                batches.push(&items[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += size;
+        }
+        if start < items.len() {
+            batches.push(&items[start..]);
+        }
+        for chunk in batches {
             let mut req = self.client.send_message_batch().queue_url(url);
             for (i, (item, extra)) in chunk.iter().enumerate() {
                 let (body, encoding) = encode_body(&item.body);
+                if body.len() > MAX_BODY {
+                    return Err(self.err(format!(
+                        "item {} is {} bytes, over SQS's {MAX_BODY}-byte message limit (for shards: lower queue.shard_size)",
+                        item.id,
+                        body.len()
+                    )));
+                }
                 let mut entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(body)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use spotbatch_queue::conformance::{Allowances, QueueFactory};
 use spotbatch_queue::sqs::SqsQueue;
-use spotbatch_queue::{LeaseQueue, QueueConfig};
+use spotbatch_queue::{LeaseQueue, NewItem, QueueConfig};
 
 fn endpoint() -> String {
     std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT").expect(
@@ -105,4 +105,44 @@ async fn foreign_messages_are_delivered_as_they_are() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "not a spotbatch shard message");
     assert_eq!(dead[0].body, b"{\"hello\":\"world\"}");
+}
+
+#[tokio::test]
+async fn big_batches_are_split_and_oversized_items_refused() {
+    let u = uri(&unique("big"));
+    SqsQueue::create(&u, true, 3).await.unwrap();
+    let q = SqsQueue::open_uri(&u, QueueConfig::default())
+        .await
+        .unwrap();
+    // 12 items of 60 KB: more than one batch by count and by bytes.
+    let items: Vec<NewItem> = (0..12)
+        .map(|i| NewItem {
+            id: format!("big-{i}"),
+            body: vec![b'x'; 60_000],
+        })
+        .collect();
+    q.enqueue(&items).await.unwrap();
+    let mut got = 0;
+    while got < 12 {
+        let l = q
+            .lease(10, Duration::from_secs(30), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(!l.is_empty(), "only {got} of 12 came back");
+        assert!(l.iter().all(|x| x.body.len() == 60_000));
+        got += l.len();
+        q.ack(&l).await.unwrap();
+    }
+    let err = q
+        .enqueue(&[NewItem {
+            id: "huge".into(),
+            body: vec![b'y'; 300_000],
+        }])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("over SQS's") && err.contains("queue.shard_size"),
+        "{err}"
+    );
 }
