@@ -47,6 +47,9 @@ use crate::{
 };
 
 const BACKEND: &str = "sqs";
+
+/// An item to send, with extra message attributes.
+type Outgoing = (NewItem, Vec<(&'static str, String)>);
 const ATTR_ID: &str = "spotbatch-id";
 const ATTR_REASON: &str = "spotbatch-reason";
 const ATTR_ENCODING: &str = "spotbatch-encoding";
@@ -357,13 +360,9 @@ impl SqsQueue {
     }
 
     /// Sends items to `url` in batches of 10, with extra attributes on each.
-    async fn send(
-        &self,
-        url: &str,
-        items: &[(NewItem, Vec<(&'static str, String)>)],
-    ) -> Result<()> {
+    async fn send(&self, url: &str, items: &[Outgoing]) -> Result<()> {
         // A batch holds at most 10 messages and 256 KiB in all.
-        let mut batches: Vec<&[(NewItem, Vec<(&'static str, String)>)]> = Vec::new();
+        let mut batches: Vec<&[Outgoing]> = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (i, (item, _)) in items.iter().enumerate() {
             let size = item.body.len() * 4 / 3 + 512;
