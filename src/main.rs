@@ -14,6 +14,8 @@ use spotbatch_coordinator::{enqueue_plan, plan_job, JobLayout};
 use spotbatch_proto::{Manifest, ManifestError, ShardTask};
 use spotbatch_queue::sqlite::SqliteQueue;
 use spotbatch_queue::{LeaseQueue, QueueConfig};
+use spotbatch_worker::notice::{self, NoticeAction, NoticeSource};
+use spotbatch_worker::pipeline::Control;
 use spotbatch_worker::{run_worker, Jobs, Progress, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -112,6 +114,64 @@ struct WorkerArgs {
     /// Testing knob: pause this many milliseconds after every inference batch.
     #[arg(long, hide = true)]
     throttle_batch_ms: Option<u64>,
+    #[command(flatten)]
+    notices: NoticeArgs,
+}
+
+/// Where preemption notices come from. SIGTERM and SIGINT are always watched.
+#[derive(clap::Args)]
+struct NoticeArgs {
+    /// Cloud metadata service to watch for preemption notices (`auto` probes which one answers).
+    #[arg(long, value_enum, default_value_t = NoticeMode::None)]
+    notices: NoticeMode,
+    /// Deadline after SIGTERM/SIGINT (set below the pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 25)]
+    grace_period_secs: u64,
+    /// Deadline after a GCP preemption notice (GCP gives 30 s).
+    #[arg(long, default_value_t = 30)]
+    gcp_grace_period_secs: u64,
+    /// What an AWS rebalance recommendation does.
+    #[arg(long, value_enum, default_value_t = RebalancePolicy::StopLeasing)]
+    rebalance: RebalancePolicy,
+    /// How often metadata services are polled, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    notice_poll_ms: u64,
+    /// AWS instance metadata base URL.
+    #[arg(long, default_value = "http://169.254.169.254")]
+    aws_metadata_url: String,
+    /// GCP metadata base URL.
+    #[arg(long, default_value = "http://metadata.google.internal")]
+    gcp_metadata_url: String,
+    /// Azure instance metadata base URL.
+    #[arg(long, default_value = "http://169.254.169.254")]
+    azure_metadata_url: String,
+    /// This VM's name as Azure Scheduled Events list it (default: asked from the metadata service).
+    #[arg(long)]
+    azure_vm_name: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NoticeMode {
+    /// Signals only.
+    None,
+    /// Probe AWS, GCP and Azure metadata services and watch the one that answers.
+    Auto,
+    /// AWS IMDSv2 spot instance-action and rebalance recommendation.
+    Aws,
+    /// GCP `instance/preempted`.
+    Gcp,
+    /// Azure Scheduled Events (`Preempt`).
+    Azure,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RebalancePolicy {
+    /// Ignore rebalance recommendations.
+    Ignore,
+    /// Stop leasing new work; finish what is held.
+    StopLeasing,
+    /// Drain as for an interruption notice.
+    Drain,
 }
 
 #[derive(clap::Args)]
@@ -292,8 +352,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let queue: Arc<dyn LeaseQueue> = Arc::new(queue);
     let progress = Arc::new(Progress::default());
-    let stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone());
+    let control = Control::default();
+    spawn_signal_handler(control.clone());
 
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..args.workers {
@@ -313,7 +373,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             jobs,
             opts,
             Arc::clone(&progress),
-            stop.clone(),
+            control.clone(),
         ));
     }
     let finished = CancellationToken::new();
@@ -350,7 +410,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed().as_secs_f64();
     let processed =
         progress.items_ok.load(Ordering::Relaxed) + progress.items_failed.load(Ordering::Relaxed);
-    if stop.is_cancelled() {
+    if control.stop.is_cancelled() {
         eprintln!(
             "interrupted: leases released; {items} of {} items done ({} of {} shards). Run the same command again to resume.",
             plan.total_items,
@@ -463,18 +523,26 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ..WorkerOptions::default()
     };
     let progress = Arc::new(Progress::default());
-    let stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone());
+    let control = Control::default();
+    let finished = CancellationToken::new();
+    let sources = notice_sources(&args.notices).await?;
+    let watcher = tokio::spawn(watch_notices(sources, control.clone(), finished.clone()));
     tracing::info!(worker = %id, queue = %args.queue, "worker started");
     let started = Instant::now();
-    run_worker(
+    let result = run_worker(
         Arc::clone(&queue),
         Jobs::new(manifests, args.ort_threads),
         opts,
         Arc::clone(&progress),
-        stop.clone(),
+        control.clone(),
     )
-    .await?;
+    .await;
+    finished.cancel();
+    if let Ok(Some((n, source))) = watcher.await {
+        // Drained: tell the platform it may go ahead (Azure starts the event early).
+        source.acknowledge(&n).await;
+    }
+    result?;
     let p = &progress;
     eprintln!(
         "{id}: {} shards done ({} skipped as already done, {} failed attempts), {} items ({} error rows) in {:.1} s{}{}",
@@ -485,7 +553,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         p.items_failed.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
         queue.requests().map(|n| format!(", {n} queue requests")).unwrap_or_default(),
-        if stop.is_cancelled() { "; stopped, leases released" } else { "" },
+        if control.is_draining() { "; drained, leases released" } else { "" },
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -544,30 +612,115 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// First Ctrl-C or SIGTERM: stop leasing, release every lease, exit. Second: exit now.
-fn spawn_signal_handler(stop: CancellationToken) {
+/// `run`: first Ctrl-C or SIGTERM stops at once, releasing every lease; a second exits now.
+fn spawn_signal_handler(control: Control) {
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let next = async {
-            match term.as_mut() {
-                Some(t) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {},
-                        _ = t.recv() => {},
-                    }
-                }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
-        next.await;
+        let mut signals = notice::SignalSource::new(Duration::ZERO);
+        signals.next().await;
         eprintln!("stopping: releasing leases (press Ctrl-C again to exit at once)");
-        stop.cancel();
-        let _ = tokio::signal::ctrl_c().await;
+        control.stop_now();
+        signals.next().await;
         std::process::exit(130);
     });
+}
+
+/// The notice sources a worker watches: signals always, and the cloud's metadata service.
+async fn notice_sources(a: &NoticeArgs) -> anyhow::Result<Vec<Box<dyn NoticeSource>>> {
+    let mut sources: Vec<Box<dyn NoticeSource>> = vec![Box::new(notice::SignalSource::new(
+        Duration::from_secs(a.grace_period_secs),
+    ))];
+    let poll = Duration::from_millis(a.notice_poll_ms.max(50));
+    let rebalance = match a.rebalance {
+        RebalancePolicy::Ignore => None,
+        RebalancePolicy::StopLeasing => Some(NoticeAction::StopLeasing),
+        RebalancePolicy::Drain => Some(NoticeAction::Drain),
+    };
+    let cloud = match a.notices {
+        NoticeMode::None => None,
+        NoticeMode::Aws => Some("aws"),
+        NoticeMode::Gcp => Some("gcp"),
+        NoticeMode::Azure => Some("azure"),
+        NoticeMode::Auto => {
+            let found = notice::probe(
+                &a.aws_metadata_url,
+                &a.gcp_metadata_url,
+                &a.azure_metadata_url,
+            )
+            .await;
+            match found {
+                Some(c) => tracing::info!(
+                    cloud = c,
+                    "metadata service found; watching it for preemption notices"
+                ),
+                None => tracing::warn!(
+                    "--notices auto: no cloud metadata service answered; watching signals only"
+                ),
+            }
+            found
+        }
+    };
+    match cloud {
+        Some("aws") => sources.push(Box::new(notice::AwsSource::new(
+            &a.aws_metadata_url,
+            poll,
+            rebalance,
+        ))),
+        Some("gcp") => sources.push(Box::new(notice::GcpSource::new(
+            &a.gcp_metadata_url,
+            Duration::from_secs(a.gcp_grace_period_secs),
+        ))),
+        Some("azure") => sources.push(Box::new(notice::AzureSource::new(
+            &a.azure_metadata_url,
+            poll,
+            a.azure_vm_name.clone(),
+        ))),
+        _ => {}
+    }
+    Ok(sources)
+}
+
+/// Turns notices into the worker's drain: a rebalance recommendation (by policy) stops leasing; an
+/// interruption notice drains by its deadline; a signal after that stops at once. Returns the
+/// notice that started the drain and its source (to acknowledge the event afterwards).
+async fn watch_notices(
+    mut sources: Vec<Box<dyn NoticeSource>>,
+    control: Control,
+    finished: CancellationToken,
+) -> Option<(notice::Notice, Box<dyn NoticeSource>)> {
+    loop {
+        let (n, i) = notice::watch(&mut sources, &finished).await?;
+        let left = n
+            .deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tracing::warn!(source = n.source, kind = %n.kind, deadline_in_ms = left.as_millis() as u64, "preemption notice");
+        match n.action {
+            NoticeAction::StopLeasing => {
+                eprintln!(
+                    "{} notice ({}): no new work will be leased",
+                    n.source, n.kind
+                );
+                control.stop_leasing.cancel();
+            }
+            NoticeAction::Drain => {
+                eprintln!(
+                    "{} notice ({}): draining, deadline in {:.1} s (a second signal stops at once)",
+                    n.source,
+                    n.kind,
+                    left.as_secs_f64()
+                );
+                control.drain(n.deadline);
+                let control = control.clone();
+                tokio::spawn(async move {
+                    notice::SignalSource::new(Duration::ZERO).next().await;
+                    eprintln!("second signal: stopping now");
+                    control.stop_now();
+                });
+                let source = sources.swap_remove(i);
+                return Some((n, source));
+            }
+        }
+    }
 }
 
 fn spawn_progress(

@@ -204,6 +204,14 @@ impl Prefix {
             .map_err(|e| self.err(Some(key), e))
     }
 
+    /// Deletes an object; deleting one that does not exist is fine.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(Some(key), e)),
+        }
+    }
+
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         match self.store.head(&self.path(key)?).await {

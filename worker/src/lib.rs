@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod job;
 pub mod model;
+pub mod notice;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;

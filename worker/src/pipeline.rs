@@ -20,7 +20,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -95,14 +95,73 @@ pub struct Progress {
     pub shards_in_flight: AtomicUsize,
 }
 
+/// How a worker is told to stop: the two-phase drain with a deadline, or at once.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Stop leasing new shards (the drain's first step; alone, an AWS rebalance recommendation).
+    pub stop_leasing: CancellationToken,
+    drain: CancellationToken,
+    drain_state: Arc<std::sync::Mutex<Option<(SystemTime, Instant)>>>,
+    /// Stop now: release every lease at once and write nothing more.
+    pub stop: CancellationToken,
+}
+
+impl Control {
+    /// Starts draining: stop leasing; release unstarted shards at once; finish the in-flight
+    /// shard if `deadline` allows, else write what is finished as a partial result and release it.
+    pub fn drain(&self, deadline: SystemTime) {
+        if let Ok(mut d) = self.drain_state.lock() {
+            d.get_or_insert((deadline, Instant::now()));
+        }
+        self.stop_leasing.cancel();
+        self.drain.cancel();
+    }
+
+    /// Stops at once: every lease released, nothing more written.
+    pub fn stop_now(&self) {
+        self.stop_leasing.cancel();
+        self.drain.cancel();
+        self.stop.cancel();
+    }
+
+    /// Whether a drain (or stop) was asked for.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// When in-flight work must stop so that it can be written and released by the deadline: a
+    /// quarter of the time left is kept for that, at most 2 s.
+    fn cutoff(&self) -> Instant {
+        let deadline = self.drain_state.lock().ok().and_then(|d| d.map(|(t, _)| t));
+        let left = deadline
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        Instant::now() + left - (left / 4).min(Duration::from_secs(2))
+    }
+
+    fn since_notice(&self) -> Option<Duration> {
+        self.drain_state.lock().ok()?.map(|(_, at)| at.elapsed())
+    }
+}
+
 /// What happened to one leased shard.
 #[derive(Debug)]
 enum Outcome {
-    Done { items: u64, errors: u64 },
+    Done {
+        items: u64,
+        errors: u64,
+    },
     AlreadyDone,
     Failed(String),
     LeaseLost(String),
     Interrupted,
+    /// Drained before it started: handed back untouched.
+    Unstarted,
+    /// Drained mid-shard: the finished rows were written as a partial result.
+    Partial {
+        done: usize,
+        total: usize,
+    },
 }
 
 /// A message from the pipeline to a shard.
@@ -147,20 +206,20 @@ struct Shared {
     jobs: Jobs,
     opts: WorkerOptions,
     progress: Arc<Progress>,
-    stop: CancellationToken,
+    control: Control,
     decode_tx: async_channel::Sender<Fetched>,
     /// One shard feeds the pipeline at a time; the others wait here, unstarted.
     feed: Semaphore,
 }
 
-/// Runs a worker until the queue is empty (with `exit_when_empty`) or `stop` is cancelled. On stop
-/// every held lease is released at once.
+/// Runs a worker until the queue is empty (with `exit_when_empty`), or until `control` drains or
+/// stops it (see [`Control`]).
 pub async fn run_worker(
     queue: Arc<dyn LeaseQueue>,
     jobs: Jobs,
     opts: WorkerOptions,
     progress: Arc<Progress>,
-    stop: CancellationToken,
+    control: Control,
 ) -> Result<(), QueueError> {
     let (decode_tx, decode_rx) = async_channel::bounded::<Fetched>(64);
     let (infer_tx, infer_rx) = crossbeam_channel::bounded::<Decoded>(128);
@@ -187,7 +246,7 @@ pub async fn run_worker(
         queue,
         jobs,
         progress,
-        stop,
+        control,
         decode_tx,
         feed: Semaphore::new(1),
         opts,
@@ -218,13 +277,13 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
         while tasks.try_join_next().is_some() {}
-        if shared.stop.is_cancelled() {
+        if shared.control.stop_leasing.is_cancelled() {
             break Ok(());
         }
         // Wait for a free slot (or stop).
         let first = tokio::select! {
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break Ok(()) },
-            _ = shared.stop.cancelled() => break Ok(()),
+            _ = shared.control.stop_leasing.cancelled() => break Ok(()),
         };
         let mut permits = vec![first];
         while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
@@ -246,7 +305,7 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
         };
         let leases = tokio::select! {
             r = shared.queue.lease(permits.len(), visibility, wait) => r,
-            _ = shared.stop.cancelled() => break Ok(()),
+            _ = shared.control.stop_leasing.cancelled() => break Ok(()),
         };
         let leases = match leases {
             Ok(l) => l,
@@ -365,7 +424,64 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             }
             info!(shard = %task.shard, "released on shutdown");
         }
+        Outcome::Unstarted => {
+            release_for_preemption(shared, &lease).await;
+            if let Some(t) = shared.control.since_notice() {
+                metrics::histogram!("spotbatch_notice_to_release_seconds").record(t.as_secs_f64());
+                info!(worker = %shared.opts.id, shard = %task.shard, after_ms = t.as_millis() as u64, "released an unstarted shard after the notice");
+            }
+        }
+        Outcome::Partial { done, total } => {
+            release_for_preemption(shared, &lease).await;
+            info!(worker = %shared.opts.id, shard = %task.shard, done, total, "wrote a partial result and released the shard");
+        }
     }
+}
+
+async fn release_for_preemption(shared: &Shared, lease: &Lease) {
+    metrics::counter!("spotbatch_leases_released_total", "reason" => "preemption").increment(1);
+    if let Err(e) = shared
+        .queue
+        .release(std::slice::from_ref(lease), None)
+        .await
+    {
+        warn!(item = %lease.id, error = %e, "release failed; the lease will expire");
+    }
+}
+
+/// One row of a shard: computed now, or carried over from a partial result.
+enum Row {
+    New(OutputRow),
+    Kept { line: String, error: bool },
+}
+
+impl Row {
+    fn is_error(&self) -> bool {
+        match self {
+            Row::New(r) => r.error.is_some(),
+            Row::Kept { error, .. } => *error,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            Row::New(r) => serde_json::to_writer(&mut *out, r)
+                .map_err(|e| format!("cannot encode row for {}: {e}", r.key))?,
+            Row::Kept { line, .. } => out.extend_from_slice(line.as_bytes()),
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+/// How far the shard's pipeline got.
+enum Collected {
+    /// Every row.
+    Complete(Vec<Row>),
+    /// Drained: the rows finished by the cutoff (by index), and how many there are.
+    Partial(Vec<Option<Row>>),
+    /// Drained before it fed anything.
+    Unstarted,
 }
 
 async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome {
@@ -379,42 +495,78 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
         Ok(false) => {}
         Err(e) => return Outcome::Failed(e.to_string()),
     }
-    let cancel = shared.stop.child_token();
+    // Rows a drained worker finished before handing the shard back: not done again.
+    let kept = match read_partial(&ctx, &task.shard).await {
+        Ok(k) => k,
+        Err(e) => return Outcome::Failed(e),
+    };
+    if !kept.is_empty() {
+        info!(worker = %shared.opts.id, shard = %task.shard, kept = kept.len(), total = task.keys.len(), "resuming a shard from its partial result");
+    }
+    if lease.delivery_count > 1 {
+        // Items of a redelivered shard beyond its partial result may have been computed by the
+        // previous holder: an upper bound on work redone.
+        let redo = task
+            .keys
+            .iter()
+            .filter(|k| !kept.contains_key(k.as_str()))
+            .count();
+        metrics::counter!("spotbatch_items_redone_total").increment(redo as u64);
+    }
+    let cancel = shared.control.stop.child_token();
     let visibility = Duration::from_secs(visibility_secs(shared));
     let work = tokio::select! {
-        o = process_shard(shared, &ctx, task, cancel.clone()) => o,
+        o = process_shard(shared, &ctx, task, cancel.clone(), kept) => o,
         lost = heartbeat(shared.queue.as_ref(), lease, visibility) => Err(Outcome::LeaseLost(lost)),
-        _ = shared.stop.cancelled() => Err(Outcome::Interrupted),
+        _ = shared.control.stop.cancelled() => Err(Outcome::Interrupted),
     };
     cancel.cancel();
-    let rows = match work {
-        Ok(rows) => rows,
+    let (key, rows, outcome) = match work {
+        Ok(Collected::Complete(rows)) => (JobLayout::part_key(&task.shard), rows, None),
+        Ok(Collected::Partial(rows)) => {
+            let total = rows.len();
+            let rows: Vec<Row> = rows.into_iter().flatten().collect();
+            let done = rows.len();
+            (
+                partial_key(&task.shard),
+                rows,
+                Some(Outcome::Partial { done, total }),
+            )
+        }
+        Ok(Collected::Unstarted) => return Outcome::Unstarted,
         Err(outcome) => return outcome,
     };
-    // Write the part whole, then the done marker, then (the caller) ack.
+    // Write the part whole, then the done marker, then (the caller) ack. A partial result is
+    // written the same way, without a marker, and the shard is released.
     let t0 = Instant::now();
     let mut body = Vec::with_capacity(rows.len() * 128);
     let mut errors = 0;
     for row in &rows {
-        errors += u64::from(row.error.is_some());
-        if let Err(e) = serde_json::to_writer(&mut body, row) {
-            return Outcome::Failed(format!("cannot encode row for {}: {e}", row.key));
+        errors += u64::from(row.is_error());
+        if let Err(e) = row.write(&mut body) {
+            return Outcome::Failed(e);
         }
-        body.push(b'\n');
     }
-    let part = JobLayout::part_key(&task.shard);
     let marker = DoneMarker {
         job: task.job.clone(),
         shard: task.shard.clone(),
         items: rows.len() as u64,
         errors,
-        part: part.clone(),
+        part: key.clone(),
         sha256: sha256_hex(&body),
     };
+    let complete = outcome.is_none();
     let write = async {
-        ctx.layout.prefix.put(&part, Bytes::from(body)).await?;
-        let marker = serde_json::to_vec(&marker).unwrap_or_default();
-        ctx.layout.prefix.put(&done_key, Bytes::from(marker)).await
+        ctx.layout.prefix.put(&key, Bytes::from(body)).await?;
+        if complete {
+            let marker = serde_json::to_vec(&marker).unwrap_or_default();
+            ctx.layout
+                .prefix
+                .put(&done_key, Bytes::from(marker))
+                .await?;
+            ctx.layout.prefix.delete(&partial_key(&task.shard)).await?;
+        }
+        Ok::<(), StorageError>(())
     };
     let written: Result<(), StorageError> = tokio::select! {
         w = write => w,
@@ -425,32 +577,96 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
     }
     metrics::histogram!("spotbatch_stage_seconds", "stage" => "write")
         .record(t0.elapsed().as_secs_f64());
-    Outcome::Done {
+    outcome.unwrap_or(Outcome::Done {
         items: rows.len() as u64,
         errors,
-    }
+    })
 }
 
-/// Feeds the shard's inputs into the pipeline and collects one row per key, in key order.
+/// Key of a shard's partial result (rows finished before a drain; the keys in it are the cursor).
+fn partial_key(shard: &str) -> String {
+    format!("_partial/{shard}.jsonl")
+}
+
+/// Reads a shard's partial result: each kept row's JSON line, by key.
+async fn read_partial(
+    ctx: &JobContext,
+    shard: &str,
+) -> Result<std::collections::HashMap<String, Row>, String> {
+    let mut kept = std::collections::HashMap::new();
+    let Some(bytes) = ctx
+        .layout
+        .prefix
+        .get_opt(&partial_key(shard))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(kept);
+    };
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        // A line that does not parse is not kept: that item is simply done again.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(key) = v.get("key").and_then(|k| k.as_str()) {
+            let error = !v.get("error").is_none_or(|e| e.is_null());
+            kept.insert(
+                key.to_string(),
+                Row::Kept {
+                    line: line.to_string(),
+                    error,
+                },
+            );
+        }
+    }
+    Ok(kept)
+}
+
+/// How the feeding of a shard ended.
+enum FeedEnd {
+    /// Drained before this shard's turn to feed.
+    Unstarted,
+    /// Items handed to the pipeline (all of them unless drained).
+    Fed(usize),
+}
+
+/// Feeds the shard's inputs (those not kept from a partial result) into the pipeline and collects
+/// one row per key, in key order. On a drain, feeding stops and rows are collected until the
+/// drain's cutoff.
 async fn process_shard(
     shared: &Shared,
     ctx: &Arc<JobContext>,
     task: &ShardTask,
     cancel: CancellationToken,
-) -> Result<Vec<OutputRow>, Outcome> {
+    mut kept: std::collections::HashMap<String, Row>,
+) -> Result<Collected, Outcome> {
     let n = task.keys.len();
+    let mut rows: Vec<Option<Row>> = task.keys.iter().map(|k| kept.remove(k.as_str())).collect();
+    let todo: Vec<(usize, String)> = task
+        .keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| rows[*i].is_none())
+        .map(|(i, k)| (i, k.clone()))
+        .collect();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let work = Arc::new(ShardWork {
         ctx: Arc::clone(ctx),
         tx,
         cancel,
     });
+    let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<FeedEnd>();
     let feed = async {
-        let Ok(_permit) = shared.feed.acquire().await else {
-            return;
+        let permit = tokio::select! {
+            p = shared.feed.acquire() => p,
+            _ = shared.control.drain.cancelled() => {
+                let _ = fed_tx.send(FeedEnd::Unstarted);
+                return;
+            }
         };
+        let Ok(_permit) = permit else { return };
         let max_bytes = ctx.manifest.raw.input.max_bytes;
-        let fetches = futures::stream::iter(task.keys.clone().into_iter().enumerate())
+        let fetches = futures::stream::iter(todo.clone())
             .map(|(idx, key)| {
                 let ctx = Arc::clone(ctx);
                 async move {
@@ -463,9 +679,10 @@ async fn process_shard(
             })
             .buffered(shared.opts.fetch_concurrency.max(1));
         futures::pin_mut!(fetches);
+        let mut fed = 0;
         while let Some((idx, key, r)) = fetches.next().await {
-            if work.cancel.is_cancelled() {
-                return;
+            if work.cancel.is_cancelled() || shared.control.drain.is_cancelled() {
+                break;
             }
             match r {
                 Ok(bytes) => {
@@ -476,7 +693,7 @@ async fn process_shard(
                         bytes,
                     };
                     if shared.decode_tx.send(item).await.is_err() {
-                        return;
+                        break;
                     }
                 }
                 // Missing or oversized inputs are the item's problem: an error row.
@@ -490,35 +707,66 @@ async fn process_shard(
                 // Anything else is the store's: fail the attempt, it is retried.
                 Err(GetError::Storage(e)) => {
                     work.send(ToShard::Fail(e.to_string()));
-                    return;
+                    break;
                 }
             }
+            fed += 1;
         }
+        let _ = fed_tx.send(FeedEnd::Fed(fed));
     };
     let collect = async {
-        let mut rows: Vec<Option<OutputRow>> = vec![None; n];
         let mut have = 0;
-        while have < n {
-            match rx.recv().await {
-                Some(ToShard::Row(idx, row)) => {
-                    if let Some(slot) = rows.get_mut(idx) {
-                        if slot.is_none() {
-                            have += 1;
+        let mut fed: Option<usize> = None;
+        let mut draining = false;
+        let cutoff = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+        tokio::pin!(cutoff);
+        loop {
+            if have == todo.len() {
+                return Ok(true);
+            }
+            // Drained and everything fed is back: a partial result. (Feeding that stopped for a
+            // store error is followed by its Fail message, which ends the shard instead.)
+            if draining && fed.is_some_and(|f| have >= f) {
+                return Ok(false);
+            }
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(ToShard::Row(idx, row)) => {
+                        if let Some(slot) = rows.get_mut(idx) {
+                            if slot.is_none() {
+                                have += 1;
+                            }
+                            *slot = Some(Row::New(row));
                         }
-                        *slot = Some(row);
                     }
+                    Some(ToShard::Fail(reason)) => return Err(Outcome::Failed(reason)),
+                    None => return Err(Outcome::Failed("pipeline stopped".into())),
+                },
+                end = &mut fed_rx, if fed.is_none() => match end {
+                    Ok(FeedEnd::Unstarted) => return Err(Outcome::Unstarted),
+                    Ok(FeedEnd::Fed(k)) => fed = Some(k),
+                    Err(_) => return Err(Outcome::Failed("pipeline stopped".into())),
+                },
+                _ = shared.control.drain.cancelled(), if !draining => {
+                    draining = true;
+                    cutoff.as_mut().reset(tokio::time::Instant::from_std(shared.control.cutoff()));
                 }
-                Some(ToShard::Fail(reason)) => return Err(Outcome::Failed(reason)),
-                None => return Err(Outcome::Failed("pipeline stopped".into())),
+                _ = &mut cutoff, if draining => return Ok(false),
             }
         }
-        Ok(rows.into_iter().flatten().collect())
     };
-    let (_, rows) = tokio::join!(feed, collect);
-    if rows.is_err() {
-        work.cancel.cancel();
+    let (_, complete) = tokio::join!(feed, collect);
+    work.cancel.cancel();
+    match complete {
+        Ok(true) => Ok(Collected::Complete(rows.into_iter().flatten().collect())),
+        Ok(false) if rows.iter().all(Option::is_none) => Ok(Collected::Unstarted),
+        Ok(false) => {
+            debug_assert_eq!(rows.len(), n);
+            Ok(Collected::Partial(rows))
+        }
+        Err(Outcome::Unstarted) => Ok(Collected::Unstarted),
+        Err(o) => Err(o),
     }
-    rows
 }
 
 /// Extends the lease every third of the visibility timeout. Returns only when the lease is lost
