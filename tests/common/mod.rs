@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod metadata;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_spotbatch");
 
 /// The repository root.
