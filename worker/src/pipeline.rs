@@ -623,11 +623,12 @@ async fn read_partial(
 }
 
 /// How the feeding of a shard ended.
-enum FeedEnd {
+enum FeedEnd<'a> {
     /// Drained before this shard's turn to feed.
     Unstarted,
-    /// Items handed to the pipeline (all of them unless drained).
-    Fed(usize),
+    /// Items handed to the pipeline (all of them unless drained), and the feed permit, which the
+    /// collector gives up once few of them are left in the pipeline.
+    Fed(usize, Option<tokio::sync::SemaphorePermit<'a>>),
 }
 
 /// Feeds the shard's inputs (those not kept from a partial result) into the pipeline and collects
@@ -664,7 +665,7 @@ async fn process_shard(
                 return;
             }
         };
-        let Ok(_permit) = permit else { return };
+        let Ok(permit) = permit else { return };
         let max_bytes = ctx.manifest.raw.input.max_bytes;
         let fetches = futures::stream::iter(todo.clone())
             .map(|(idx, key)| {
@@ -692,7 +693,12 @@ async fn process_shard(
                         key,
                         bytes,
                     };
-                    if shared.decode_tx.send(item).await.is_err() {
+                    // A full pipeline must not hold up a drain.
+                    let sent = tokio::select! {
+                        r = shared.decode_tx.send(item) => r.is_ok(),
+                        _ = shared.control.drain.cancelled() => false,
+                    };
+                    if !sent {
                         break;
                     }
                 }
@@ -712,9 +718,11 @@ async fn process_shard(
             }
             fed += 1;
         }
-        let _ = fed_tx.send(FeedEnd::Fed(fed));
+        let _ = fed_tx.send(FeedEnd::Fed(fed, Some(permit)));
     };
+    let low_water = 2 * ctx.batch_size();
     let collect = async {
+        let mut permit: Option<tokio::sync::SemaphorePermit<'_>> = None;
         let mut have = 0;
         let mut fed: Option<usize> = None;
         let mut draining = false;
@@ -723,6 +731,11 @@ async fn process_shard(
         loop {
             if have == todo.len() {
                 return Ok(true);
+            }
+            // The next shard starts feeding when this one's last two batches are in the pipeline:
+            // the model keeps busy, and a drain finds at most one shard started.
+            if fed.is_some_and(|f| f.saturating_sub(have) <= low_water) {
+                drop(permit.take());
             }
             // Drained and everything fed is back: a partial result. (Feeding that stopped for a
             // store error is followed by its Fail message, which ends the shard instead.)
@@ -744,7 +757,10 @@ async fn process_shard(
                 },
                 end = &mut fed_rx, if fed.is_none() => match end {
                     Ok(FeedEnd::Unstarted) => return Err(Outcome::Unstarted),
-                    Ok(FeedEnd::Fed(k)) => fed = Some(k),
+                    Ok(FeedEnd::Fed(k, p)) => {
+                        fed = Some(k);
+                        permit = p;
+                    }
                     Err(_) => return Err(Outcome::Failed("pipeline stopped".into())),
                 },
                 _ = shared.control.drain.cancelled(), if !draining => {
