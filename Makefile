@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo test lint bench bench-sqs clean
+.PHONY: demo test lint bench bench-sqs bench-chaos clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -24,6 +24,10 @@ bench:
 
 bench-sqs:
 	@$(ENV) && cargo build --release --locked && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && $$SPOTBATCH_PYTHON benches/sqs.py
+
+bench-chaos:
+	@$(ENV) && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && \
+	  for a in 0 12; do SPOTBATCH_CHAOS_ACTIONS=$$a cargo test --release --locked --test e2e_chaos -- --nocapture --test-threads=1 2>&1 | grep '^\['; done
 
 clean:
 	rm -rf target examples/digits/out examples/digits/queue.db*

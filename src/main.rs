@@ -114,6 +114,9 @@ struct WorkerArgs {
     /// Testing knob: pause this many milliseconds after every inference batch.
     #[arg(long, hide = true)]
     throttle_batch_ms: Option<u64>,
+    /// Measurement knob: append the key of every item inferred to this file.
+    #[arg(long, hide = true)]
+    debug_processed_log: Option<PathBuf>,
     #[command(flatten)]
     notices: NoticeArgs,
 }
@@ -520,6 +523,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         exit_when_empty: args.exit_when_empty,
         throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
         visibility: args.visibility_timeout_secs.map(Duration::from_secs),
+        processed_log: args.debug_processed_log.clone(),
         ..WorkerOptions::default()
     };
     let progress = Arc::new(Progress::default());

@@ -53,6 +53,9 @@ pub struct WorkerOptions {
     /// Lease length; default: the longest of the known jobs' `queue.visibility_timeout_secs`,
     /// else 60 s.
     pub visibility: Option<Duration>,
+    /// Measurement knob: append the key of every item the model ran on to this file (the chaos
+    /// test counts work redone from it, also for workers that were SIGKILLed).
+    pub processed_log: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerOptions {
@@ -66,6 +69,7 @@ impl Default for WorkerOptions {
             exit_when_empty: true,
             throttle_batch: None,
             visibility: None,
+            processed_log: None,
         }
     }
 }
@@ -235,10 +239,20 @@ pub async fn run_worker(
     }
     drop((decode_rx, infer_tx));
     let throttle = opts.throttle_batch;
+    let processed_log = match &opts.processed_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| spawn_err(&queue, e))?,
+        ),
+        None => None,
+    };
     threads.push(
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_loop(infer_rx, throttle))
+            .spawn(move || engine_loop(infer_rx, throttle, processed_log))
             .map_err(|e| spawn_err(&queue, e))?,
     );
 
@@ -847,7 +861,11 @@ fn decode_loop(rx: async_channel::Receiver<Fetched>, tx: crossbeam_channel::Send
     }
 }
 
-fn engine_loop(rx: crossbeam_channel::Receiver<Decoded>, throttle: Option<Duration>) {
+fn engine_loop(
+    rx: crossbeam_channel::Receiver<Decoded>,
+    throttle: Option<Duration>,
+    mut processed_log: Option<std::fs::File>,
+) {
     let mut carry: Option<Decoded> = None;
     loop {
         let first = match carry.take() {
@@ -874,6 +892,11 @@ fn engine_loop(rx: crossbeam_channel::Receiver<Decoded>, throttle: Option<Durati
                 }
                 Err(_) => break,
             }
+        }
+        if let Some(f) = processed_log.as_mut() {
+            use std::io::Write;
+            let keys: String = batch.iter().map(|d| format!("{}\n", d.key)).collect();
+            let _ = f.write_all(keys.as_bytes());
         }
         run_batch(&ctx, batch);
         if let Some(pause) = throttle {
