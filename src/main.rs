@@ -50,7 +50,7 @@ enum Command {
         queue: Option<String>,
     },
     /// Work shards from a queue until told to stop (SIGTERM/SIGINT: leases released, exit 0).
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Manage queues.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -238,7 +238,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Validate { manifest } => validate(&manifest).await,
             Command::Enqueue { manifest, queue } => enqueue(&manifest, queue).await,
-            Command::Worker(args) => worker(args).await,
+            Command::Worker(args) => worker(*args).await,
             Command::Queue(cmd) => queue_command(cmd).await,
         }
     });
