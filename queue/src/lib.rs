@@ -93,6 +93,9 @@ pub struct Lease {
     /// When the lease runs out unless extended. Backends report a conservative (never later than
     /// the true) deadline.
     pub deadline: SystemTime,
+    /// When the item was last handed back (released, or its lease expired), where the backend
+    /// knows it: the time from then to this lease is the recovery time.
+    pub released_at: Option<SystemTime>,
 }
 
 /// A dead-lettered item, with the reason it was given up on.

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS items (
     failures       INTEGER NOT NULL DEFAULT 0,
     token          TEXT,
     last_error     TEXT,
+    released_at    INTEGER,
     PRIMARY KEY (queue, id)
 );
 CREATE INDEX IF NOT EXISTS items_by_visibility ON items (queue, visible_at);
@@ -103,7 +104,17 @@ impl SqliteQueue {
                     .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
                     .and_then(|()| conn.execute_batch(SCHEMA));
                 match setup {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        // Files made before `released_at` existed get the column.
+                        let has = conn
+                            .prepare("SELECT released_at FROM items LIMIT 0")
+                            .is_ok();
+                        if !has {
+                            conn.execute_batch("ALTER TABLE items ADD COLUMN released_at INTEGER")
+                                .map_err(err)?;
+                        }
+                        break;
+                    }
                     Err(rusqlite::Error::SqliteFailure(e, _))
                         if e.code == rusqlite::ErrorCode::DatabaseBusy
                             && Instant::now() < give_up =>
@@ -141,7 +152,7 @@ impl SqliteQueue {
             .with_conn(|conn, q| {
                 let now = unix_millis(SystemTime::now());
                 let n = conn.execute(
-                    "UPDATE items SET visible_at = ?2, token = NULL, failures = failures + 1,
+                    "UPDATE items SET visible_at = ?2, released_at = ?2, token = NULL, failures = failures + 1,
                          last_error = 'worker died holding the lease (delivery ' || delivery_count || ')'
                      WHERE queue = ?1 AND token IS NOT NULL",
                     params![q, now],
@@ -189,7 +200,7 @@ impl SqliteQueue {
                          delivery_count = delivery_count + 1
                      WHERE rowid IN (SELECT rowid FROM items WHERE queue = ?1 AND visible_at <= ?2
                                      ORDER BY rowid LIMIT ?4)
-                     RETURNING id, body, token, delivery_count",
+                     RETURNING id, body, token, delivery_count, released_at",
                 )?;
                 let rows = stmt.query_map(params![q, now_ms, deadline_ms, max as i64], |r| {
                     Ok(Lease {
@@ -198,6 +209,7 @@ impl SqliteQueue {
                         token: LeaseToken(r.get(2)?),
                         delivery_count: r.get(3)?,
                         deadline,
+                        released_at: r.get::<_, Option<i64>>(4)?.map(from_unix_millis),
                     })
                 })?;
                 for row in rows {
@@ -219,7 +231,7 @@ fn sweep(
     max_attempts: u32,
 ) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE items SET failures = failures + 1, token = NULL,
+        "UPDATE items SET failures = failures + 1, token = NULL, released_at = visible_at,
              last_error = 'lease expired without ack or release (delivery ' || delivery_count || ')'
          WHERE queue = ?1 AND token IS NOT NULL AND visible_at <= ?2",
         params![q, now_ms],
@@ -334,7 +346,7 @@ impl LeaseQueue for SqliteQueue {
             let now = unix_millis(SystemTime::now());
             {
                 let mut upd = tx.prepare_cached(
-                    "UPDATE items SET visible_at = ?4, token = NULL,
+                    "UPDATE items SET visible_at = ?4, released_at = ?4, token = NULL,
                          failures = failures + (?5 IS NOT NULL), last_error = coalesce(?5, last_error)
                      WHERE queue = ?1 AND id = ?2 AND token = ?3",
                 )?;

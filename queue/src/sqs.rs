@@ -356,6 +356,7 @@ impl SqsQueue {
             token: LeaseToken(token),
             delivery_count,
             deadline,
+            released_at: None,
         })
     }
 

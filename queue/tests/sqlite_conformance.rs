@@ -178,3 +178,30 @@ async fn enqueue_ignores_an_id_already_waiting() {
     q.enqueue(&[item]).await.unwrap();
     assert_eq!(q.depth().await.unwrap().visible, 1);
 }
+
+#[tokio::test]
+async fn released_at_tells_when_an_item_was_handed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqliteQueue::open(&dir.path().join("q.db"), "rec", QueueConfig::default())
+        .await
+        .unwrap();
+    q.enqueue(&[NewItem {
+        id: "s".into(),
+        body: b"{}".to_vec(),
+    }])
+    .await
+    .unwrap();
+    let first = q
+        .lease(1, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(first[0].released_at, None, "never handed back yet");
+    let before = std::time::SystemTime::now();
+    q.release(&first, None).await.unwrap();
+    let again = q
+        .lease(1, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let back = again[0].released_at.expect("released_at after a release");
+    assert!(back + Duration::from_millis(5) >= before && back <= std::time::SystemTime::now());
+}

@@ -366,6 +366,14 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             return;
         }
     };
+    if let Some(back) = lease.released_at {
+        // Handed back (released or expired) until leased again: the recovery time.
+        let secs = std::time::SystemTime::now()
+            .duration_since(back)
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics::histogram!("spotbatch_recovery_seconds").record(secs);
+    }
     if lease.delivery_count > 1 {
         metrics::counter!("spotbatch_redeliveries_total").increment(1);
         info!(worker = %shared.opts.id, shard = %task.shard, delivery = lease.delivery_count, "working a redelivered shard");
