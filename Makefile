@@ -27,7 +27,7 @@ bench-sqs:
 
 bench-chaos:
 	@$(ENV) && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && \
-	  for a in 0 12; do SPOTBATCH_CHAOS_ACTIONS=$$a cargo test --release --locked --test e2e_chaos -- --nocapture --test-threads=1 2>&1 | grep '^\['; done
+	  for a in 0 12; do SPOTBATCH_CHAOS_ACTIONS=$$a cargo test --locked --test e2e_chaos -- --nocapture --test-threads=1 2>&1 | grep '^\['; done
 
 clean:
 	rm -rf target examples/digits/out examples/digits/queue.db*
