@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod kafka;
 pub mod sqlite;
 pub mod sqs;
 
@@ -176,6 +177,13 @@ pub trait LeaseQueue: Send + Sync + fmt::Debug {
     fn requests(&self) -> Option<u64> {
         None
     }
+
+    /// Called when the worker stops using the queue, after its leases were acked or released:
+    /// backends with coarse ownership hand it back now (Kafka commits and leaves the group, so
+    /// its partitions move within seconds). Others need nothing.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Configuration shared by every backend.
@@ -191,8 +199,8 @@ impl Default for QueueConfig {
     }
 }
 
-/// Opens a queue from its URI: `sqlite://PATH[?queue=NAME]`, `sqs://NAME[?region=…&endpoint=…]`
-/// or an SQS queue URL.
+/// Opens a queue from its URI: `sqlite://PATH[?queue=NAME]`, `sqs://NAME[?region=…&endpoint=…]`,
+/// an SQS queue URL, or `kafka://BROKER[,BROKER…]/TOPIC[?partitions=N&group=G]`.
 ///
 /// Relative SQLite paths are taken as given (callers resolve them against the manifest's folder
 /// first).
@@ -201,11 +209,7 @@ pub async fn open(uri: &str, config: QueueConfig) -> Result<Box<dyn LeaseQueue>>
     match scheme {
         "sqlite" => Ok(Box::new(sqlite::SqliteQueue::open_uri(uri, config).await?)),
         "sqs" | "http" | "https" => Ok(Box::new(sqs::SqsQueue::open_uri(uri, config).await?)),
-        "kafka" => Err(QueueError::InvalidUri {
-            uri: uri.to_string(),
-            reason: "the kafka backend is not part of this build yet; use sqlite:// or sqs://"
-                .to_string(),
-        }),
+        "kafka" => Ok(Box::new(kafka::KafkaQueue::open_uri(uri, config).await?)),
         _ => Err(QueueError::InvalidUri {
             uri: uri.to_string(),
             reason: "expected sqlite://PATH, sqs://NAME or an SQS queue URL".to_string(),

@@ -265,7 +265,14 @@ pub async fn run_worker(
         feed: Semaphore::new(1),
         opts,
     });
-    let result = lease_loop(Arc::clone(&shared)).await;
+    let mut result = lease_loop(Arc::clone(&shared)).await;
+    // Every lease is acked or released by now: hand back what the queue holds for us.
+    if let Err(e) = shared.queue.close().await {
+        warn!(worker = %shared.opts.id, error = %e, "closing the queue failed");
+        if result.is_ok() {
+            result = Err(e);
+        }
+    }
     // Closing the decode queue lets the threads drain and exit.
     shared.decode_tx.close();
     drop(shared);

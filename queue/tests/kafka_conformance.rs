@@ -1,0 +1,42 @@
+//! The conformance suite against Kafka, on librdkafka's in-process mock cluster (each check gets
+//! its own cluster and topic). tansu, a Kafka-protocol broker run as a separate process, runs the
+//! same suite in `kafka_tansu.rs`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::mocking::MockCluster;
+use spotbatch_queue::conformance::{Allowances, QueueFactory};
+use spotbatch_queue::kafka::KafkaQueue;
+use spotbatch_queue::{LeaseQueue, QueueConfig};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+struct Mock;
+
+#[async_trait]
+impl QueueFactory for Mock {
+    async fn fresh(&self, config: QueueConfig) -> Box<dyn LeaseQueue> {
+        // The cluster lives as long as the test process.
+        let cluster: &'static MockCluster<'static, _> =
+            Box::leak(Box::new(MockCluster::new(1).expect("mock cluster")));
+        let topic = format!("conf-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        cluster.create_topic(&topic, 2, 1).unwrap();
+        cluster.create_topic(&format!("{topic}-dlq"), 1, 1).unwrap();
+        let uri = format!(
+            "kafka://{}/{topic}?session_timeout_ms=6000",
+            cluster.bootstrap_servers()
+        );
+        Box::new(KafkaQueue::open_uri(&uri, config).await.unwrap())
+    }
+    fn allowances(&self) -> Allowances {
+        Allowances {
+            short_visibility: Duration::from_millis(500),
+            expiry_slack: Duration::from_millis(300),
+            extend_after_expiry_may_succeed: false,
+        }
+    }
+}
+
+spotbatch_queue::conformance_tests!(Mock);
