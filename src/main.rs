@@ -569,7 +569,14 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             dlq,
             max_attempts,
         } => {
-            if uri.starts_with("sqlite://") {
+            if uri.starts_with("kafka://") {
+                spotbatch_queue::kafka::create(&uri).await?;
+                let t = spotbatch_queue::kafka::parse_uri(&uri)?;
+                println!(
+                    "{}: topic with {} partitions and {}-dlq ready",
+                    t.topic, t.partitions, t.topic
+                );
+            } else if uri.starts_with("sqlite://") {
                 spotbatch_queue::open(&uri, QueueConfig { max_attempts }).await?;
                 println!("{uri}: ready (SQLite queues keep their dead letters in the same file)");
             } else {

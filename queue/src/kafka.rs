@@ -203,6 +203,12 @@ impl ClientContext for Ctx {}
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            tracing::info!(topic = %self.topic, partitions = ?parts, "kafka partitions revoked");
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
@@ -240,6 +246,12 @@ impl ConsumerContext for Ctx {
             }
             st.assigned_once = true;
             drop(st);
+            let parts: Vec<i32> = tpl
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            tracing::info!(topic = %self.topic, partitions = ?parts, "kafka partitions assigned");
             self.notify.notify_waiters();
         }
     }
@@ -286,6 +298,8 @@ impl KafkaQueue {
             .set("bootstrap.servers", &target.brokers)
             .set("linger.ms", "0")
             .set("message.timeout.ms", "30000")
+            // A missing topic is an error to report, not one to create by accident.
+            .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| err(e.to_string()))?;
         // The topic must exist (and the brokers answer) before joining the group.
