@@ -350,3 +350,17 @@ fn chaos_on_sqs() {
     run_ok(create.args(["queue", "create", &queue, "--dlq", "--max-attempts", "1000"]));
     chaos("sqs", queue, env, actions());
 }
+
+#[test]
+fn chaos_on_kafka() {
+    // librdkafka's mock cluster, in this process, listening on loopback for the worker processes.
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("chaos", 6, 1).unwrap();
+    cluster.create_topic("chaos-dlq", 1, 1).unwrap();
+    let queue = format!(
+        "kafka://{}/chaos?partitions=6&session_timeout_ms=6000",
+        cluster.bootstrap_servers()
+    );
+    chaos("kafka", queue, Vec::new(), actions());
+    drop(cluster);
+}
