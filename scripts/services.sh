@@ -26,6 +26,17 @@ case "${1:-start}" in
     echo "export SPOTBATCH_TEST_SQS_ENDPOINT=http://127.0.0.1:$port"
     echo "export SPOTBATCH_TEST_S3_ENDPOINT=http://127.0.0.1:$port"
     echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1"
+    # tansu, a Kafka-protocol broker (built once and cached by install-tansu.sh), in memory.
+    tansu="$("$ROOT/scripts/install-tansu.sh")"
+    kport=$(free_port)
+    "$tansu" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+      --storage-engine memory://tansu/ >"$RUN/tansu.log" 2>&1 &
+    echo $! >"$RUN/tansu.pid"
+    for _ in $(seq 1 150); do
+      if "$ROOT/.venv/bin/python" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$kport" 2>/dev/null; then break; fi
+      sleep 0.2
+    done
+    echo "export SPOTBATCH_TEST_KAFKA_BROKERS=127.0.0.1:$kport"
     ;;
   stop)
     for f in "$RUN"/*.pid; do

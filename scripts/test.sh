@@ -10,7 +10,7 @@ cargo build --workspace --all-targets --locked
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
-echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT"
+echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT; tansu (Kafka): $SPOTBATCH_TEST_KAFKA_BROKERS"
 if ! cargo test --workspace --locked -- --test-threads=2; then
   echo "--- service logs (tail) ---"
   tail -n 50 .cache/services/*.log || true

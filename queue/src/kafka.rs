@@ -57,6 +57,9 @@ pub struct KafkaTarget {
     pub group: String,
     /// Session timeout (how soon a dead worker's partitions move).
     pub session_timeout_ms: u32,
+    /// Produce every record as its own batch: for brokers that cannot resume a partition in the
+    /// middle of a multi-record batch (tansu 0.6).
+    pub single_record_batches: bool,
 }
 
 /// Parses a Kafka queue URI.
@@ -93,6 +96,7 @@ pub fn parse_uri(uri: &str) -> Result<KafkaTarget> {
         partitions: 8,
         group: format!("spotbatch-{topic}"),
         session_timeout_ms: 10_000,
+        single_record_batches: false,
     };
     for pair in query
         .into_iter()
@@ -115,9 +119,14 @@ pub fn parse_uri(uri: &str) -> Result<KafkaTarget> {
                     .filter(|s| (1000..=300_000).contains(s))
                     .ok_or_else(|| invalid("session_timeout_ms= takes 1000..=300000".into()))?
             }
+            Some(("single_record_batches", v)) => {
+                t.single_record_batches = v
+                    .parse()
+                    .map_err(|_| invalid("single_record_batches= takes true or false".into()))?
+            }
             _ => {
                 return Err(invalid(format!(
-                    "unknown parameter {pair:?} (known: partitions, group, session_timeout_ms)"
+                    "unknown parameter {pair:?} (known: partitions, group, session_timeout_ms, single_record_batches)"
                 )))
             }
         }
@@ -175,6 +184,9 @@ struct Item {
 struct Part {
     /// Bumped when the partition is revoked: old tokens stop working.
     epoch: u64,
+    /// Every offset below this is done (the low-water mark): a record fetched again below it is
+    /// not delivered again.
+    floor: i64,
     /// Records of this partition the worker holds, by offset (acked ones until the low-water mark
     /// passes them).
     items: BTreeMap<i64, Item>,
@@ -241,6 +253,7 @@ impl ConsumerContext for Ctx {
                 let epoch = st.next_epoch;
                 st.parts.entry(e.partition()).or_insert_with(|| Part {
                     epoch,
+                    floor: 0,
                     items: BTreeMap::new(),
                 });
             }
@@ -300,6 +313,14 @@ impl KafkaQueue {
             .set("message.timeout.ms", "30000")
             // A missing topic is an error to report, not one to create by accident.
             .set("allow.auto.create.topics", "false")
+            .set(
+                "batch.num.messages",
+                if target.single_record_batches {
+                    "1"
+                } else {
+                    "10000"
+                },
+            )
             .create()
             .map_err(|e| err(e.to_string()))?;
         // The topic must exist (and the brokers answer) before joining the group.
@@ -347,6 +368,9 @@ impl KafkaQueue {
                 (target.session_timeout_ms / 4).max(250).to_string(),
             )
             .set("max.poll.interval.ms", "300000")
+            // Short broker-side waits: a record on one partition is not held back by another
+            // partition's empty long-poll.
+            .set("fetch.wait.max.ms", "50")
             .create_with_context(ctx)
             .map_err(|e| err(e.to_string()))?;
         consumer
@@ -396,7 +420,7 @@ impl KafkaQueue {
                         let body = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
                         let id = header(&m, H_ID).unwrap_or_else(|| format!("{p}@{off}"));
                         let State { parts, fresh, .. } = &mut *st;
-                        if let Some(part) = parts.get_mut(&p) {
+                        if let Some(part) = parts.get_mut(&p).filter(|part| off >= part.floor) {
                             if let std::collections::btree_map::Entry::Vacant(slot) = part.items.entry(off) {
                                 slot.insert(Item {
                                     id,
@@ -482,6 +506,7 @@ impl KafkaQueue {
         }
         if let Some(next) = low_water(part) {
             part.items.retain(|o, _| *o >= next);
+            part.floor = part.floor.max(next);
             st.to_commit.insert(p, next);
         }
     }

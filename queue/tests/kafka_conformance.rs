@@ -11,6 +11,8 @@ use spotbatch_queue::conformance::{Allowances, QueueFactory};
 use spotbatch_queue::kafka::KafkaQueue;
 use spotbatch_queue::{LeaseQueue, QueueConfig};
 
+mod kafka_common;
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 struct Mock;
@@ -40,3 +42,17 @@ impl QueueFactory for Mock {
 }
 
 spotbatch_queue::conformance_tests!(Mock);
+
+/// Resuming a partition in the middle of a multi-record batch: a member commits at 7 of a 20-record
+/// batch and leaves; the next member gets exactly the other 13.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_inside_a_batch_on_the_mock_cluster() {
+    let cluster: &'static MockCluster<'static, _> =
+        Box::leak(Box::new(MockCluster::new(1).unwrap()));
+    cluster.create_topic("batched", 1, 1).unwrap();
+    cluster.create_topic("batched-dlq", 1, 1).unwrap();
+    assert_eq!(
+        kafka_common::batched_resume(&cluster.bootstrap_servers(), "batched").await,
+        (7, 13)
+    );
+}
