@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
 # Runs every test with the services they need. Called by `make test` (after scripts/env.sh has set
 # ORT_DYLIB_PATH and SPOTBATCH_PYTHON); services started here are stopped on exit, and their logs
-# are printed if a test fails.
+# are printed if a test fails. The multi-process end-to-end tests (workers, drains, chaos,
+# partition moves) run one at a time after the rest: they measure hand-over times and must not
+# fight over the two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${ORT_DYLIB_PATH:?run through make test}"
 : "${SPOTBATCH_PYTHON:?run through make test}"
+PARALLEL=(notices e2e_demo e2e_bad_input)
+SERIAL=(e2e_resume e2e_drain e2e_sqs e2e_kafka e2e_chaos)
+# Every end-to-end test file must be in one of the two lists, so none is silently left out.
+for f in tests/*.rs; do
+  name=$(basename "$f" .rs)
+  if [[ ! " ${PARALLEL[*]} ${SERIAL[*]} " =~ " $name " ]]; then
+    echo "scripts/test.sh: tests/$name.rs is in neither PARALLEL nor SERIAL" >&2
+    exit 1
+  fi
+done
 cargo build --workspace --all-targets --locked
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT; tansu (Kafka): $SPOTBATCH_TEST_KAFKA_BROKERS"
-if ! cargo test --workspace --locked -- --test-threads=2; then
+args() { for t in "$@"; do printf -- '--test %s ' "$t"; done; }
+if ! { cargo test --workspace --exclude spotbatch --locked -- --test-threads=2 &&
+       cargo test -p spotbatch --locked $(args "${PARALLEL[@]}") -- --test-threads=2 &&
+       cargo test -p spotbatch --locked $(args "${SERIAL[@]}") -- --test-threads=1; }; then
   echo "--- service logs (tail) ---"
   tail -n 50 .cache/services/*.log || true
   exit 1

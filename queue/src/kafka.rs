@@ -227,14 +227,14 @@ impl ConsumerContext for Ctx {
             let mut commit = TopicPartitionList::new();
             for e in tpl.elements_for_topic(&self.topic) {
                 let p = e.partition();
-                if let Some(part) = st.parts.remove(&p) {
-                    // Commit what is contiguous before the partition moves.
-                    if let Some(next) = low_water(&part) {
-                        let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
-                    }
+                // Commit what is contiguous (including what the poller has not committed yet)
+                // before the partition moves.
+                let pending = st.to_commit.remove(&p);
+                let contiguous = st.parts.remove(&p).and_then(|part| low_water(&part));
+                if let Some(next) = pending.max(contiguous) {
+                    let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
                 }
                 st.fresh.retain(|(fp, _)| *fp != p);
-                st.to_commit.remove(&p);
             }
             drop(st);
             if commit.count() > 0 {
@@ -291,6 +291,7 @@ pub struct KafkaQueue {
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    poller: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -363,9 +364,12 @@ impl KafkaQueue {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", target.session_timeout_ms.to_string())
+            // Frequent heartbeats: members learn of a rebalance (a drained worker leaving) quickly.
             .set(
                 "heartbeat.interval.ms",
-                (target.session_timeout_ms / 4).max(250).to_string(),
+                (target.session_timeout_ms / 10)
+                    .clamp(100, 1000)
+                    .to_string(),
             )
             .set("max.poll.interval.ms", "300000")
             // Short broker-side waits: a record on one partition is not held back by another
@@ -384,6 +388,7 @@ impl KafkaQueue {
             state,
             notify,
             stop: Arc::default(),
+            poller: Mutex::new(None),
         };
         q.start_poller();
         // Wait for the first assignment so the first lease finds work at once.
@@ -406,7 +411,7 @@ impl KafkaQueue {
         let notify = Arc::clone(&self.notify);
         let stop = Arc::clone(&self.stop);
         let topic = self.target.topic.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("kafka-poller".into())
             .spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -462,6 +467,9 @@ impl KafkaQueue {
                 }
             })
             .ok();
+        if let Ok(mut p) = self.poller.lock() {
+            *p = handle;
+        }
     }
 
     fn token(p: i32, off: i64, epoch: u64, deliveries: u32) -> LeaseToken {
@@ -908,11 +916,18 @@ impl LeaseQueue for KafkaQueue {
                 .filter_map(|(p, part)| low_water(part).map(|n| (*p, n)))
                 .collect();
             c.extend(st.to_commit.drain());
-            c
+            // One offset per partition: the furthest.
+            let mut best: HashMap<i32, i64> = HashMap::new();
+            for (p, n) in c {
+                let e = best.entry(p).or_insert(n);
+                *e = (*e).max(n);
+            }
+            best.into_iter().collect()
         };
         let consumer = Arc::clone(&self.consumer);
         let topic = self.target.topic.clone();
         let stop = Arc::clone(&self.stop);
+        let poller = self.poller.lock().ok().and_then(|mut p| p.take());
         tokio::task::spawn_blocking(move || {
             if !commits.is_empty() {
                 let mut tpl = TopicPartitionList::new();
@@ -921,10 +936,18 @@ impl LeaseQueue for KafkaQueue {
                 }
                 let _ = consumer.commit(&tpl, CommitMode::Sync);
             }
-            consumer.unsubscribe();
-            // Let the poller serve the leave, then stop it.
-            std::thread::sleep(Duration::from_millis(200));
+            // Stop the poller, then close the consumer here: it leaves the group (so the partitions
+            // move now, not after the session timeout) and finishes before the process can exit.
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(p) = poller {
+                let _ = p.join();
+            }
+            if consumer.close_queue().is_ok() {
+                let until = Instant::now() + Duration::from_secs(10);
+                while !consumer.closed() && Instant::now() < until {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
+            }
         })
         .await
         .map_err(|e| backend_err(&self.target.topic, e))
