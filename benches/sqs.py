@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""SQS path vs embedded path, on the digits demo job (540 images), all in one run against moto's
-server (started by `make bench-sqs` through scripts/services.sh):
+"""SQS and Kafka paths vs the embedded path, on the digits demo job (540 images), all in one run
+against moto's server and tansu (started by `make bench-sqs` through scripts/services.sh):
 
   embedded    `spotbatch run` (SQLite queue, local folders)
   sqs         `spotbatch enqueue` + one `spotbatch worker --exit-when-empty`, queue on SQS, inputs
               and outputs in local folders
   sqs+s3      the same with inputs, model and outputs on S3
+  kafka       the same as sqs with the queue on Kafka (tansu, 8 partitions, one record per batch)
 
 Prints items/s, SQS requests per 1000 items (as the worker counts them), and the recovery time:
 a worker holding leased shards is SIGKILLed, and the time until another worker starts on one of
@@ -31,6 +32,7 @@ WORK = os.path.join(ROOT, "bench-work", "sqs")
 BIN = os.path.join(ROOT, "target", "release", "spotbatch")
 DEMO = os.path.join(ROOT, "examples", "digits")
 EP = os.environ["SPOTBATCH_TEST_SQS_ENDPOINT"]
+KAFKA = os.environ["SPOTBATCH_TEST_KAFKA_BROKERS"]
 ENV = dict(os.environ, AWS_ENDPOINT_URL=EP, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
            AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
 
@@ -74,12 +76,50 @@ def distributed(job, n):
     sh("enqueue", job)
     w = sh("worker", "--queue", queue_of(job), "--exit-when-empty", "--prefetch", "4")
     dt = time.perf_counter() - t0
-    reqs = int(re.search(r"(\d+) queue requests", w.stderr).group(1))
-    return n / dt, reqs * 1000 / n
+    m = re.search(r"(\d+) queue requests", w.stderr)
+    return n / dt, (int(m.group(1)) * 1000 / n if m else None)
 
 
 def queue_of(job):
-    return re.search(r'^uri = "(sqlite://[^"]*|sqs://[^"]*)"', open(job).read(), re.M).group(1)
+    return re.search(r'^uri = "((?:sqlite|sqs|kafka)://[^"]*)"', open(job).read(), re.M).group(1)
+
+
+def kafka_queue():
+    q = f"kafka://{KAFKA}/bench-{uuid.uuid4().hex[:10]}?partitions=8&session_timeout_ms=6000&single_record_batches=true"
+    sh("queue", "create", q)
+    return q
+
+
+def kafka_handover(images, model, labels, shard, vis):
+    """Two workers share a topic; one is drained with SIGTERM; seconds until the other logs the
+    partitions it took over."""
+    job = os.path.join(WORK, "handover.toml")
+    manifest(job, images, model, labels, os.path.join(WORK, "out-handover"), kafka_queue(), 8, vis)
+    sh("enqueue", job)
+    q = queue_of(job)
+    logs = [os.path.join(WORK, f"handover-{i}.log") for i in range(2)]
+    ws = [subprocess.Popen([BIN, "worker", "--queue", q, "--manifest", job, "--throttle-batch-ms", "300", "--exit-when-empty"],
+                           env=dict(ENV, SPOTBATCH_LOG="spotbatch_queue=info"), stdout=subprocess.DEVNULL,
+                           stderr=open(l, "w")) for l in logs]
+    assigned = lambda l: [x for x in open(l).read().splitlines() if "kafka partitions assigned" in x and not x.endswith("partitions=[]")]
+    until = time.time() + 60
+    while not all(assigned(l) for l in logs):
+        if time.time() > until:
+            raise SystemExit("workers never both got partitions")
+        time.sleep(0.05)
+    time.sleep(1)
+    before = len(assigned(logs[1]))
+    t0 = time.time()
+    ws[0].send_signal(signal.SIGTERM)
+    while len(assigned(logs[1])) == before:
+        if time.time() > t0 + 60:
+            raise SystemExit("partitions never moved")
+        time.sleep(0.01)
+    moved = time.time() - t0
+    for w in ws:
+        w.send_signal(signal.SIGTERM)
+        w.wait()
+    return moved
 
 
 def main() -> int:
@@ -117,6 +157,12 @@ def main() -> int:
              f"s3://{bucket}/out", new_queue(a.visibility), a.shard_size, a.visibility)
     res["sqs_s3_items_per_s"], res["sqs_s3_requests_per_1000_items"] = distributed(s3m, n)
 
+    km = os.path.join(WORK, "kafka.toml")
+    manifest(km, images, model, labels, os.path.join(WORK, "out-kafka"), kafka_queue(), a.shard_size, a.visibility)
+    res["kafka_items_per_s"], _ = distributed(km, n)
+    runs = sorted(kafka_handover(images, model, labels, a.shard_size, a.visibility) for _ in range(3))
+    res["kafka_drain_handover_s"], res["kafka_drain_handover_runs_s"] = runs[1], runs
+
     # Recovery: A leases shards and is SIGKILLed; B starts on one of them after the lease expires.
     rec = os.path.join(WORK, "recovery.toml")
     manifest(rec, images, model, labels, os.path.join(WORK, "out-recovery"), new_queue(a.visibility), 8, a.visibility)
@@ -144,7 +190,8 @@ def main() -> int:
     print(json.dumps(res, indent=1))
     print(f"embedded {res['embedded_items_per_s']:.0f} items/s | SQS {res['sqs_items_per_s']:.0f} items/s, "
           f"{res['sqs_requests_per_1000_items']:.0f} SQS requests / 1000 items | SQS+S3 {res['sqs_s3_items_per_s']:.0f} items/s, "
-          f"{res['sqs_s3_requests_per_1000_items']:.0f} requests / 1000 items | worker death -> shards worked again: "
+          f"{res['sqs_s3_requests_per_1000_items']:.0f} requests / 1000 items | Kafka {res['kafka_items_per_s']:.0f} items/s, "
+          f"drain hand-over median {res['kafka_drain_handover_s']:.2f} s of 3 | worker death -> shards worked again: "
           f"{res['death_to_rework_s']:.1f} s (visibility timeout {a.visibility} s)")
     return 0
 
