@@ -70,6 +70,33 @@ impl Backoff {
     }
 }
 
+/// A metadata service that is polled: one look at a time.
+#[async_trait]
+trait Polled: NoticeSource {
+    /// How long to wait between looks.
+    fn interval(&self) -> Duration;
+    /// One look: a notice, nothing yet, or an error to retry.
+    async fn poll_once(&mut self) -> Result<Option<Notice>, String>;
+}
+
+/// Looks every `interval` until a notice; errors are retried with backoff, never given up on.
+async fn poll_until_notice<P: Polled + ?Sized>(source: &mut P) -> Notice {
+    let mut backoff = Backoff::new();
+    loop {
+        match source.poll_once().await {
+            Ok(Some(n)) => return n,
+            Ok(None) => {
+                backoff.reset();
+                tokio::time::sleep(source.interval()).await;
+            }
+            Err(e) => {
+                warn!(source = source.name(), error = %e, "metadata request failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -183,6 +210,13 @@ impl AwsSource {
             s => Err(format!("{path} answered {s}")),
         }
     }
+}
+
+#[async_trait]
+impl Polled for AwsSource {
+    fn interval(&self) -> Duration {
+        self.poll
+    }
 
     async fn poll_once(&mut self) -> Result<Option<Notice>, String> {
         #[derive(Deserialize)]
@@ -238,20 +272,7 @@ impl NoticeSource for AwsSource {
         "aws"
     }
     async fn next(&mut self) -> Notice {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.poll_once().await {
-                Ok(Some(n)) => return n,
-                Ok(None) => {
-                    backoff.reset();
-                    tokio::time::sleep(self.poll).await;
-                }
-                Err(e) => {
-                    warn!(source = "aws", error = %e, "metadata request failed; retrying");
-                    backoff.wait().await;
-                }
-            }
-        }
+        poll_until_notice(self).await
     }
 }
 
@@ -368,6 +389,13 @@ impl AzureSource {
         self.vm_name = Some(n.clone());
         Ok(n)
     }
+}
+
+#[async_trait]
+impl Polled for AzureSource {
+    fn interval(&self) -> Duration {
+        self.poll
+    }
 
     async fn poll_once(&mut self) -> Result<Option<Notice>, String> {
         #[derive(Deserialize)]
@@ -427,20 +455,7 @@ impl NoticeSource for AzureSource {
         "azure"
     }
     async fn next(&mut self) -> Notice {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.poll_once().await {
-                Ok(Some(n)) => return n,
-                Ok(None) => {
-                    backoff.reset();
-                    tokio::time::sleep(self.poll).await;
-                }
-                Err(e) => {
-                    warn!(source = "azure", error = %e, "metadata request failed; retrying");
-                    backoff.wait().await;
-                }
-            }
-        }
+        poll_until_notice(self).await
     }
     async fn acknowledge(&self, notice: &Notice) {
         let Some(id) = &notice.event_id else { return };
