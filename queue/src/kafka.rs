@@ -578,6 +578,20 @@ impl KafkaQueue {
     }
 }
 
+/// Leases an item again (or for the first time): one more delivery, a new deadline and token.
+fn deliver(item: &mut Item, p: i32, off: i64, epoch: u64, deadline: SystemTime) -> Lease {
+    item.deliveries += 1;
+    item.state = ItemState::Leased { deadline };
+    Lease {
+        id: item.id.clone(),
+        body: item.body.clone(),
+        token: KafkaQueue::token(p, off, epoch, item.deliveries),
+        delivery_count: item.deliveries,
+        deadline,
+        released_at: None,
+    }
+}
+
 fn header(m: &impl Message, key: &str) -> Option<String> {
     let h = m.headers()?;
     h.iter()
@@ -656,16 +670,7 @@ impl LeaseQueue for KafkaQueue {
                                 item.state = ItemState::Leased { deadline };
                                 continue;
                             }
-                            item.deliveries += 1;
-                            item.state = ItemState::Leased { deadline };
-                            out.push(Lease {
-                                id: item.id.clone(),
-                                body: item.body.clone(),
-                                token: Self::token(*p, *off, part.epoch, item.deliveries),
-                                delivery_count: item.deliveries,
-                                deadline,
-                                released_at: None,
-                            });
+                            out.push(deliver(item, *p, *off, part.epoch, deadline));
                         }
                     }
                 }
@@ -680,16 +685,7 @@ impl LeaseQueue for KafkaQueue {
                     let Some(item) = part.items.get_mut(&off) else {
                         continue;
                     };
-                    item.deliveries += 1;
-                    item.state = ItemState::Leased { deadline };
-                    out.push(Lease {
-                        id: item.id.clone(),
-                        body: item.body.clone(),
-                        token: Self::token(p, off, epoch, item.deliveries),
-                        delivery_count: item.deliveries,
-                        deadline,
-                        released_at: None,
-                    });
+                    out.push(deliver(item, p, off, epoch, deadline));
                 }
             }
             for (p, off, id, body, reason, deliveries) in exhausted {
