@@ -352,7 +352,6 @@ fn chaos_on_sqs() {
 }
 
 #[test]
-#[ignore = "one CI run on a clean clone left a worker that never exited (not diagnosed yet); run with --ignored"]
 fn chaos_on_kafka() {
     // librdkafka's mock cluster, in this process, listening on loopback for the worker processes.
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();

@@ -100,7 +100,8 @@ fn notice_mid_shard_releases_unstarted_writes_partial_and_next_worker_resumes() 
         "released after {released_at:?}"
     );
 
-    let status = w1.wait().unwrap();
+    let status = wait_bounded(&mut w1, Duration::from_secs(30))
+        .expect("a drained worker exits within its 5 s deadline");
     let exited = noticed.elapsed();
     let mut err = String::new();
     use std::io::Read;

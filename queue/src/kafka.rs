@@ -28,6 +28,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -213,6 +214,30 @@ struct Ctx {
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
+    /// A failed asynchronous commit (common while a rebalance is in progress) is queued again for
+    /// the partitions still owned: otherwise the last offsets of a partition, committed once when
+    /// its final item was acked, would stay uncommitted and the topic would never look drained.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let Err(e) = result else {
+            return;
+        };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let mut again = Vec::new();
+        for el in offsets.elements_for_topic(&self.topic) {
+            let (p, Offset::Offset(next)) = (el.partition(), el.offset()) else {
+                continue;
+            };
+            if st.parts.contains_key(&p) {
+                let e = st.to_commit.entry(p).or_insert(next);
+                *e = (*e).max(next);
+                again.push((p, next));
+            }
+        }
+        tracing::debug!(error = %e, retry = ?again, "kafka commit failed; retrying");
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl
@@ -270,6 +295,83 @@ impl ConsumerContext for Ctx {
     }
 }
 
+/// Rejoins the group when this member has held no partitions for a while although the group has no
+/// more members than the topic has partitions. A balanced assignor never leaves a member idle then,
+/// so the group is wedged: seen on tansu 0.6, where after a member's session expired the
+/// cooperative-sticky rebalance revoked the survivor's partitions and assigned it nothing, with
+/// no follow-up round, so the topic was never drained. Leaving and joining again starts a fresh
+/// round that hands every partition out.
+#[derive(Default)]
+struct Watchdog {
+    empty_since: Option<Instant>,
+    checked_at: Option<Instant>,
+}
+
+impl Watchdog {
+    /// How long a member may hold nothing before the group is examined.
+    const GRACE: Duration = Duration::from_secs(3);
+
+    fn check(&mut self, consumer: &BaseConsumer<Ctx>, topic: &str, group: &str, client_id: &str) {
+        let empty = consumer
+            .assignment()
+            .map(|a| a.count() == 0)
+            .unwrap_or(false);
+        if !empty {
+            self.empty_since = None;
+            return;
+        }
+        let since = *self.empty_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Self::GRACE
+            || self.checked_at.is_some_and(|t| t.elapsed() < Self::GRACE)
+        {
+            return;
+        }
+        self.checked_at = Some(Instant::now());
+        let timeout = Duration::from_secs(2);
+        let members = match consumer.client().fetch_group_list(Some(group), timeout) {
+            Ok(list) => list
+                .groups()
+                .iter()
+                // Only a settled group that counts this member in.
+                .find(|g| g.name() == group && g.state() == "Stable")
+                // (Brokers name members CLIENT_ID-UUID; tansu reports no client id.)
+                .filter(|g| {
+                    g.members().iter().any(|m| {
+                        m.client_id() == client_id
+                            || m.id()
+                                .strip_prefix(client_id)
+                                .is_some_and(|r| r.starts_with('-'))
+                    })
+                })
+                .map(|g| g.members().len()),
+            Err(e) => {
+                tracing::debug!(error = %e, "kafka group description failed");
+                None
+            }
+        };
+        let partitions = consumer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len()));
+        let (Some(members), Some(partitions)) = (members, partitions) else {
+            return;
+        };
+        if members == 0 || members > partitions {
+            return;
+        }
+        tracing::warn!(
+            %topic, %group, members, partitions,
+            "kafka group left this member without partitions; rejoining"
+        );
+        consumer.unsubscribe();
+        if let Err(e) = consumer.subscribe(&[topic]) {
+            tracing::warn!(error = %e, "kafka resubscribe failed");
+        }
+        self.empty_since = None;
+    }
+}
+
 /// The next offset to commit for a partition: the first one not acked yet (None if nothing new).
 fn low_water(part: &Part) -> Option<i64> {
     let mut next = None;
@@ -292,6 +394,8 @@ pub struct KafkaQueue {
     notify: Arc<Notify>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     poller: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Unique per consumer, so this member can find itself in the group's description.
+    client_id: String,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -355,8 +459,17 @@ impl KafkaQueue {
             state: Arc::clone(&state),
             notify: Arc::clone(&notify),
         };
+        let client_id = format!(
+            "spotbatch-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() % 1_000_000_000_000)
+                .unwrap_or_default()
+        );
         let consumer: BaseConsumer<Ctx> = ClientConfig::new()
             .set("bootstrap.servers", &target.brokers)
+            .set("client.id", &client_id)
             .set("group.id", &target.group)
             .set("group.protocol", "classic")
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -389,6 +502,7 @@ impl KafkaQueue {
             notify,
             stop: Arc::default(),
             poller: Mutex::new(None),
+            client_id,
         };
         q.start_poller();
         // Wait for the first assignment so the first lease finds work at once.
@@ -411,11 +525,15 @@ impl KafkaQueue {
         let notify = Arc::clone(&self.notify);
         let stop = Arc::clone(&self.stop);
         let topic = self.target.topic.clone();
+        let group = self.target.group.clone();
+        let client_id = self.client_id.clone();
         let handle = std::thread::Builder::new()
             .name("kafka-poller".into())
             .spawn(move || {
+                let mut watchdog = Watchdog::default();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let polled = consumer.poll(Duration::from_millis(50));
+                    watchdog.check(&consumer, &topic, &group, &client_id);
                     let mut st = match state.lock() {
                         Ok(s) => s,
                         Err(_) => return,
@@ -804,6 +922,17 @@ impl LeaseQueue for KafkaQueue {
         .await
         .map_err(|e| backend_err(&self.target.topic, e))?
         .map_err(|e| backend_err(&self.target.topic, e))?;
+        // Owned partitions: what this worker has acked counts even if the broker has not shown the
+        // commit yet (a commit can be lost in a rebalance; librdkafka's mock cluster was seen
+        // reporting stale committed offsets).
+        let floors: HashMap<i32, i64> = self
+            .state
+            .lock()
+            .map_err(|_| backend_err(&topic, "state lock poisoned"))?
+            .parts
+            .iter()
+            .map(|(p, part)| (*p, part.floor))
+            .collect();
         let mut lag = 0i64;
         for (p, lo, hi) in &marks {
             let c = committed
@@ -812,7 +941,8 @@ impl LeaseQueue for KafkaQueue {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 })
-                .unwrap_or(*lo);
+                .unwrap_or(*lo)
+                .max(floors.get(p).copied().unwrap_or(0));
             lag += (hi - c.max(*lo)).max(0);
         }
         let (in_flight, done_uncommitted) = {
