@@ -19,6 +19,8 @@ use spotbatch_worker::pipeline::Control;
 use spotbatch_worker::{run_worker, Jobs, Progress, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
+mod remote;
+
 #[derive(Parser)]
 #[command(
     name = "spotbatch",
@@ -54,6 +56,22 @@ enum Command {
     /// Manage queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The long-lived coordinator: gRPC API (submit, status, workers) plus /metrics, /healthz and
+    /// /readyz over HTTP. Job records live under --state, so a restart anywhere resumes them.
+    Coordinator(remote::CoordinatorArgs),
+    /// Submit a job to a coordinator; prints the job id. Submitting again is idempotent.
+    Submit(remote::SubmitArgs),
+    /// A job's progress at a coordinator.
+    Status(remote::StatusArgs),
+    /// List the coordinator's jobs.
+    Jobs(remote::ClientArgs),
+    /// Cancel a job: workers drop its remaining shards.
+    Cancel {
+        /// The job id.
+        job: String,
+        #[command(flatten)]
+        client: remote::ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,9 +101,20 @@ enum QueueCommand {
 
 #[derive(clap::Args)]
 struct WorkerArgs {
-    /// The queue to work (`sqs://NAME…`, an SQS URL, or `sqlite://PATH[?queue=NAME]`).
+    /// The queue to work (`sqs://NAME…`, an SQS URL, `kafka://…`, or `sqlite://PATH[?queue=NAME]`).
+    #[arg(
+        long,
+        required_unless_present = "coordinator",
+        conflicts_with = "coordinator"
+    )]
+    queue: Option<String>,
+    /// Register with this coordinator (it names the queue), heartbeat and report shard outcomes.
+    /// Token from SPOTBATCH_TOKEN.
+    #[arg(long, env = "SPOTBATCH_COORDINATOR")]
+    coordinator: Option<String>,
+    /// CA certificate (PEM) for an https:// coordinator.
     #[arg(long)]
-    queue: String,
+    tls_ca: Option<PathBuf>,
     /// Manifests of the jobs to serve; jobs not given are loaded from the stored manifest each
     /// shard refers to.
     #[arg(long = "manifest")]
@@ -223,6 +252,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Both rustls back ends are linked (the AWS SDK brings aws-lc); the coordinator's TLS uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -240,6 +271,11 @@ fn main() -> ExitCode {
             Command::Enqueue { manifest, queue } => enqueue(&manifest, queue).await,
             Command::Worker(args) => worker(*args).await,
             Command::Queue(cmd) => queue_command(cmd).await,
+            Command::Coordinator(args) => remote::coordinator(args).await,
+            Command::Submit(args) => remote::submit(args).await,
+            Command::Status(args) => remote::status(args).await,
+            Command::Jobs(args) => remote::jobs(args).await,
+            Command::Cancel { job, client } => remote::cancel(&job, client).await,
         }
     });
     match result {
@@ -504,16 +540,46 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     spotbatch_worker::engine::ort_environment()?;
-    let max_attempts = args
-        .max_attempts
-        .or_else(|| manifests.first().map(|m| m.raw.queue.max_attempts))
-        .unwrap_or(3);
-    let queue: Arc<dyn LeaseQueue> =
-        Arc::from(spotbatch_queue::open(&args.queue, QueueConfig { max_attempts }).await?);
-    let id = args
+    let mut id = args
         .id
         .clone()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let mut max_attempts = args
+        .max_attempts
+        .or_else(|| manifests.first().map(|m| m.raw.queue.max_attempts))
+        .unwrap_or(3);
+    // With a coordinator: register (it names the queue), then heartbeat in the background.
+    let mut link = None;
+    let queue_uri = match (&args.coordinator, &args.queue) {
+        (Some(url), _) => {
+            let me = spotbatch_worker::link::Identity {
+                name: id.clone(),
+                capacity: u32::from(args.prefetch),
+                device: "cpu".into(),
+            };
+            let mut client = remote::client(url, args.tls_ca.as_deref())?;
+            let reg = spotbatch_worker::link::register(&mut client, &me, Duration::from_secs(60))
+                .await
+                .map_err(|s| {
+                    anyhow::anyhow!("registering with the coordinator at {url}: {}", s.message())
+                })?;
+            if args.max_attempts.is_none() {
+                max_attempts = reg.max_attempts;
+            }
+            id = reg.worker_id.clone();
+            link = Some((
+                client,
+                me,
+                reg.worker_id,
+                Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(100))),
+            ));
+            reg.queue_uri
+        }
+        (None, Some(q)) => q.clone(),
+        (None, None) => bail!("give --queue or --coordinator"),
+    };
+    let queue: Arc<dyn LeaseQueue> =
+        Arc::from(spotbatch_queue::open(&queue_uri, QueueConfig { max_attempts }).await?);
     let opts = WorkerOptions {
         id: id.clone(),
         prefetch: usize::from(args.prefetch),
@@ -531,7 +597,18 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let finished = CancellationToken::new();
     let sources = notice_sources(&args.notices).await?;
     let watcher = tokio::spawn(watch_notices(sources, control.clone(), finished.clone()));
-    tracing::info!(worker = %id, queue = %args.queue, "worker started");
+    tracing::info!(worker = %id, queue = %queue_uri, "worker started");
+    let link_stop = CancellationToken::new();
+    let link = link.map(|(client, me, wid, every)| {
+        tokio::spawn(spotbatch_worker::link::heartbeat_loop(
+            client,
+            me,
+            wid,
+            every,
+            Arc::clone(&progress),
+            link_stop.clone(),
+        ))
+    });
     let started = Instant::now();
     let result = run_worker(
         Arc::clone(&queue),
@@ -542,6 +619,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     finished.cancel();
+    link_stop.cancel();
+    if let Some(l) = link {
+        // One last heartbeat reports the final outcomes (bounded: the coordinator may be gone).
+        let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
+    }
     if let Ok(Some((n, source))) = watcher.await {
         // Drained: tell the platform it may go ahead (Azure starts the event early).
         source.acknowledge(&n).await;

@@ -8,7 +8,10 @@
 //! - `_manifest.json`: the manifest the job was planned from, locations resolved.
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod plan;
+pub mod server;
+pub mod service;
 pub mod storage;
 
 pub use plan::{enqueue_plan, plan_job, JobLayout, Plan, PlanError, SubmitReport};

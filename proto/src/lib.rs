@@ -7,6 +7,12 @@
 
 pub mod manifest;
 
+/// The coordinator's gRPC API (`proto/coordinator.proto`), generated at build time.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod api {
+    tonic::include_proto!("spotbatch.v1");
+}
+
 use serde::{ser::SerializeMap, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod job;
+pub mod link;
 pub mod model;
 pub mod notice;
 pub mod pipeline;

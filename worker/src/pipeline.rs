@@ -97,6 +97,67 @@ pub struct Progress {
     pub attempts_failed: AtomicU64,
     /// Shards in work right now.
     pub shards_in_flight: AtomicUsize,
+    /// Shards in work right now: shard → job (reported in coordinator heartbeats).
+    pub current: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Shard outcomes not reported yet; collected only when `collect_outcomes` is set.
+    pub outcomes: std::sync::Mutex<Vec<ShardOutcome>>,
+    /// Whether to collect outcomes (a coordinator link drains them).
+    pub collect_outcomes: std::sync::atomic::AtomicBool,
+    /// Jobs cancelled at the coordinator: their shards are acked without work.
+    pub cancelled: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+/// What became of a shard a worker leased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOutcome {
+    /// The job.
+    pub job: String,
+    /// The shard.
+    pub shard: String,
+    /// `done`, `skipped`, `failed`, `released`, `lease_lost` or `cancelled`.
+    pub outcome: &'static str,
+    /// Rows written.
+    pub items: u64,
+    /// Error rows.
+    pub errors: u64,
+    /// Why (failures).
+    pub reason: String,
+}
+
+impl Progress {
+    fn record(
+        &self,
+        task: &ShardTask,
+        outcome: &'static str,
+        items: u64,
+        errors: u64,
+        reason: &str,
+    ) {
+        if !self.collect_outcomes.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut o) = self.outcomes.lock() {
+            // Bounded: a coordinator away for long loses the oldest reports, not memory.
+            if o.len() >= 10_000 {
+                o.remove(0);
+            }
+            o.push(ShardOutcome {
+                job: task.job.clone(),
+                shard: task.shard.clone(),
+                outcome,
+                items,
+                errors,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    fn is_cancelled(&self, job: &str) -> bool {
+        self.cancelled
+            .read()
+            .map(|c| c.contains(job))
+            .unwrap_or(false)
+    }
 }
 
 /// How a worker is told to stop: the two-phase drain with a deadline, or at once.
@@ -385,11 +446,25 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
         metrics::counter!("spotbatch_redeliveries_total").increment(1);
         info!(worker = %shared.opts.id, shard = %task.shard, delivery = lease.delivery_count, "working a redelivered shard");
     }
+    if shared.progress.is_cancelled(&task.job) {
+        // Cancelled at the coordinator: drop the shard without work.
+        let _ = q.ack(std::slice::from_ref(&lease)).await;
+        shared.progress.record(&task, "cancelled", 0, 0, "");
+        metrics::counter!("spotbatch_shards_total", "job" => task.job.clone(), "outcome" => "cancelled")
+            .increment(1);
+        return;
+    }
     shared
         .progress
         .shards_in_flight
         .fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut c) = shared.progress.current.lock() {
+        c.insert(task.shard.clone(), task.job.clone());
+    }
     let outcome = run_shard(shared, &task, &lease).await;
+    if let Ok(mut c) = shared.progress.current.lock() {
+        c.remove(&task.shard);
+    }
     shared
         .progress
         .shards_in_flight
@@ -417,6 +492,7 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done")
                 .increment(1);
             debug!(shard = %task.shard, items, errors, "shard done");
+            shared.progress.record(&task, "done", items, errors, "");
         }
         Outcome::AlreadyDone => {
             let _ = q.ack(std::slice::from_ref(&lease)).await;
@@ -424,6 +500,7 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
                 .progress
                 .shards_skipped
                 .fetch_add(1, Ordering::Relaxed);
+            shared.progress.record(&task, "skipped", 0, 0, "");
             metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "skipped")
                 .increment(1);
         }
@@ -433,6 +510,7 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
                 .progress
                 .attempts_failed
                 .fetch_add(1, Ordering::Relaxed);
+            shared.progress.record(&task, "failed", 0, 0, &reason);
             metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "failed")
                 .increment(1);
             metrics::counter!("spotbatch_leases_released_total", "reason" => "failed").increment(1);
@@ -442,6 +520,7 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
         }
         Outcome::LeaseLost(reason) => {
             warn!(worker = %shared.opts.id, shard = %task.shard, error = %reason, "lease lost; stopped work on the shard");
+            shared.progress.record(&task, "lease_lost", 0, 0, &reason);
             metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "lease_lost")
                 .increment(1);
         }

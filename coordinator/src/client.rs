@@ -1,0 +1,84 @@
+//! Connecting to a coordinator: `http://` or `https://` (with a CA certificate), sending the
+//! bearer token on every call.
+
+use std::time::Duration;
+
+use spotbatch_proto::api::coordinator_client::CoordinatorClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Adds `authorization: Bearer TOKEN`.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A coordinator client.
+pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
+/// Errors connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not usable.
+    #[error("coordinator URL {url}: {message}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The connection failed.
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The cause.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects lazily (the first call connects; a coordinator that is down is retried on each call).
+pub fn connect(
+    url: &str,
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<Client, ConnectError> {
+    let bad = |message: String| ConnectError::Url {
+        url: url.to_string(),
+        message,
+    };
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    if url.starts_with("https://") {
+        let ca = ca_pem.ok_or_else(|| bad("https needs a CA certificate (--tls-ca)".into()))?;
+        ep = ep
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .map_err(|source| ConnectError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+    } else if !url.starts_with("http://") {
+        return Err(bad("must start with http:// or https://".into()));
+    }
+    let token = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| bad("the token has characters a header cannot carry".into()))?,
+        ),
+        None => None,
+    };
+    let channel = ep.connect_lazy();
+    Ok(CoordinatorClient::with_interceptor(channel, Bearer(token))
+        .max_decoding_message_size(16 * crate::service::MAX_MESSAGE_BYTES))
+}

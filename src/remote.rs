@@ -1,0 +1,387 @@
+//! The coordinator command and the commands that talk to one (`submit`, `status`, `jobs`,
+//! `cancel`). The token comes from `SPOTBATCH_TOKEN`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use spotbatch_coordinator::client::Client;
+use spotbatch_coordinator::server::{serve, ServeOptions};
+use spotbatch_coordinator::service::{Auth, CoordinatorConfig, CoordinatorService};
+use spotbatch_proto::api::{
+    CancelRequest, JobStatus, ListJobsRequest, StatusRequest, SubmitRequest,
+};
+use spotbatch_queue::QueueConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    http: SocketAddr,
+    /// The queue every job's shards go to (`sqs://…`, `kafka://…`, `sqlite://…`).
+    #[arg(long)]
+    queue: String,
+    /// Where job records live: an object-store prefix (`file:///…/` or `s3://bucket/prefix/`).
+    #[arg(long)]
+    state: String,
+    /// Serve without the bearer-token check (otherwise SPOTBATCH_TOKEN must be set).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// TLS certificate chain (PEM); with --tls-key, the API is served over TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// How often workers heartbeat (ms); three missed and a worker is marked dead.
+    #[arg(long, default_value_t = 2000)]
+    heartbeat_ms: u64,
+    /// Failures before a shard is dead-lettered (told to workers).
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Output prefixes jobs may write under (repeatable); none means any.
+    #[arg(long = "allow-output")]
+    allow_output: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        env = "SPOTBATCH_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    coordinator: String,
+    /// CA certificate (PEM) for an https:// coordinator.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// The job manifest (TOML).
+    manifest: PathBuf,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The job id.
+    job: String,
+    /// Redraw a progress bar until the job ends.
+    #[arg(long)]
+    watch: bool,
+    /// Print the status as JSON.
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn token() -> Option<String> {
+    std::env::var("SPOTBATCH_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// A client for `url`, with the token from SPOTBATCH_TOKEN.
+pub fn client(url: &str, ca: Option<&Path>) -> anyhow::Result<Client> {
+    let ca = match ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    Ok(spotbatch_coordinator::client::connect(
+        url,
+        token().as_deref(),
+        ca.as_deref(),
+    )?)
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unauthenticated => {
+            anyhow::anyhow!("the coordinator refused the token (set SPOTBATCH_TOKEN)")
+        }
+        tonic::Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {}", s.message()),
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let auth = match (token(), args.insecure_no_auth) {
+        (_, true) => {
+            tracing::warn!("serving without authentication (--insecure-no-auth)");
+            Auth::none()
+        }
+        (Some(t), false) => Auth::token(&t),
+        (None, false) => {
+            bail!("set SPOTBATCH_TOKEN (the bearer token clients must send), or pass --insecure-no-auth")
+        }
+    };
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let state = url_of(&args.state).context("--state")?;
+    let mut allowed = Vec::new();
+    for p in &args.allow_output {
+        allowed.push(url_of(p).with_context(|| format!("--allow-output {p}"))?);
+    }
+    let queue = spotbatch_queue::open(
+        &args.queue,
+        QueueConfig {
+            max_attempts: args.max_attempts,
+        },
+    )
+    .await?;
+    let svc = CoordinatorService::open(
+        CoordinatorConfig {
+            queue_uri: args.queue.clone(),
+            max_attempts: args.max_attempts,
+            heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
+            missed_heartbeats: 3,
+            allowed_outputs: allowed,
+        },
+        Arc::from(queue),
+        &state,
+    )
+    .await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+        )),
+        _ => None,
+    };
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            stop.cancel();
+        });
+    }
+    eprintln!(
+        "coordinator: gRPC on {}{}, HTTP on {}, queue {}, state {}",
+        args.listen,
+        if tls.is_some() { " (TLS)" } else { "" },
+        args.http,
+        args.queue,
+        state
+    );
+    serve(
+        svc,
+        ServeOptions {
+            listen: args.listen,
+            http: Some(args.http),
+            auth,
+            tls,
+            metrics: Arc::new(move || handle.render()),
+        },
+        stop,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A URL from a URL or a local folder path (made absolute, with a trailing slash).
+fn url_of(s: &str) -> anyhow::Result<url::Url> {
+    if s.contains("://") {
+        return Ok(url::Url::parse(s)?);
+    }
+    let abs = std::path::absolute(s)?;
+    url::Url::from_directory_path(&abs)
+        .map_err(|_| anyhow::anyhow!("{} is not a usable folder path", abs.display()))
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.manifest)
+        .with_context(|| format!("reading {}", args.manifest.display()))?;
+    let folder = std::path::absolute(&args.manifest)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let base = url::Url::from_directory_path(&folder)
+        .map_err(|_| anyhow::anyhow!("{} is not a usable folder", folder.display()))?;
+    let mut c = client(&args.client.coordinator, args.client.tls_ca.as_deref())?;
+    let reply = match c
+        .submit(SubmitRequest {
+            manifest_toml: text,
+            base_url: base.to_string(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            // One line per problem, each naming the field, as `validate` prints them.
+            let name = args.manifest.display();
+            for line in s.message().lines() {
+                eprintln!("{name}: {line}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+        Err(s) => return Err(status_error(s)),
+    };
+    println!("{}", reply.job_id);
+    eprintln!(
+        "{}: {} shards ({} enqueued, {} already done), {} inputs → {}",
+        reply.job_id,
+        reply.shards_total,
+        reply.shards_enqueued,
+        reply.shards_already_done,
+        reply.items_total,
+        reply.output
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(s: &JobStatus) -> serde_json::Value {
+    serde_json::json!({
+        "job": s.job_id,
+        "state": s.state,
+        "items": {"total": s.items_total, "done": s.items_done, "failed": s.items_failed},
+        "shards": {"total": s.shards_total, "done": s.shards_done},
+        "rate_items_per_s": s.rate,
+        "eta_s": if s.eta_seconds < 0.0 { serde_json::Value::Null } else { serde_json::json!(s.eta_seconds) },
+        "in_flight": s.in_flight.iter().map(|f| serde_json::json!({"shard": f.shard, "worker": f.worker})).collect::<Vec<_>>(),
+        "dead_lettered": s.dead_lettered.iter().map(|d| serde_json::json!({"shard": d.shard, "reason": d.reason, "deliveries": d.deliveries})).collect::<Vec<_>>(),
+        "workers": s.workers.iter().map(|w| serde_json::json!({
+            "id": w.worker_id, "alive": w.alive, "capacity": w.capacity, "device": w.device,
+            "items_per_s": w.items_per_second, "shards": w.shards,
+        })).collect::<Vec<_>>(),
+        "output": s.output,
+    })
+}
+
+fn status_line(s: &JobStatus) -> String {
+    let eta = if s.eta_seconds < 0.0 {
+        "ETA unknown".to_string()
+    } else {
+        format!("ETA {:.0} s", s.eta_seconds)
+    };
+    format!(
+        "{}: {} — {}/{} items ({} failed), {}/{} shards, {:.1} items/s, {eta}; {} in flight, {} dead-lettered, {} workers alive",
+        s.job_id,
+        s.state,
+        s.items_done,
+        s.items_total,
+        s.items_failed,
+        s.shards_done,
+        s.shards_total,
+        s.rate,
+        s.in_flight.len(),
+        s.dead_lettered.len(),
+        s.workers.iter().filter(|w| w.alive).count()
+    )
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut c = client(&args.client.coordinator, args.client.tls_ca.as_deref())?;
+    let get = |c: &mut Client| {
+        let mut c = c.clone();
+        let job = args.job.clone();
+        async move {
+            c.status(StatusRequest { job_id: job })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(status_error)
+        }
+    };
+    if args.json {
+        let s = get(&mut c).await?;
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.watch {
+        let s = get(&mut c).await?;
+        println!("{}", status_line(&s));
+        for d in &s.dead_lettered {
+            println!(
+                "  dead-lettered shard {} after {} deliveries: {}",
+                d.shard, d.deliveries, d.reason
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let s = get(&mut c).await?;
+        bar.set_length(s.items_total);
+        bar.set_position(s.items_done);
+        bar.set_message(format!(
+            "{} · {:.1}/s · {} · {} failed · {} dead shards",
+            s.state,
+            s.rate,
+            if s.eta_seconds < 0.0 {
+                "ETA ?".into()
+            } else {
+                format!("ETA {:.0}s", s.eta_seconds)
+            },
+            s.items_failed,
+            s.dead_lettered.len()
+        ));
+        if s.state != "running" {
+            bar.finish();
+            println!("{}", status_line(&s));
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn jobs(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut c = client(&args.coordinator, args.tls_ca.as_deref())?;
+    let list = c
+        .list_jobs(ListJobsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for j in list.jobs {
+        println!(
+            "{}\t{}\t{}/{} items",
+            j.job_id, j.state, j.items_done, j.items_total
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(job: &str, args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut c = client(&args.coordinator, args.tls_ca.as_deref())?;
+    let r = c
+        .cancel(CancelRequest {
+            job_id: job.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{job}: cancelled{}",
+        if r.was_running {
+            ""
+        } else {
+            " (it was not running)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

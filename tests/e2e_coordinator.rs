@@ -1,0 +1,479 @@
+//! The coordinator as a real process on loopback with real worker processes: submit → status →
+//! completion (SQLite and SQS queues), a coordinator killed mid-job and restarted on the same
+//! state, an idempotent resubmit, the bearer token, size limits and bad manifests over the API.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &str = "s3cret-token-for-tests";
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `spotbatch` with the token and, for SQS, moto's endpoint and credentials.
+fn sb(token: Option<&str>) -> Command {
+    let mut c = spotbatch();
+    if let Ok(ep) = std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT") {
+        c.env("AWS_ENDPOINT_URL", ep);
+    }
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("SPOTBATCH_COORDINATOR");
+    match token {
+        Some(t) => c.env("SPOTBATCH_TOKEN", t),
+        None => c.env_remove("SPOTBATCH_TOKEN"),
+    };
+    c
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+struct Coord {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Coord {
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn start(dir: &Path, queue: &str, grpc: SocketAddr, http: SocketAddr) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coordinator.log"))
+            .unwrap();
+        let child = sb(Some(TOKEN))
+            .args(["coordinator", "--queue", queue, "--heartbeat-ms", "300"])
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--state")
+            .arg(dir.join("state"))
+            .env("SPOTBATCH_LOG", "spotbatch_coordinator=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Self { child, grpc, http };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, _)) = http_get(http, "/readyz") {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "coordinator not ready: {}",
+                std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker(coord: &str, id: &str, dir: &Path, throttle_ms: u64) -> Child {
+    sb(Some(TOKEN))
+        .args([
+            "worker",
+            "--coordinator",
+            coord,
+            "--exit-when-empty",
+            "--id",
+            id,
+        ])
+        .args(["--throttle-batch-ms", &throttle_ms.to_string()])
+        .env("SPOTBATCH_LOG", "spotbatch=info,spotbatch_worker=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn submit(coord: &str, manifest: &Path) -> (String, String) {
+    let out = run_ok(
+        sb(Some(TOKEN))
+            .args(["submit", "--coordinator", coord])
+            .arg(manifest),
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn status_json(coord: &str, job: &str) -> serde_json::Value {
+    let out = run_ok(sb(Some(TOKEN)).args(["status", job, "--json", "--coordinator", coord]));
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+fn done_markers(job: &JobDir) -> usize {
+    std::fs::read_dir(job.job_out().join("_done"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn wait_exit(c: &mut Child, what: &str, dir: &Path) {
+    let status = wait_bounded(c, Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{what} did not finish ({status:?}): {}",
+        std::fs::read_to_string(dir.join(format!("{what}.log"))).unwrap_or_default()
+    );
+}
+
+/// The job finished: every input one row, and `status --json` agrees with the files.
+fn check_finished(coord: &str, job_id: &str, job: &JobDir) {
+    let rows = job.rows();
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        job.input_keys(),
+        "every input exactly once"
+    );
+    let failed = rows.values().filter(|r| !r["error"].is_null()).count() as u64;
+    // Progress is read from the done markers; give the coordinator one refresh.
+    let until = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = status_json(coord, job_id);
+        if s["state"] == "done" || Instant::now() > until {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(s["state"], "done", "{s}");
+    assert_eq!(s["job"], job_id);
+    assert_eq!(s["items"]["total"], rows.len() as u64, "{s}");
+    assert_eq!(s["items"]["done"], rows.len() as u64, "{s}");
+    assert_eq!(s["items"]["failed"], failed, "{s}");
+    assert_eq!(s["shards"]["done"], done_markers(job) as u64, "{s}");
+    assert_eq!(s["shards"]["total"], s["shards"]["done"], "{s}");
+    assert_eq!(s["dead_lettered"].as_array().map(Vec::len), Some(0), "{s}");
+    assert_eq!(s["eta_s"], 0.0, "{s}");
+}
+
+fn two_workers(queue: &str) {
+    let job = JobDir::digits(1);
+    let manifest = job.manifest(&[("shard_size = 64", "shard_size = 20")]);
+    let coord = Coord::start(job.path(), queue, free_addr(), free_addr());
+    let url = coord.url();
+    let (job_id, said) = submit(&url, &manifest);
+    assert!(job_id.starts_with("digits-"), "{job_id}");
+    assert!(
+        said.contains("27 shards (27 enqueued, 0 already done), 540 inputs"),
+        "{said}"
+    );
+    let mut w1 = worker(&url, "w1", job.path(), 30);
+    let mut w2 = worker(&url, "w2", job.path(), 30);
+    // While it runs, the coordinator sees both workers.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status_json(&url, &job_id);
+        let alive = s["workers"]
+            .as_array()
+            .map(|w| w.iter().filter(|w| w["alive"] == true).count())
+            .unwrap_or(0);
+        if alive == 2 || s["state"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < until, "workers never registered: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_exit(&mut w1, "w1", job.path());
+    wait_exit(&mut w2, "w2", job.path());
+    check_finished(&url, &job_id, &job);
+    // Both did work.
+    for w in ["w1", "w2"] {
+        let log = std::fs::read_to_string(job.path().join(format!("{w}.log"))).unwrap();
+        assert!(!log.contains(": 0 shards done"), "{w} did nothing: {log}");
+    }
+    // Resubmitting the finished job enqueues nothing.
+    let (again, said) = submit(&url, &manifest);
+    assert_eq!(again, job_id);
+    assert!(said.contains("(0 enqueued, 27 already done)"), "{said}");
+    let depth = run_ok(sb(None).args(["queue", "depth", queue]));
+    assert_eq!(
+        String::from_utf8_lossy(&depth.stdout).trim(),
+        "visible 0 in_flight 0 dead 0"
+    );
+    let jobs = run_ok(sb(Some(TOKEN)).args(["jobs", "--coordinator", &url]));
+    assert_eq!(
+        String::from_utf8_lossy(&jobs.stdout).trim(),
+        format!("{job_id}\tdone\t540/540 items")
+    );
+    // Metrics are served.
+    let (code, body) = http_get(coord.http, "/metrics").expect("metrics answer");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("spotbatch_job_items{job=\"")
+            && body.contains("spotbatch_workers{state=\"alive\"}"),
+        "{body}"
+    );
+}
+
+#[test]
+fn submit_status_completion_with_two_workers_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("sqlite://{}", dir.path().join("q.db").display());
+    two_workers(&queue);
+}
+
+#[test]
+fn submit_status_completion_with_two_workers_on_sqs() {
+    let endpoint = std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT").expect(
+        "SPOTBATCH_TEST_SQS_ENDPOINT is not set: run the tests with `make test`, which starts moto",
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let queue = format!(
+        "sqs://coord-{}-{}?region=us-east-1&endpoint={endpoint}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    );
+    run_ok(sb(None).args(["queue", "create", &queue, "--dlq"]));
+    two_workers(&queue);
+}
+
+#[test]
+fn a_restarted_coordinator_rebuilds_progress_and_the_job_completes() {
+    let job = JobDir::digits(1);
+    let manifest = job.manifest(&[("shard_size = 64", "shard_size = 10")]);
+    let queue = format!("sqlite://{}", job.path().join("q.db").display());
+    let (grpc, http) = (free_addr(), free_addr());
+    let mut coord = Coord::start(job.path(), &queue, grpc, http);
+    let url = coord.url();
+    let (job_id, _) = submit(&url, &manifest);
+    let mut w1 = worker(&url, "w1", job.path(), 300);
+    let mut w2 = worker(&url, "w2", job.path(), 300);
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(job.path().join("out"))
+        .ok()
+        .and_then(|_| std::fs::read_dir(job.job_out().join("_done")).ok())
+        .map_or(0, |d| d.count())
+        < 5
+    {
+        assert!(Instant::now() < until, "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Kill the coordinator; the workers keep working from the queue.
+    coord.child.kill().unwrap();
+    coord.child.wait().unwrap();
+    let before = done_markers(&job);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        done_markers(&job) > before,
+        "workers stopped without the coordinator"
+    );
+    assert!(w1.try_wait().unwrap().is_none() || done_markers(&job) == 54);
+    // A new coordinator on the same state: the job and its progress are back.
+    let coord2 = Coord::start(job.path(), &queue, grpc, http);
+    let s = status_json(&url, &job_id);
+    let seen = done_markers(&job) as u64;
+    assert_eq!(s["items"]["total"], 540, "{s}");
+    let done = s["shards"]["done"].as_u64().unwrap();
+    assert!(
+        done >= before as u64 && done <= seen,
+        "{done} vs {before}..{seen}: {s}"
+    );
+    assert_eq!(s["items"]["done"].as_u64().unwrap(), done * 10, "{s}");
+    wait_exit(&mut w1, "w1", job.path());
+    wait_exit(&mut w2, "w2", job.path());
+    check_finished(&coord2.url(), &job_id, &job);
+    // The workers registered again with the new coordinator.
+    let log = std::fs::read_to_string(job.path().join("w1.log")).unwrap();
+    let log2 = std::fs::read_to_string(job.path().join("w2.log")).unwrap();
+    assert!(
+        log.contains("registered again") || log2.contains("registered again"),
+        "{log}\n{log2}"
+    );
+}
+
+#[test]
+fn the_api_requires_the_token_and_limits_requests() {
+    let job = JobDir::digits(30);
+    let queue = format!("sqlite://{}", job.path().join("q.db").display());
+    let coord = Coord::start(job.path(), &queue, free_addr(), free_addr());
+    let url = coord.url();
+    for token in [None, Some("wrong-token")] {
+        let out = sb(token)
+            .args(["jobs", "--coordinator", &url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{token:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refused the token"), "{err}");
+    }
+    run_ok(sb(Some(TOKEN)).args(["jobs", "--coordinator", &url]));
+    // The coordinator logs the refusals without the token.
+    let log = std::fs::read_to_string(job.path().join("coordinator.log")).unwrap();
+    assert!(
+        log.contains("rejected a request without a valid bearer token"),
+        "{log}"
+    );
+    assert!(!log.contains("wrong-token"), "{log}");
+
+    // A malformed manifest: one line per field, exit 2, nothing submitted.
+    let bad = job.manifest(&[
+        ("batch_size = 32", "batch_size = -1"),
+        ("top_k = 3", "top_k = \"x\""),
+    ]);
+    let out = sb(Some(TOKEN))
+        .args(["submit", "--coordinator", &url])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().any(|l| l.contains("model.batch_size")), "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("postprocess.top_k")),
+        "{err}"
+    );
+    // An output with `..` is refused.
+    let up = job.manifest(&[("uri = \"./out\"", "uri = \"./out/../../elsewhere\"")]);
+    let out = sb(Some(TOKEN))
+        .args(["submit", "--coordinator", &url])
+        .arg(&up)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output.uri: must not contain `..`"));
+
+    // Oversize requests are refused, and the coordinator keeps serving.
+    for size in [300 * 1024, 3 * 1024 * 1024] {
+        let big = job.path().join("big.toml");
+        let mut text = std::fs::read_to_string(job.path().join("job.toml")).unwrap();
+        text.push_str(&format!("\n# {}\n", "x".repeat(size)));
+        std::fs::write(&big, text).unwrap();
+        let out = sb(Some(TOKEN))
+            .args(["submit", "--coordinator", &url])
+            .arg(&big)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{size} bytes accepted");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains("limit") || err.contains("too large"), "{err}");
+    }
+    let jobs = run_ok(sb(Some(TOKEN)).args(["jobs", "--coordinator", &url]));
+    assert_eq!(String::from_utf8_lossy(&jobs.stdout).trim(), "");
+    let (code, _) = http_get(coord.http, "/healthz").unwrap();
+    assert_eq!(code, 200);
+
+    // Started without a token and without --insecure-no-auth, it refuses to start.
+    let out = sb(None)
+        .args(["coordinator", "--queue", &queue, "--state"])
+        .arg(job.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set SPOTBATCH_TOKEN"));
+}
+
+#[test]
+fn the_api_over_tls() {
+    let job = JobDir::digits(30);
+    let d = job.path();
+    // A CA and a server certificate for 127.0.0.1 (the openssl command line).
+    let sh = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr");
+    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem");
+    let queue = format!("sqlite://{}", d.join("q.db").display());
+    let (grpc, http) = (free_addr(), free_addr());
+    let mut child = sb(Some(TOKEN))
+        .args(["coordinator", "--queue", &queue])
+        .arg("--listen")
+        .arg(grpc.to_string())
+        .arg("--http")
+        .arg(http.to_string())
+        .arg("--state")
+        .arg(d.join("state"))
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("coordinator.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while http_get(http, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < until, "TLS coordinator not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let https = format!("https://{grpc}");
+    let ok = sb(Some(TOKEN))
+        .args(["jobs", "--coordinator", &https, "--tls-ca"])
+        .arg(d.join("ca.pem"))
+        .output()
+        .unwrap();
+    // Plain text to the TLS port, and TLS without the CA, both fail.
+    let plain = sb(Some(TOKEN))
+        .args(["jobs", "--coordinator", &format!("http://{grpc}")])
+        .output()
+        .unwrap();
+    let no_ca = sb(Some(TOKEN))
+        .args(["jobs", "--coordinator", &https])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ok.status.success(),
+        "{}\ncoordinator: {}",
+        String::from_utf8_lossy(&ok.stderr),
+        std::fs::read_to_string(d.join("coordinator.log")).unwrap_or_default()
+    );
+    assert!(!plain.status.success());
+    assert!(!no_ca.status.success());
+    assert!(String::from_utf8_lossy(&no_ca.stderr).contains("--tls-ca"));
+}

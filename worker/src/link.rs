@@ -1,0 +1,174 @@
+//! A worker's link to the coordinator: register (learning the queue), then heartbeat with
+//! capacity, device, current shards, throughput and the shard outcomes since the last beat. The
+//! coordinator is not on the data path: when it is away the worker keeps working from the queue,
+//! logs once, and registers again when it answers `NOT_FOUND` (a restarted coordinator).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spotbatch_coordinator::client::Client;
+use spotbatch_proto::api::{
+    CurrentShard, HeartbeatRequest, RegisterReply, RegisterRequest, ShardOutcome,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::Progress;
+
+/// Who this worker is, as told to the coordinator.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Host or pod name.
+    pub name: String,
+    /// Shards it works at once.
+    pub capacity: u32,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+/// Registers, retrying for up to `patience` while the coordinator is unreachable.
+pub async fn register(
+    client: &mut Client,
+    me: &Identity,
+    patience: Duration,
+) -> Result<RegisterReply, tonic::Status> {
+    let until = Instant::now() + patience;
+    loop {
+        let r = client
+            .register(RegisterRequest {
+                name: me.name.clone(),
+                capacity: me.capacity,
+                device: me.device.clone(),
+            })
+            .await;
+        match r {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
+                tracing::warn!(error = %s.message(), "coordinator unavailable; retrying registration");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// Heartbeats until `stop`; returns after one last beat (so final outcomes are reported).
+pub async fn heartbeat_loop(
+    mut client: Client,
+    me: Identity,
+    mut worker_id: String,
+    interval: Duration,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
+    progress.collect_outcomes.store(true, Ordering::Relaxed);
+    let mut last_items = 0u64;
+    let mut last_at = Instant::now();
+    let mut away = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(interval) => false,
+        };
+        let items = progress.items_ok.load(Ordering::Relaxed)
+            + progress.items_failed.load(Ordering::Relaxed);
+        let rate =
+            (items - last_items.min(items)) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+        let shards: Vec<CurrentShard> = progress
+            .current
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(shard, job)| CurrentShard {
+                        job_id: job.clone(),
+                        shard: shard.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let outcomes: Vec<ShardOutcome> = progress
+            .outcomes
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| ShardOutcome {
+                job_id: o.job,
+                shard: o.shard,
+                outcome: o.outcome.to_string(),
+                items: o.items,
+                errors: o.errors,
+                reason: o.reason,
+            })
+            .collect();
+        let req = HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            shards,
+            items_per_second: rate,
+            outcomes: outcomes.clone(),
+            capacity: me.capacity,
+            device: me.device.clone(),
+        };
+        match client.heartbeat(req).await {
+            Ok(reply) => {
+                if away {
+                    tracing::info!("coordinator back");
+                    away = false;
+                }
+                last_items = items;
+                last_at = Instant::now();
+                if let Ok(mut c) = progress.cancelled.write() {
+                    for job in reply.into_inner().cancelled_jobs {
+                        if c.insert(job.clone()) {
+                            tracing::info!(job = %job, "job cancelled at the coordinator; dropping its shards");
+                        }
+                    }
+                }
+            }
+            Err(s) => {
+                // Keep the outcomes for the next beat.
+                if let Ok(mut o) = progress.outcomes.lock() {
+                    let later = std::mem::take(&mut *o);
+                    *o = outcomes
+                        .into_iter()
+                        .map(|o| crate::pipeline::ShardOutcome {
+                            job: o.job_id,
+                            shard: o.shard,
+                            outcome: outcome_name(&o.outcome),
+                            items: o.items,
+                            errors: o.errors,
+                            reason: o.reason,
+                        })
+                        .chain(later)
+                        .collect();
+                }
+                if s.code() == tonic::Code::NotFound {
+                    match register(&mut client, &me, Duration::ZERO).await {
+                        Ok(r) => {
+                            tracing::info!(worker = %r.worker_id, "registered again with the coordinator");
+                            worker_id = r.worker_id;
+                        }
+                        Err(e) => tracing::warn!(error = %e.message(), "registering again failed"),
+                    }
+                } else if !away {
+                    tracing::warn!(error = %s.message(), "coordinator unreachable; working on from the queue");
+                    away = true;
+                }
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+fn outcome_name(s: &str) -> &'static str {
+    match s {
+        "done" => "done",
+        "skipped" => "skipped",
+        "failed" => "failed",
+        "lease_lost" => "lease_lost",
+        "cancelled" => "cancelled",
+        _ => "released",
+    }
+}
