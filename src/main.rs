@@ -599,7 +599,10 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let watcher = tokio::spawn(watch_notices(sources, control.clone(), finished.clone()));
     tracing::info!(worker = %id, queue = %queue_uri, "worker started");
     let link_stop = CancellationToken::new();
+    let mut first_beat = None;
     let link = link.map(|(client, me, wid, every)| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        first_beat = Some(rx);
         tokio::spawn(spotbatch_worker::link::heartbeat_loop(
             client,
             me,
@@ -607,8 +610,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             every,
             Arc::clone(&progress),
             link_stop.clone(),
+            Some(tx),
         ))
     });
+    if let Some(rx) = first_beat {
+        // Learn the cancelled jobs before leasing (bounded: the coordinator may be slow or gone).
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+    }
     let started = Instant::now();
     let result = run_worker(
         Arc::clone(&queue),

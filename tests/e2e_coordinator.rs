@@ -477,3 +477,76 @@ fn the_api_over_tls() {
     assert!(!no_ca.status.success());
     assert!(String::from_utf8_lossy(&no_ca.stderr).contains("--tls-ca"));
 }
+
+#[test]
+fn two_jobs_with_their_own_models_and_a_cancelled_one() {
+    let job = JobDir::digits(2);
+    let d = job.path();
+    std::fs::copy(d.join("model.onnx"), d.join("model2.onnx")).unwrap();
+    let first = job.manifest(&[("shard_size = 64", "shard_size = 15")]);
+    let second = d.join("second.toml");
+    std::fs::write(
+        &second,
+        std::fs::read_to_string(&first)
+            .unwrap()
+            .replace("name = \"digits\"", "name = \"digits-b\"")
+            .replace("uri = \"./model.onnx\"", "uri = \"./model2.onnx\"")
+            .replace("uri = \"./out\"", "uri = \"./out-b\""),
+    )
+    .unwrap();
+    let third = d.join("third.toml");
+    std::fs::write(
+        &third,
+        std::fs::read_to_string(&first)
+            .unwrap()
+            .replace("name = \"digits\"", "name = \"digits-c\"")
+            .replace("uri = \"./out\"", "uri = \"./out-c\""),
+    )
+    .unwrap();
+    let queue = format!("sqlite://{}", d.join("q.db").display());
+    let coord = Coord::start(d, &queue, free_addr(), free_addr());
+    let url = coord.url();
+    let (a, _) = submit(&url, &first);
+    let (b, _) = submit(&url, &second);
+    let (c, _) = submit(&url, &third);
+    assert!(a != b && b != c && a != c);
+    // The third is cancelled before any worker runs: its shards are dropped unworked.
+    let out = run_ok(sb(Some(TOKEN)).args(["cancel", &c, "--coordinator", &url]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{c}: cancelled")
+    );
+    let mut w1 = worker(&url, "w1", d, 0);
+    let mut w2 = worker(&url, "w2", d, 0);
+    wait_exit(&mut w1, "w1", d);
+    wait_exit(&mut w2, "w2", d);
+    check_finished(&url, &a, &job);
+    let b_status = status_json(&url, &b);
+    assert_eq!(b_status["state"], "done", "{b_status}");
+    assert_eq!(b_status["items"]["done"], 270, "{b_status}");
+    let b_rows: usize = std::fs::read_dir(d.join("out-b").join(&b))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum();
+    assert_eq!(b_rows, 270);
+    let c_status = status_json(&url, &c);
+    assert_eq!(c_status["state"], "cancelled", "{c_status}");
+    assert_eq!(c_status["items"]["done"], 0, "{c_status}");
+    assert!(!d.join("out-c").join(&c).join("_done").exists());
+    let depth = run_ok(sb(None).args(["queue", "depth", &queue]));
+    assert_eq!(
+        String::from_utf8_lossy(&depth.stdout).trim(),
+        "visible 0 in_flight 0 dead 0"
+    );
+    // `status --watch` on a finished job draws the bar and returns.
+    let watch = run_ok(sb(Some(TOKEN)).args(["status", &a, "--watch", "--coordinator", &url]));
+    assert!(String::from_utf8_lossy(&watch.stdout).contains(&format!("{a}: done")));
+    // Garbage on the gRPC port is dropped; the coordinator keeps serving.
+    let mut s = TcpStream::connect(coord.grpc).unwrap();
+    let _ = s.write_all(&[0xff; 4096]);
+    drop(s);
+    let jobs = run_ok(sb(Some(TOKEN)).args(["jobs", "--coordinator", &url]));
+    assert_eq!(String::from_utf8_lossy(&jobs.stdout).lines().count(), 3);
+}

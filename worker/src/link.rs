@@ -52,7 +52,9 @@ pub async fn register(
     }
 }
 
-/// Heartbeats until `stop`; returns after one last beat (so final outcomes are reported).
+/// Heartbeats until `stop`; returns after one last beat (so final outcomes are reported). The
+/// first beat goes at once and `first` is signalled after it, so a worker learns which jobs are
+/// cancelled before it leases anything.
 pub async fn heartbeat_loop(
     mut client: Client,
     me: Identity,
@@ -60,15 +62,20 @@ pub async fn heartbeat_loop(
     interval: Duration,
     progress: Arc<Progress>,
     stop: CancellationToken,
+    mut first: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     progress.collect_outcomes.store(true, Ordering::Relaxed);
     let mut last_items = 0u64;
     let mut last_at = Instant::now();
     let mut away = false;
     loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = tokio::time::sleep(interval) => false,
+        let stopping = if first.is_some() {
+            false
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => true,
+                _ = tokio::time::sleep(interval) => false,
+            }
         };
         let items = progress.items_ok.load(Ordering::Relaxed)
             + progress.items_failed.load(Ordering::Relaxed);
@@ -155,6 +162,9 @@ pub async fn heartbeat_loop(
                     away = true;
                 }
             }
+        }
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
         }
         if stopping {
             break;
