@@ -115,6 +115,9 @@ struct WorkerArgs {
     /// CA certificate (PEM) for an https:// coordinator.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:9464) for Prometheus and probes.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Manifests of the jobs to serve; jobs not given are loaded from the stored manifest each
     /// shard refers to.
     #[arg(long = "manifest")]
@@ -580,6 +583,25 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     let queue: Arc<dyn LeaseQueue> =
         Arc::from(spotbatch_queue::open(&queue_uri, QueueConfig { max_attempts }).await?);
+    let http_stop = CancellationToken::new();
+    let _http_guard = http_stop.clone().drop_guard();
+    if let Some(addr) = args.metrics_addr {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        let ready_q = Arc::clone(&queue);
+        let bound = spotbatch_coordinator::server::serve_http(
+            addr,
+            Arc::new(move || handle.render()),
+            Arc::new(move || {
+                let q = Arc::clone(&ready_q);
+                Box::pin(async move { q.depth().await.is_ok() })
+            }),
+            http_stop.clone(),
+        )
+        .await?;
+        eprintln!("{id}: metrics on http://{bound}/metrics");
+    }
     let opts = WorkerOptions {
         id: id.clone(),
         prefetch: usize::from(args.prefetch),

@@ -216,6 +216,17 @@ fn two_workers(queue: &str) {
     wait_exit(&mut w1, "w1", job.path());
     wait_exit(&mut w2, "w2", job.path());
     check_finished(&url, &job_id, &job);
+    // Gone workers are marked dead after three missed heartbeats (300 ms each here).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status_json(&url, &job_id);
+        let workers = s["workers"].as_array().cloned().unwrap_or_default();
+        if workers.len() == 2 && workers.iter().all(|w| w["alive"] == false) {
+            break;
+        }
+        assert!(Instant::now() < until, "exited workers still alive: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Both did work.
     for w in ["w1", "w2"] {
         let log = std::fs::read_to_string(job.path().join(format!("{w}.log"))).unwrap();

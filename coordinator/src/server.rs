@@ -65,40 +65,12 @@ pub async fn serve(
         })
     };
     if let Some(addr) = opts.http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Http { addr, source })?;
         let svc = Arc::clone(&svc);
-        let metrics = Arc::clone(&opts.metrics);
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                axum::routing::get(move || {
-                    let svc = Arc::clone(&svc);
-                    async move {
-                        if svc.ready().await {
-                            (axum::http::StatusCode::OK, "ready\n")
-                        } else {
-                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let m = Arc::clone(&metrics);
-                    async move { m() }
-                }),
-            );
-        let stop = stop.clone();
-        tracing::info!(%addr, "HTTP (metrics, health) listening");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+        let ready: ReadyFn = Arc::new(move || {
+            let svc = Arc::clone(&svc);
+            Box::pin(async move { svc.ready().await })
         });
+        serve_http(addr, Arc::clone(&opts.metrics), ready, stop.clone()).await?;
     }
     let auth = opts.auth.clone();
     let api = CoordinatorServer::new(Api(Arc::clone(&svc)))
@@ -127,4 +99,54 @@ pub async fn serve(
         });
     refresher.abort();
     r
+}
+
+/// Answers whether the process is ready.
+pub type ReadyFn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
+/// Serves `/metrics` (Prometheus text), `/healthz` and `/readyz` on `addr` until `stop`; every
+/// spotbatch process that runs for long (coordinator, worker) serves these.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    ready: ReadyFn,
+    stop: CancellationToken,
+) -> Result<SocketAddr, ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Http { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Http { addr, source })?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = Arc::clone(&ready);
+                async move {
+                    if ready().await {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = Arc::clone(&metrics);
+                async move { m() }
+            }),
+        );
+    tracing::info!(addr = %bound, "HTTP (metrics, health) listening");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(bound)
 }

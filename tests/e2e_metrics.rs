@@ -1,0 +1,104 @@
+//! A worker serves `/metrics`, `/healthz` and `/readyz`: a real run is scraped while it works and
+//! the metric names, types and labels are checked against the catalogue in DESIGN.md.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+#[test]
+fn a_worker_serves_its_metrics_while_it_works() {
+    let job = JobDir::digits(3);
+    let manifest = job.manifest(&[("shard_size = 64", "shard_size = 20")]);
+    run_ok(spotbatch().arg("enqueue").arg(&manifest));
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let queue = format!("sqlite://{}", job.path().join("queue.db").display());
+    let mut w = spotbatch()
+        .args([
+            "worker",
+            "--queue",
+            &queue,
+            "--exit-when-empty",
+            "--throttle-batch-ms",
+            "400",
+        ])
+        .arg("--metrics-addr")
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        assert!(Instant::now() < until, "no items in the worker's metrics");
+        if let Some((200, body)) = get(addr, "/metrics") {
+            if body.contains("spotbatch_items_total{") {
+                break body;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(get(addr, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(get(addr, "/readyz").map(|r| r.0), Some(200));
+    let status = wait_bounded(&mut w, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()));
+
+    // Types as declared, labels as specified.
+    let types: std::collections::HashMap<&str, &str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    for (name, kind) in [
+        ("spotbatch_items_total", "counter"),
+        ("spotbatch_shards_total", "counter"),
+        ("spotbatch_inference_seconds", "summary"),
+        ("spotbatch_batch_size", "summary"),
+        ("spotbatch_stage_seconds", "summary"),
+    ] {
+        assert_eq!(types.get(name).copied(), Some(kind), "{name} in\n{body}");
+    }
+    let job_id = job
+        .job_out()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        body.contains(&format!(
+            "spotbatch_items_total{{job=\"{job_id}\",outcome=\"ok\"}}"
+        )),
+        "{body}"
+    );
+    assert!(body.contains("spotbatch_stage_seconds{stage=\""), "{body}");
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(
+            line.starts_with("spotbatch_"),
+            "a metric outside the catalogue: {line}"
+        );
+    }
+}
