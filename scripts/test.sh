@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${ORT_DYLIB_PATH:?run through make test}"
 : "${SPOTBATCH_PYTHON:?run through make test}"
-PARALLEL=(notices e2e_demo e2e_bad_input)
+PARALLEL=(notices deploy e2e_demo e2e_bad_input)
 SERIAL=(e2e_resume e2e_drain e2e_sqs e2e_coordinator e2e_metrics e2e_kafka e2e_chaos)
 # Every end-to-end test file must be in one of the two lists, so none is silently left out.
 for f in tests/*.rs; do
