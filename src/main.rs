@@ -586,9 +586,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let http_stop = CancellationToken::new();
     let _http_guard = http_stop.clone().drop_guard();
     if let Some(addr) = args.metrics_addr {
-        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .context("installing the metrics recorder")?;
+        let handle = remote::install_metrics()?;
         let ready_q = Arc::clone(&queue);
         let bound = spotbatch_coordinator::server::serve_http(
             addr,

@@ -128,9 +128,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             bail!("set SPOTBATCH_TOKEN (the bearer token clients must send), or pass --insecure-no-auth")
         }
     };
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let handle = install_metrics()?;
     let state = url_of(&args.state).context("--state")?;
     let mut allowed = Vec::new();
     for p in &args.allow_output {
@@ -384,4 +382,20 @@ pub async fn cancel(job: &str, args: ClientArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the Prometheus recorder: latencies (`*_seconds`) and batch sizes as histograms with
+/// buckets, so dashboards can take p50/p99 across processes with `histogram_quantile`.
+pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const SECONDS: &[f64] = &[
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        300.0,
+    ];
+    const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Full("spotbatch_batch_size".into()), SIZES)?
+        .install_recorder()
+        .context("installing the metrics recorder")
 }

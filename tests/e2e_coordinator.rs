@@ -251,7 +251,8 @@ fn two_workers(queue: &str) {
     assert_eq!(code, 200);
     assert!(
         body.contains("spotbatch_job_items{job=\"")
-            && body.contains("spotbatch_workers{state=\"alive\"}"),
+            && body.contains("spotbatch_workers{state=\"alive\"}")
+            && body.contains("spotbatch_queue_depth{queue=\""),
         "{body}"
     );
 }

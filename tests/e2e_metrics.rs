@@ -73,9 +73,9 @@ fn a_worker_serves_its_metrics_while_it_works() {
     for (name, kind) in [
         ("spotbatch_items_total", "counter"),
         ("spotbatch_shards_total", "counter"),
-        ("spotbatch_inference_seconds", "summary"),
-        ("spotbatch_batch_size", "summary"),
-        ("spotbatch_stage_seconds", "summary"),
+        ("spotbatch_inference_seconds", "histogram"),
+        ("spotbatch_batch_size", "histogram"),
+        ("spotbatch_stage_seconds", "histogram"),
     ] {
         assert_eq!(types.get(name).copied(), Some(kind), "{name} in\n{body}");
     }
@@ -91,7 +91,14 @@ fn a_worker_serves_its_metrics_while_it_works() {
         )),
         "{body}"
     );
-    assert!(body.contains("spotbatch_stage_seconds{stage=\""), "{body}");
+    assert!(
+        body.contains("spotbatch_stage_seconds_bucket{stage=\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("spotbatch_inference_seconds_bucket{le=\"0.005\"}"),
+        "{body}"
+    );
     for line in body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -207,6 +207,18 @@ impl CoordinatorService {
                 tracing::warn!(job = %id, error = %e, "reading done markers failed");
             }
         }
+        match self.queue.depth().await {
+            Ok(d) => {
+                let q = self.queue.name().to_string();
+                metrics::gauge!("spotbatch_queue_depth", "queue" => q.clone(), "state" => "visible")
+                    .set(d.visible as f64);
+                metrics::gauge!("spotbatch_queue_depth", "queue" => q.clone(), "state" => "in_flight")
+                    .set(d.in_flight as f64);
+                metrics::gauge!("spotbatch_queue_depth", "queue" => q, "state" => "dead")
+                    .set(d.dead as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "queue depth failed"),
+        }
         let (alive, dead) = self.worker_counts();
         metrics::gauge!("spotbatch_workers", "state" => "alive").set(alive as f64);
         metrics::gauge!("spotbatch_workers", "state" => "dead").set(dead as f64);
