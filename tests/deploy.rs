@@ -82,3 +82,84 @@ fn worker_deployment_is_ready_for_spot() {
         std::fs::read_to_string(root().join("deploy/keda/scaledobject-kafka.yaml")).unwrap();
     assert!(kafka.contains("type: kafka") && kafka.contains("lagThreshold"));
 }
+
+/// Metric names the code emits, with their kind, read from the `metrics::…!("name"` calls.
+fn emitted() -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut files = Vec::new();
+    for dir in ["src", "worker/src", "coordinator/src", "queue/src"] {
+        collect_files(&root().join(dir), &mut files);
+    }
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "rs"))
+    {
+        let text = std::fs::read_to_string(f).unwrap();
+        for kind in ["counter", "gauge", "histogram"] {
+            let pat = format!("metrics::{kind}!(");
+            for (i, _) in text.match_indices(&pat) {
+                let rest = text[i + pat.len()..].trim_start();
+                if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    out.insert(name.to_string(), kind.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_parses_and_references_only_emitted_metrics() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/spotbatch.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON parses");
+    let emitted = emitted();
+    assert!(emitted.len() >= 10, "{emitted:?}");
+    let panels = dash["panels"].as_array().expect("panels");
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for want in [
+        "Throughput",
+        "Recovery time",
+        "Preemption notices",
+        "Leases released",
+        "Queue depth",
+        "dead letters",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no panel for {want}: {titles:?}"
+        );
+    }
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let mut names = Vec::new();
+            let mut rest = expr;
+            while let Some(i) = rest.find("spotbatch_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(&tail[..end]);
+                rest = &tail[end..];
+            }
+            assert!(!names.is_empty(), "{expr}");
+            for n in names {
+                let (base, kind) = match n.strip_suffix("_bucket") {
+                    Some(b) => (b, "histogram"),
+                    None => (n, ""),
+                };
+                let got = emitted.get(base).unwrap_or_else(|| {
+                    panic!("panel {:?} uses {n}, which nothing emits", p["title"])
+                });
+                if !kind.is_empty() {
+                    assert_eq!(got, kind, "{n} in {expr}");
+                }
+                if expr.contains(&format!("rate({n}")) && kind.is_empty() {
+                    assert_eq!(got, "counter", "rate() over a {got}: {expr}");
+                }
+            }
+        }
+    }
+}
