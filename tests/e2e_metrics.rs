@@ -3,26 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
-}
 
 #[test]
 fn a_worker_serves_its_metrics_while_it_works() {
@@ -52,15 +37,15 @@ fn a_worker_serves_its_metrics_while_it_works() {
     let until = Instant::now() + Duration::from_secs(60);
     let body = loop {
         assert!(Instant::now() < until, "no items in the worker's metrics");
-        if let Some((200, body)) = get(addr, "/metrics") {
+        if let Some((200, body)) = http_get(addr, "/metrics") {
             if body.contains("spotbatch_items_total{") {
                 break body;
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(get(addr, "/healthz").map(|r| r.0), Some(200));
-    assert_eq!(get(addr, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(addr, "/readyz").map(|r| r.0), Some(200));
     let status = wait_bounded(&mut w, Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()));
 
