@@ -102,15 +102,6 @@ fn spawn_worker(
     }
 }
 
-fn done_markers(job: &JobDir) -> usize {
-    std::fs::read_dir(job.path().join("out"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|j| std::fs::read_dir(j.ok()?.path().join("_done")).ok())
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -199,7 +190,7 @@ fn chaos(label: &str, queue: String, env: Vec<(&str, String)>, actions: usize) {
     }
     let mut done_actions: BTreeMap<&str, usize> = BTreeMap::new();
     let give_up = started + Duration::from_secs(300);
-    while done_actions.values().sum::<usize>() < actions && done_markers(&job) < 100 {
+    while done_actions.values().sum::<usize>() < actions && job.done_markers() < 100 {
         assert!(Instant::now() < give_up, "[{label}] chaos did not finish");
         std::thread::sleep(Duration::from_millis(1000 + rng.below(1000)));
         let i = rng.below(live.len() as u64) as usize;
@@ -258,7 +249,7 @@ fn chaos(label: &str, queue: String, env: Vec<(&str, String)>, actions: usize) {
                 }
                 panic!(
                     "[{label}] a worker did not exit ({} of 108 shards done): {}\n{log}\n--- every worker's last lines ---\n{}",
-                    done_markers(&job),
+                    job.done_markers(),
                     dead_or_live_name(i, live.len()),
                     others.join("\n")
                 );
@@ -276,7 +267,7 @@ fn chaos(label: &str, queue: String, env: Vec<(&str, String)>, actions: usize) {
         "[{label}] every input exactly one row"
     );
     assert!(rows.values().all(|r| r["error"].is_null()));
-    assert_eq!(done_markers(&job), 108);
+    assert_eq!(job.done_markers(), 108);
     let mut depth = spotbatch();
     for (k, v) in &env {
         depth.env(k, v);
@@ -375,14 +366,9 @@ fn chaos_on_sqs() {
     let endpoint = std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT").expect(
         "SPOTBATCH_TEST_SQS_ENDPOINT is not set: run the tests with `make test`, which starts moto",
     );
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
     let queue = format!(
-        "sqs://chaos-{}-{}?region=us-east-1&endpoint={endpoint}",
-        std::process::id(),
-        nanos % 1_000_000_000
+        "sqs://{}?region=us-east-1&endpoint={endpoint}",
+        unique("chaos")
     );
     let env = vec![
         ("AWS_ACCESS_KEY_ID", "testing".to_string()),
@@ -405,11 +391,7 @@ fn chaos_on_kafka() {
     let brokers = std::env::var("SPOTBATCH_TEST_KAFKA_BROKERS").expect(
         "SPOTBATCH_TEST_KAFKA_BROKERS is not set: run the tests with `make test`, which starts tansu",
     );
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let topic = format!("chaos-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    let topic = unique("chaos");
     let queue = format!(
         "kafka://{brokers}/{topic}?partitions=6&session_timeout_ms=6000&single_record_batches=true"
     );

@@ -127,12 +127,6 @@ fn status_json(coord: &str, job: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
 
-fn done_markers(job: &JobDir) -> usize {
-    std::fs::read_dir(job.job_out().join("_done"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 fn wait_exit(c: &mut Child, what: &str, dir: &Path) {
     let status = wait_bounded(c, Duration::from_secs(120));
     assert!(
@@ -165,7 +159,7 @@ fn check_finished(coord: &str, job_id: &str, job: &JobDir) {
     assert_eq!(s["items"]["total"], rows.len() as u64, "{s}");
     assert_eq!(s["items"]["done"], rows.len() as u64, "{s}");
     assert_eq!(s["items"]["failed"], failed, "{s}");
-    assert_eq!(s["shards"]["done"], done_markers(job) as u64, "{s}");
+    assert_eq!(s["shards"]["done"], job.done_markers() as u64, "{s}");
     assert_eq!(s["shards"]["total"], s["shards"]["done"], "{s}");
     assert_eq!(s["dead_lettered"].as_array().map(Vec::len), Some(0), "{s}");
     assert_eq!(s["eta_s"], 0.0, "{s}");
@@ -254,14 +248,9 @@ fn submit_status_completion_with_two_workers_on_sqs() {
     let endpoint = std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT").expect(
         "SPOTBATCH_TEST_SQS_ENDPOINT is not set: run the tests with `make test`, which starts moto",
     );
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
     let queue = format!(
-        "sqs://coord-{}-{}?region=us-east-1&endpoint={endpoint}",
-        std::process::id(),
-        nanos % 1_000_000_000
+        "sqs://{}?region=us-east-1&endpoint={endpoint}",
+        unique("coord")
     );
     run_ok(sb(None).args(["queue", "create", &queue, "--dlq"]));
     two_workers(&queue);
@@ -279,29 +268,24 @@ fn a_restarted_coordinator_rebuilds_progress_and_the_job_completes() {
     let mut w1 = worker(&url, "w1", job.path(), 300);
     let mut w2 = worker(&url, "w2", job.path(), 300);
     let until = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(job.path().join("out"))
-        .ok()
-        .and_then(|_| std::fs::read_dir(job.job_out().join("_done")).ok())
-        .map_or(0, |d| d.count())
-        < 5
-    {
+    while job.done_markers() < 5 {
         assert!(Instant::now() < until, "no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
     // Kill the coordinator; the workers keep working from the queue.
     coord.child.kill().unwrap();
     coord.child.wait().unwrap();
-    let before = done_markers(&job);
+    let before = job.done_markers();
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        done_markers(&job) > before,
+        job.done_markers() > before,
         "workers stopped without the coordinator"
     );
-    assert!(w1.try_wait().unwrap().is_none() || done_markers(&job) == 54);
+    assert!(w1.try_wait().unwrap().is_none() || job.done_markers() == 54);
     // A new coordinator on the same state: the job and its progress are back.
     let coord2 = Coord::start(job.path(), &queue, grpc, http);
     let s = status_json(&url, &job_id);
-    let seen = done_markers(&job) as u64;
+    let seen = job.done_markers() as u64;
     assert_eq!(s["items"]["total"], 540, "{s}");
     let done = s["shards"]["done"].as_u64().unwrap();
     assert!(

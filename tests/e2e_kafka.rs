@@ -15,18 +15,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-fn markers(job: &JobDir) -> usize {
-    std::fs::read_dir(job.path().join("out"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|j| std::fs::read_dir(j.ok()?.path().join("_done")).ok())
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 fn wait_markers(job: &JobDir, n: usize) {
     let until = Instant::now() + Duration::from_secs(120);
-    while markers(job) < n {
+    while job.done_markers() < n {
         assert!(Instant::now() < until, "stuck below {n} done shards");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -91,11 +82,7 @@ fn kafka_two_workers_kill_and_drain_every_input_once_on_the_mock_cluster() {
 fn kafka_two_workers_kill_and_drain_every_input_once_on_tansu() {
     let brokers = std::env::var("SPOTBATCH_TEST_KAFKA_BROKERS")
         .expect("SPOTBATCH_TEST_KAFKA_BROKERS is not set: run the tests with `make test`, which starts tansu");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let topic = format!("shards-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    let topic = unique("shards");
     // tansu cannot resume inside a multi-record batch: one record per batch (see queue/tests).
     let queue = format!(
         "kafka://{brokers}/{topic}?partitions=6&session_timeout_ms=6000&single_record_batches=true"
@@ -206,7 +193,7 @@ fn two_workers_kill_and_drain(
         );
     }
     // Then kill A without notice: its partitions move after the 6 s session timeout.
-    let done_before_kill = markers(&job);
+    let done_before_kill = job.done_markers();
     a.kill().unwrap();
     a.wait().unwrap();
     let c_status = wait_bounded(&mut c, Duration::from_secs(150));
@@ -226,7 +213,7 @@ fn two_workers_kill_and_drain(
         job.input_keys(),
         "every input exactly once"
     );
-    assert_eq!(markers(&job), 54);
+    assert_eq!(job.done_markers(), 54);
     let dlq = run_ok(spotbatch().args(["queue", "dlq", &queue]));
     let listing = String::from_utf8_lossy(&dlq.stdout);
     // Dead-lettering is at-least-once too: a worker killed between producing to the DLQ topic and

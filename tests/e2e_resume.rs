@@ -11,19 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 
-fn done_markers(job: &JobDir) -> usize {
-    let out = job.path().join("out");
-    let Ok(jobs) = std::fs::read_dir(&out) else {
-        return 0;
-    };
-    jobs.filter_map(|j| std::fs::read_dir(j.ok()?.path().join("_done")).ok())
-        .map(|d| d.count())
-        .sum()
-}
-
 fn wait_for_markers(job: &JobDir, child: &mut Child, at_least: usize) {
     let give_up = Instant::now() + Duration::from_secs(60);
-    while done_markers(job) < at_least {
+    while job.done_markers() < at_least {
         assert!(
             child.try_wait().unwrap().is_none(),
             "run ended before it could be interrupted"
@@ -86,7 +76,7 @@ fn ctrl_c_then_kill_9_then_resume_completes_exactly_once() {
 
     // 2. Run again and kill -9 part-way: its leases stay behind in the queue file.
     let mut child = slow_run(&manifest);
-    let before_kill = done_markers(&job);
+    let before_kill = job.done_markers();
     wait_for_markers(&job, &mut child, before_kill + 2);
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
@@ -97,7 +87,7 @@ fn ctrl_c_then_kill_9_then_resume_completes_exactly_once() {
         "{stderr}"
     );
     assert!(stderr.contains("shards already done"), "{stderr}");
-    let done_before = done_markers(&job);
+    let done_before = job.done_markers();
     assert!(
         done_before < shards,
         "the job must not have finished before the kill"

@@ -43,18 +43,6 @@ fn sb() -> Command {
     c
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
-
 #[test]
 fn two_workers_on_sqs_and_s3_one_killed_every_input_once() {
     let job = JobDir::digits(10);

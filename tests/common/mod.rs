@@ -127,6 +127,16 @@ impl JobDir {
         rows
     }
 
+    /// Done markers written so far, over every job folder under `out/`.
+    pub fn done_markers(&self) -> usize {
+        let Ok(jobs) = std::fs::read_dir(self.path().join("out")) else {
+            return 0;
+        };
+        jobs.filter_map(|j| std::fs::read_dir(j.ok()?.path().join("_done")).ok())
+            .map(|d| d.count())
+            .sum()
+    }
+
     /// Keys of every input file under images/, `/`-separated.
     pub fn input_keys(&self) -> Vec<String> {
         let mut files = Vec::new();
@@ -192,4 +202,17 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)>
     s.read_to_string(&mut out).ok()?;
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// A name no other test run uses (queues, topics): `PREFIX-PID-NANOS`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
 }
