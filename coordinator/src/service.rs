@@ -398,11 +398,7 @@ impl CoordinatorService {
                 .collect(),
             cancelled: false,
         };
-        let bytes = serde_json::to_vec_pretty(&record).map_err(internal)?;
-        self.state
-            .put(&format!("jobs/{}.json", m.job_id), Bytes::from(bytes))
-            .await
-            .map_err(internal)?;
+        self.save_record(&record).await?;
         self.jobs.lock().await.insert(
             m.job_id.clone(),
             JobRuntime {
@@ -416,9 +412,9 @@ impl CoordinatorService {
         // A job already submitted and still running has its shards on the queue: enqueue nothing
         // (re-enqueueing would have them worked twice). A new, cancelled or failed job gets every
         // shard that is not done (a failed job's dead-lettered shards are re-driven).
-        let dead = self.dead_letters().await;
         let running_already = match &existing {
             Some(r) if !r.cancelled => {
+                let dead = self.dead_letters().await;
                 let jobs = self.jobs.lock().await;
                 jobs.get(&m.job_id).is_some_and(|j| {
                     self.job_state(j, dead.get(&m.job_id).map_or(0, Vec::len)) == "running"
@@ -531,6 +527,15 @@ impl CoordinatorService {
         v
     }
 
+    /// Writes `jobs/JOB.json`.
+    async fn save_record(&self, record: &JobRecord) -> Result<(), Status> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(internal)?;
+        self.state
+            .put(&format!("jobs/{}.json", record.job_id), Bytes::from(bytes))
+            .await
+            .map_err(internal)
+    }
+
     async fn cancelled_jobs(&self) -> Vec<String> {
         self.jobs
             .lock()
@@ -570,11 +575,7 @@ impl Coordinator for Api {
             job.record.cancelled = true;
             (job.record.clone(), was_running)
         };
-        let bytes = serde_json::to_vec_pretty(&record.0).map_err(internal)?;
-        self.state
-            .put(&format!("jobs/{id}.json"), Bytes::from(bytes))
-            .await
-            .map_err(internal)?;
+        self.save_record(&record.0).await?;
         tracing::info!(job = %id, "job cancelled");
         Ok(Response::new(CancelReply {
             was_running: record.1,

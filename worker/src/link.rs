@@ -93,26 +93,27 @@ pub async fn heartbeat_loop(
                     .collect()
             })
             .unwrap_or_default();
-        let outcomes: Vec<ShardOutcome> = progress
+        let pending = progress
             .outcomes
             .lock()
             .map(|mut o| std::mem::take(&mut *o))
-            .unwrap_or_default()
-            .into_iter()
+            .unwrap_or_default();
+        let outcomes: Vec<ShardOutcome> = pending
+            .iter()
             .map(|o| ShardOutcome {
-                job_id: o.job,
-                shard: o.shard,
+                job_id: o.job.clone(),
+                shard: o.shard.clone(),
                 outcome: o.outcome.to_string(),
                 items: o.items,
                 errors: o.errors,
-                reason: o.reason,
+                reason: o.reason.clone(),
             })
             .collect();
         let req = HeartbeatRequest {
             worker_id: worker_id.clone(),
             shards,
             items_per_second: rate,
-            outcomes: outcomes.clone(),
+            outcomes,
             capacity: me.capacity,
             device: me.device.clone(),
         };
@@ -136,18 +137,7 @@ pub async fn heartbeat_loop(
                 // Keep the outcomes for the next beat.
                 if let Ok(mut o) = progress.outcomes.lock() {
                     let later = std::mem::take(&mut *o);
-                    *o = outcomes
-                        .into_iter()
-                        .map(|o| crate::pipeline::ShardOutcome {
-                            job: o.job_id,
-                            shard: o.shard,
-                            outcome: outcome_name(&o.outcome),
-                            items: o.items,
-                            errors: o.errors,
-                            reason: o.reason,
-                        })
-                        .chain(later)
-                        .collect();
+                    *o = pending.into_iter().chain(later).collect();
                 }
                 if s.code() == tonic::Code::NotFound {
                     match register(&mut client, &me, Duration::ZERO).await {
@@ -169,16 +159,5 @@ pub async fn heartbeat_loop(
         if stopping {
             break;
         }
-    }
-}
-
-fn outcome_name(s: &str) -> &'static str {
-    match s {
-        "done" => "done",
-        "skipped" => "skipped",
-        "failed" => "failed",
-        "lease_lost" => "lease_lost",
-        "cancelled" => "cancelled",
-        _ => "released",
     }
 }
