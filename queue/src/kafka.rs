@@ -205,6 +205,15 @@ struct State {
     to_commit: HashMap<i32, i64>,
 }
 
+impl State {
+    /// The offset to commit for `p` now: the furthest of what waits for the poller and the
+    /// contiguous acked mark (taken out of `to_commit`).
+    fn take_commit(&mut self, p: i32) -> Option<i64> {
+        let pending = self.to_commit.remove(&p);
+        pending.max(self.parts.get(&p).and_then(low_water))
+    }
+}
+
 struct Ctx {
     topic: String,
     state: Arc<Mutex<State>>,
@@ -254,9 +263,9 @@ impl ConsumerContext for Ctx {
                 let p = e.partition();
                 // Commit what is contiguous (including what the poller has not committed yet)
                 // before the partition moves.
-                let pending = st.to_commit.remove(&p);
-                let contiguous = st.parts.remove(&p).and_then(|part| low_water(&part));
-                if let Some(next) = pending.max(contiguous) {
+                let next = st.take_commit(p);
+                st.parts.remove(&p);
+                if let Some(next) = next {
                     let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
                 }
                 st.fresh.retain(|(fp, _)| *fp != p);
@@ -1036,19 +1045,18 @@ impl LeaseQueue for KafkaQueue {
                 .state
                 .lock()
                 .map_err(|_| backend_err(&self.target.topic, "state lock poisoned"))?;
-            let mut c: Vec<(i32, i64)> = st
+            let mut parts: Vec<i32> = st
                 .parts
-                .iter()
-                .filter_map(|(p, part)| low_water(part).map(|n| (*p, n)))
+                .keys()
+                .chain(st.to_commit.keys())
+                .copied()
                 .collect();
-            c.extend(st.to_commit.drain());
-            // One offset per partition: the furthest.
-            let mut best: HashMap<i32, i64> = HashMap::new();
-            for (p, n) in c {
-                let e = best.entry(p).or_insert(n);
-                *e = (*e).max(n);
-            }
-            best.into_iter().collect()
+            parts.sort_unstable();
+            parts.dedup();
+            parts
+                .into_iter()
+                .filter_map(|p| st.take_commit(p).map(|n| (p, n)))
+                .collect()
         };
         let consumer = Arc::clone(&self.consumer);
         let topic = self.target.topic.clone();
