@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo test lint bench bench-sqs bench-chaos clean
+.PHONY: demo test lint bench bench-gpu bench-sqs bench-chaos clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -21,6 +21,10 @@ lint:
 
 bench:
 	@$(ENV) && cargo build --release --locked && $$SPOTBATCH_PYTHON benches/e2e_cpu.py
+
+# On a machine with an NVIDIA GPU: the GPU tests with CUDA live, then benches/gpu.py.
+bench-gpu:
+	@$(ENV) && cargo build --release --locked && cargo test --release --locked --test gpu --no-run && scripts/gpu.sh
 
 bench-sqs:
 	@$(ENV) && cargo build --release --locked && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && $$SPOTBATCH_PYTHON benches/sqs.py

@@ -10,11 +10,13 @@ cd "$(dirname "$0")/.."
 : "${SPOTBATCH_PYTHON:?run through make test}"
 PARALLEL=(notices deploy e2e_demo e2e_bad_input)
 SERIAL=(e2e_resume e2e_drain e2e_sqs e2e_coordinator e2e_metrics e2e_kafka e2e_chaos)
+# Run with --nocapture so that GPU checks skipped on a machine without a GPU say so in the log.
+GPU=(gpu)
 # Every end-to-end test file must be in one of the two lists, so none is silently left out.
 for f in tests/*.rs; do
   name=$(basename "$f" .rs)
-  if [[ ! " ${PARALLEL[*]} ${SERIAL[*]} " =~ " $name " ]]; then
-    echo "scripts/test.sh: tests/$name.rs is in neither PARALLEL nor SERIAL" >&2
+  if [[ ! " ${PARALLEL[*]} ${SERIAL[*]} ${GPU[*]} " =~ " $name " ]]; then
+    echo "scripts/test.sh: tests/$name.rs is in none of PARALLEL, SERIAL, GPU" >&2
     exit 1
   fi
 done
@@ -26,6 +28,7 @@ echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT; tansu (Kafka): $SPOTBATCH_TE
 args() { for t in "$@"; do printf -- '--test %s ' "$t"; done; }
 if ! { cargo test --workspace --exclude spotbatch --locked -- --test-threads=2 &&
        cargo test -p spotbatch --locked $(args "${PARALLEL[@]}") -- --test-threads=2 &&
+       cargo test -p spotbatch --locked $(args "${GPU[@]}") -- --test-threads=1 --nocapture &&
        cargo test -p spotbatch --locked $(args "${SERIAL[@]}") -- --test-threads=1; }; then
   echo "--- service logs (tail) ---"
   tail -n 50 .cache/services/*.log || true

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use spotbatch_coordinator::{enqueue_plan, plan_job, JobLayout};
+use spotbatch_proto::manifest::DeviceSpec;
 use spotbatch_proto::{Manifest, ManifestError, ShardTask};
 use spotbatch_queue::sqlite::SqliteQueue;
 use spotbatch_queue::{LeaseQueue, QueueConfig};
@@ -134,6 +135,11 @@ struct WorkerArgs {
     /// ONNX Runtime intra-op threads (default: each manifest's).
     #[arg(long)]
     ort_threads: Option<usize>,
+    /// Where models run: auto (CUDA when a GPU and the CUDA provider are present, else the CPU
+    /// with a warning), cpu, cuda or cuda:N (an error without that GPU). Default: each manifest's
+    /// model.device, else auto.
+    #[arg(long, env = "SPOTBATCH_DEVICE", value_parser = parse_device)]
+    device: Option<DeviceSpec>,
     /// Lease length in seconds (default: the manifests' queue.visibility_timeout_secs, else 60).
     #[arg(long)]
     visibility_timeout_secs: Option<u64>,
@@ -225,6 +231,11 @@ struct RunArgs {
     /// ONNX Runtime intra-op threads (default: the manifest's model.intra_op_threads; 0 = one per core).
     #[arg(long)]
     ort_threads: Option<usize>,
+    /// Where models run: auto (CUDA when a GPU and the CUDA provider are present, else the CPU
+    /// with a warning), cpu, cuda or cuda:N (an error without that GPU). Default: each manifest's
+    /// model.device, else auto.
+    #[arg(long, env = "SPOTBATCH_DEVICE", value_parser = parse_device)]
+    device: Option<DeviceSpec>,
     /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -243,6 +254,36 @@ enum ProgressMode {
     Plain,
     /// Only the summary.
     None,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    DeviceSpec::parse(s)
+}
+
+/// The device a worker reports to the coordinator: the one asked for, or what `auto` finds.
+fn device_label(asked: Option<DeviceSpec>) -> String {
+    match asked.unwrap_or_default() {
+        DeviceSpec::Auto => match spotbatch_worker::gpu::cuda_device_count() {
+            Ok(n) if n > 0 => "cuda:0".into(),
+            _ => "cpu".into(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// An explicit `--device cuda[:N]` on a machine without that GPU stops here (exit 2), before
+/// anything is leased: a CUDA request never falls back to the CPU.
+fn check_device(asked: Option<DeviceSpec>) -> Option<ExitCode> {
+    let Some(DeviceSpec::Cuda(n)) = asked else {
+        return None;
+    };
+    let why = match spotbatch_worker::gpu::cuda_device_count() {
+        Ok(count) if (n as usize) < count => return None,
+        Ok(count) => format!("no GPU {n} on this machine ({count} found)"),
+        Err(e) => format!("no GPU: {e}"),
+    };
+    eprintln!("error: --device cuda:{n}: {why}; use --device cpu or auto");
+    Some(ExitCode::from(2))
 }
 
 fn main() -> ExitCode {
@@ -370,6 +411,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !m.queue_uri.starts_with("sqlite://") {
         bail!("queue.uri: `spotbatch run` uses the embedded SQLite queue; {} is for distributed workers", m.queue_uri);
     }
+    if let Some(code) = check_device(args.device) {
+        return Ok(code);
+    }
     // Without ONNX Runtime every shard would fail; say so once instead.
     spotbatch_worker::engine::ort_environment()?;
     let queue = open_local_queue(&m).await?;
@@ -409,7 +453,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
             ..WorkerOptions::default()
         };
-        let jobs = Jobs::new([m.clone()], args.ort_threads);
+        let jobs = Jobs::new([m.clone()], args.ort_threads).with_device(args.device);
         workers.spawn(run_worker(
             Arc::clone(&queue),
             jobs,
@@ -535,6 +579,9 @@ async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode>
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(code) = check_device(args.device) {
+        return Ok(code);
+    }
     let mut manifests = Vec::new();
     for path in &args.manifests {
         match load_manifest(path) {
@@ -558,7 +605,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             let me = spotbatch_worker::link::Identity {
                 name: id.clone(),
                 capacity: u32::from(args.prefetch),
-                device: "cpu".into(),
+                device: device_label(args.device),
             };
             let mut client = remote::client(url, args.tls_ca.as_deref())?;
             let reg = spotbatch_worker::link::register(&mut client, &me, Duration::from_secs(60))
@@ -587,6 +634,9 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let _http_guard = http_stop.clone().drop_guard();
     if let Some(addr) = args.metrics_addr {
         let handle = remote::install_metrics()?;
+        if spotbatch_worker::gpu::spawn_nvml_metrics(Duration::from_secs(2)) {
+            tracing::info!("GPU utilisation and memory from NVML every 2 s");
+        }
         let ready_q = Arc::clone(&queue);
         let bound = spotbatch_coordinator::server::serve_http(
             addr,
@@ -640,7 +690,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let result = run_worker(
         Arc::clone(&queue),
-        Jobs::new(manifests, args.ort_threads),
+        Jobs::new(manifests, args.ort_threads).with_device(args.device),
         opts,
         Arc::clone(&progress),
         control.clone(),

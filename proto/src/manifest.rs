@@ -69,6 +69,62 @@ pub struct ModelSpec {
     /// How long a partial batch waits for more items before it runs, in milliseconds.
     #[serde(default = "default_max_batch_delay_ms")]
     pub max_batch_delay_ms: u64,
+    /// Where the model runs: `auto` (CUDA when a GPU and the CUDA provider are present, else the
+    /// CPU with a warning; the default), `cpu`, `cuda` or `cuda:N` (an error without a GPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// Where a model runs, as `model.device` and `--device` spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// CUDA when a GPU and ONNX Runtime's CUDA provider are present, else the CPU (with a warning).
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// GPU `N` through CUDA; an error when there is none.
+    Cuda(u32),
+}
+
+impl DeviceSpec {
+    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<u32>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!(
+                    "{other:?} is not a device: use auto, cpu, cuda or cuda:N"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Where images are resized and normalised (`preprocess.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessDevice {
+    /// On the GPU when the model runs on CUDA, else on the CPU.
+    #[default]
+    Auto,
+    /// Always on the CPU (the reference implementation).
+    Cpu,
+    /// On the GPU; a job whose model runs on the CPU is refused.
+    Gpu,
 }
 
 /// Colour order of the model's input channels.
@@ -130,6 +186,14 @@ pub struct PreprocessSpec {
     /// Images with more pixels than this are refused before decoding (decompression bombs).
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
+    /// Where resizing and normalising run: `auto` (the GPU when the model runs on CUDA), `cpu`
+    /// or `gpu`. Decoding is always on the CPU.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub device: PreprocessDevice,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Default for PreprocessSpec {
@@ -142,6 +206,7 @@ impl Default for PreprocessSpec {
             mean: None,
             std: None,
             max_pixels: default_max_pixels(),
+            device: PreprocessDevice::default(),
         }
     }
 }
@@ -337,6 +402,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Where the manifest asks the model to run (`model.device`; `auto` when absent).
+    pub fn device(&self) -> DeviceSpec {
+        self.raw
+            .model
+            .device
+            .as_deref()
+            .and_then(|d| DeviceSpec::parse(d).ok())
+            .unwrap_or_default()
+    }
+
     /// Reads and validates the manifest file at `path`.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
@@ -401,6 +476,11 @@ impl Manifest {
                 "model.intra_op_threads",
                 "at most 1024 (0 = one per core)",
             ));
+        }
+        if let Some(d) = &raw.model.device {
+            if let Err(e) = DeviceSpec::parse(d) {
+                errs.push(FieldError::new("model.device", e));
+            }
         }
         if raw.model.max_batch_delay_ms > 60_000 {
             errs.push(FieldError::new("model.max_batch_delay_ms", "at most 60000"));

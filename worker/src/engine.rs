@@ -1,11 +1,16 @@
 //! Inference engines: the [`InferenceEngine`] trait (one batch in, one output tensor out) and its
-//! ONNX Runtime CPU implementation, [`OrtEngine`], loaded dynamically from `ORT_DYLIB_PATH`.
+//! ONNX Runtime implementation, [`OrtEngine`], on the CPU or through the CUDA execution provider,
+//! loaded dynamically from `ORT_DYLIB_PATH` (the CUDA provider library sits beside it).
 
 use std::sync::OnceLock;
 
+use half::f16;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{Shape, TensorElementType, TensorRef, ValueType};
+use spotbatch_proto::manifest::DeviceSpec;
+use tracing::warn;
 
 /// The environment variable naming ONNX Runtime's shared library.
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -40,10 +45,47 @@ pub struct TensorInfo {
     pub name: String,
     /// Element type, as ONNX Runtime names it.
     pub element: String,
-    /// Whether the element type is 32-bit float.
-    pub is_f32: bool,
+    /// The element type when spotbatch can feed or read it (float32 or float16).
+    pub float: Option<Float>,
     /// Dimensions; -1 where dynamic.
     pub dims: Vec<i64>,
+}
+
+/// The floating-point element types spotbatch feeds and reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Float {
+    /// 32-bit.
+    F32,
+    /// 16-bit (fp16 models); converted at the model's edge.
+    F16,
+}
+
+impl Float {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            Float::F32 => 4,
+            Float::F16 => 2,
+        }
+    }
+}
+
+/// Where an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU.
+    Cpu,
+    /// CUDA GPU `N`.
+    Cuda(u32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 /// The chosen input and output of a loaded model.
@@ -68,8 +110,67 @@ pub struct BatchOutput {
 pub trait InferenceEngine: Send {
     /// The model's chosen input and output.
     fn info(&self) -> &ModelInfo;
+    /// Where it runs.
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
     /// Runs one batch. `shape` is the input's full shape, batch first; `input` holds its values.
     fn run(&mut self, input: &[f32], shape: &[i64]) -> Result<BatchOutput, EngineError>;
+    /// An allocator of input tensors in this engine's GPU memory (the model's input element
+    /// type), to be written there by the GPU preprocessing and run with [`Self::run_device`].
+    fn device_allocator(&mut self) -> Result<DeviceAllocator, EngineError> {
+        Err(EngineError::Run(
+            "this engine takes its input from host memory only".into(),
+        ))
+    }
+    /// Runs one batch whose input lies in GPU memory (IO binding: no round trip through the host).
+    fn run_device(&mut self, input: DeviceTensor) -> Result<BatchOutput, EngineError> {
+        let _ = input;
+        Err(EngineError::Run(
+            "this engine takes its input from host memory only".into(),
+        ))
+    }
+}
+
+/// An input tensor in GPU memory, owned by ONNX Runtime's allocator for the session (so binding it
+/// needs no copy).
+pub struct DeviceTensor(ort::value::DynTensor);
+
+impl std::fmt::Debug for DeviceTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTensor").finish_non_exhaustive()
+    }
+}
+
+impl DeviceTensor {
+    /// The device address of its data.
+    pub fn ptr(&mut self) -> u64 {
+        self.0.data_ptr_mut() as usize as u64
+    }
+}
+
+/// Allocates [`DeviceTensor`]s from ONNX Runtime's GPU arena for one session; usable from another
+/// thread than the one running the session.
+pub struct DeviceAllocator {
+    allocator: ort::memory::Allocator,
+    ty: TensorElementType,
+}
+
+impl std::fmt::Debug for DeviceAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAllocator")
+            .field("ty", &self.ty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceAllocator {
+    /// A new input tensor of `shape`.
+    pub fn tensor(&self, shape: &[i64]) -> Result<DeviceTensor, EngineError> {
+        ort::value::DynTensor::new(&self.allocator, self.ty, Shape::new(shape.iter().copied()))
+            .map(DeviceTensor)
+            .map_err(|e| EngineError::Run(one_line(&e.to_string())))
+    }
 }
 
 /// Options for loading a model.
@@ -81,6 +182,8 @@ pub struct EngineOptions {
     pub output: Option<String>,
     /// Intra-op threads; 0 lets ONNX Runtime choose.
     pub intra_op_threads: usize,
+    /// Where to run it.
+    pub device: DeviceSpec,
 }
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -109,16 +212,18 @@ pub fn ort_environment() -> Result<&'static ort::environment::Environment, Engin
         .map_err(|e| EngineError::Runtime(e.clone()))
 }
 
-/// ONNX Runtime on the CPU.
+/// ONNX Runtime on the CPU or a CUDA GPU.
 pub struct OrtEngine {
     session: Session,
     info: ModelInfo,
+    device: Device,
 }
 
 impl std::fmt::Debug for OrtEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrtEngine")
             .field("info", &self.info)
+            .field("device", &self.device)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +231,42 @@ impl std::fmt::Debug for OrtEngine {
 impl OrtEngine {
     /// Loads a model from its bytes and picks its input and output.
     pub fn load(model: &[u8], opts: &EngineOptions) -> Result<Self, EngineError> {
+        ort_environment()?;
+        let device = match opts.device {
+            DeviceSpec::Cpu => Device::Cpu,
+            DeviceSpec::Cuda(n) => {
+                let count = crate::gpu::cuda_device_count()
+                    .map_err(|e| EngineError::Runtime(format!("device cuda:{n}: {e}")))?;
+                if n as usize >= count {
+                    return Err(EngineError::Runtime(format!(
+                        "device cuda:{n}: this machine has {count} GPU{}",
+                        if count == 1 { "" } else { "s" }
+                    )));
+                }
+                Device::Cuda(n)
+            }
+            DeviceSpec::Auto => match crate::gpu::cuda_device_count() {
+                Ok(n) if n > 0 => Device::Cuda(0),
+                Ok(_) => {
+                    warn_cpu_fallback("no GPU found");
+                    Device::Cpu
+                }
+                Err(e) => {
+                    warn_cpu_fallback(&e);
+                    Device::Cpu
+                }
+            },
+        };
+        match Self::load_on(model, opts, device) {
+            Err(EngineError::Runtime(e)) if opts.device == DeviceSpec::Auto => {
+                warn_cpu_fallback(&e);
+                Self::load_on(model, opts, Device::Cpu)
+            }
+            other => other,
+        }
+    }
+
+    fn load_on(model: &[u8], opts: &EngineOptions, device: Device) -> Result<Self, EngineError> {
         let env = ort_environment()?;
         let bad = |e: ort::Error| EngineError::BadModel(one_line(&e.to_string()));
         let mut builder = Session::builder(env)
@@ -136,6 +277,21 @@ impl OrtEngine {
             builder = builder
                 .with_intra_threads(opts.intra_op_threads)
                 .map_err(|e| bad(e.into()))?;
+        }
+        if let Device::Cuda(n) = device {
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(n as i32)
+                .with_conv_max_workspace(true)
+                .build()
+                .error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| {
+                EngineError::Runtime(format!(
+                    "device cuda:{n}: ONNX Runtime's CUDA execution provider is not usable \
+                     (libonnxruntime_providers_cuda.so from the onnxruntime-gpu wheel must sit \
+                     beside {ORT_DYLIB_ENV}, with CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH): {}",
+                    one_line(&ort::Error::<()>::from(e).to_string())
+                ))
+            })?;
         }
         let session = builder.commit_from_memory(model).map_err(bad)?;
         let inputs: Vec<TensorInfo> = session
@@ -150,20 +306,20 @@ impl OrtEngine {
             .collect();
         let input = pick("model.input", "input", &inputs, opts.input.as_deref())?;
         let output = pick("model.output", "output", &outputs, opts.output.as_deref())?;
-        if !input.is_f32 {
+        if input.float.is_none() {
             return Err(EngineError::Mismatch {
                 field: "model.input",
                 message: format!(
-                    "{:?} takes {} values; spotbatch feeds float32",
+                    "{:?} takes {} values; spotbatch feeds float32 or float16",
                     input.name, input.element
                 ),
             });
         }
-        if !output.is_f32 {
+        if output.float.is_none() {
             return Err(EngineError::Mismatch {
                 field: "model.output",
                 message: format!(
-                    "{:?} gives {} values; spotbatch reads float32",
+                    "{:?} gives {} values; spotbatch reads float32 or float16",
                     output.name, output.element
                 ),
             });
@@ -180,8 +336,48 @@ impl OrtEngine {
         Ok(Self {
             session,
             info: ModelInfo { input, output },
+            device,
         })
     }
+}
+
+/// Reads the chosen output, as float32.
+fn read_output(
+    info: &ModelInfo,
+    outputs: &ort::session::SessionOutputs<'_>,
+) -> Result<BatchOutput, EngineError> {
+    {
+        let run_err = |e: ort::Error| EngineError::Run(one_line(&e.to_string()));
+        let value = outputs.get(&info.output.name).ok_or_else(|| {
+            EngineError::Run(format!(
+                "output {:?} missing from the results",
+                info.output.name
+            ))
+        })?;
+        let (out_shape, data) = if info.output.float == Some(Float::F16) {
+            let (shape, data) = value.try_extract_tensor::<f16>().map_err(run_err)?;
+            (shape, data.iter().map(|v| v.to_f32()).collect())
+        } else {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+            (shape, data.to_vec())
+        };
+        Ok(BatchOutput {
+            shape: out_shape
+                .iter()
+                .map(|d| usize::try_from(*d).unwrap_or(0))
+                .collect(),
+            data,
+        })
+    }
+}
+
+/// Says once per process why `auto` runs on the CPU.
+fn warn_cpu_fallback(why: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let why = one_line(why);
+    ONCE.call_once(|| {
+        warn!(reason = %why, "device auto: running inference on the CPU ({why})");
+    });
 }
 
 impl InferenceEngine for OrtEngine {
@@ -189,27 +385,73 @@ impl InferenceEngine for OrtEngine {
         &self.info
     }
 
+    fn device(&self) -> Device {
+        self.device
+    }
+
     fn run(&mut self, input: &[f32], shape: &[i64]) -> Result<BatchOutput, EngineError> {
         let run_err = |e: ort::Error| EngineError::Run(one_line(&e.to_string()));
-        let tensor = TensorRef::from_array_view((shape.to_vec(), input)).map_err(run_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.info.input.name.as_str() => tensor])
+        let name = self.info.input.name.as_str();
+        let outputs = if self.info.input.float == Some(Float::F16) {
+            let halves: Vec<f16> = input.iter().map(|v| f16::from_f32(*v)).collect();
+            let tensor =
+                TensorRef::from_array_view((shape.to_vec(), halves.as_slice())).map_err(run_err)?;
+            self.session.run(ort::inputs![name => tensor])
+        } else {
+            let tensor = TensorRef::from_array_view((shape.to_vec(), input)).map_err(run_err)?;
+            self.session.run(ort::inputs![name => tensor])
+        }
+        .map_err(run_err)?;
+        read_output(&self.info, &outputs)
+    }
+
+    fn device_allocator(&mut self) -> Result<DeviceAllocator, EngineError> {
+        let run_err = |e: ort::Error| EngineError::Run(one_line(&e.to_string()));
+        let Device::Cuda(gpu) = self.device else {
+            return Err(EngineError::Run(
+                "GPU input asked of a model running on the CPU".into(),
+            ));
+        };
+        let on_gpu = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            gpu as i32,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(run_err)?;
+        let allocator = ort::memory::Allocator::new(&self.session, on_gpu).map_err(run_err)?;
+        let ty = match self.info.input.float {
+            Some(Float::F16) => TensorElementType::Float16,
+            _ => TensorElementType::Float32,
+        };
+        Ok(DeviceAllocator { allocator, ty })
+    }
+
+    fn run_device(&mut self, input: DeviceTensor) -> Result<BatchOutput, EngineError> {
+        let run_err = |e: ort::Error| EngineError::Run(one_line(&e.to_string()));
+        let Device::Cuda(gpu) = self.device else {
+            return Err(EngineError::Run(
+                "GPU input given to a model running on the CPU".into(),
+            ));
+        };
+        // Outputs come back to pinned host memory (CPU-readable), copied by the CUDA provider.
+        let on_host = MemoryInfo::new(
+            AllocationDevice::CUDA_PINNED,
+            gpu as i32,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )
+        .map_err(run_err)?;
+        let mut binding = self.session.create_binding().map_err(run_err)?;
+        // An owned tensor: ONNX Runtime binds it as it is (a borrowed one would be copied first).
+        binding
+            .bind_input(&self.info.input.name, &input.0)
             .map_err(run_err)?;
-        let value = outputs.get(&self.info.output.name).ok_or_else(|| {
-            EngineError::Run(format!(
-                "output {:?} missing from the results",
-                self.info.output.name
-            ))
-        })?;
-        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
-        Ok(BatchOutput {
-            shape: out_shape
-                .iter()
-                .map(|d| usize::try_from(*d).unwrap_or(0))
-                .collect(),
-            data: data.to_vec(),
-        })
+        binding
+            .bind_output_to_device(&self.info.output.name, &on_host)
+            .map_err(run_err)?;
+        let outputs = self.session.run_binding(&binding).map_err(run_err)?;
+        read_output(&self.info, &outputs)
     }
 }
 
@@ -218,13 +460,17 @@ fn tensor_info(name: &str, ty: &ValueType) -> TensorInfo {
         ValueType::Tensor { ty, shape, .. } => TensorInfo {
             name: name.to_string(),
             element: ty.to_string(),
-            is_f32: *ty == TensorElementType::Float32,
+            float: match ty {
+                TensorElementType::Float32 => Some(Float::F32),
+                TensorElementType::Float16 => Some(Float::F16),
+                _ => None,
+            },
             dims: shape.iter().copied().collect(),
         },
         other => TensorInfo {
             name: name.to_string(),
             element: other.to_string(),
-            is_f32: false,
+            float: None,
             dims: Vec::new(),
         },
     }

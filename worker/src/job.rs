@@ -2,13 +2,18 @@
 //! post-processing fitted to that model. Loaded once per job per worker and shared by its shards.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use spotbatch_coordinator::{JobLayout, Prefix};
-use spotbatch_proto::{Manifest, ShardTask};
+use spotbatch_proto::manifest::{DeviceSpec, PreprocessDevice};
+use spotbatch_proto::{sha256_hex, Manifest, ShardTask};
+use tracing::{info, warn};
 
-use crate::engine::{EngineError, EngineOptions, InferenceEngine, OrtEngine};
+use crate::engine::{
+    Device, DeviceAllocator, EngineError, EngineOptions, InferenceEngine, OrtEngine,
+};
+use crate::gpu::GpuPreprocessor;
 use crate::model::{check_output, parse_labels, plan_input, InputPlan};
 use crate::postprocess::Postprocessor;
 use crate::preprocess::Preprocessor;
@@ -40,6 +45,112 @@ pub enum JobError {
 /// Largest model or labels file read (model files are read whole into memory).
 const MAX_MODEL_BYTES: u64 = 4 << 30;
 
+/// A loaded model with its input plan and preprocessing. Jobs whose model file, model settings
+/// and preprocessing are the same share one, so their items fill the same batches.
+pub struct ModelRuntime {
+    /// Image → input values (CPU path; also decodes for the GPU path).
+    pub pre: Preprocessor,
+    /// The input's shape per item.
+    pub plan: InputPlan,
+    /// The loaded model (used by the engine thread only).
+    pub engine: Mutex<Box<dyn InferenceEngine>>,
+    /// GPU preprocessing, when images are resized and normalised on the GPU, with the allocator
+    /// of the input tensors it writes.
+    pub gpu: Option<(Mutex<GpuPreprocessor>, Mutex<DeviceAllocator>)>,
+    /// Items per inference call.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more items.
+    pub max_batch_delay: Duration,
+    /// Where the model runs.
+    pub device: Device,
+}
+
+impl ModelRuntime {
+    /// The batch size a batch of `n` items runs at: the model's fixed batch; on a GPU the next
+    /// power of two up to `batch_size` (padding), so the session sees a few shapes only (cuDNN
+    /// tunes its kernels once per shape); else `n`.
+    pub fn run_size(&self, n: usize) -> usize {
+        match (self.plan.fixed_batch, self.device) {
+            (Some(f), _) => f.max(n),
+            (None, Device::Cuda(_)) => n.next_power_of_two().min(self.batch_size).max(n),
+            (None, Device::Cpu) => n,
+        }
+    }
+}
+
+impl std::fmt::Debug for ModelRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRuntime")
+            .field("device", &self.device)
+            .field("gpu_preprocess", &self.gpu.is_some())
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelRuntime {
+    /// Loads the model and fits the manifest's preprocessing to it.
+    fn load(
+        manifest: &Manifest,
+        model_bytes: &[u8],
+        intra_op_threads: Option<usize>,
+        device: DeviceSpec,
+    ) -> Result<Self, JobError> {
+        let opts = EngineOptions {
+            input: manifest.raw.model.input.clone(),
+            output: manifest.raw.model.output.clone(),
+            intra_op_threads: intra_op_threads.unwrap_or(manifest.raw.model.intra_op_threads),
+            device,
+        };
+        let mut engine = OrtEngine::load(model_bytes, &opts)?;
+        let plan = plan_input(manifest, engine.info())?;
+        let pre = Preprocessor::new(manifest, &plan);
+        let device = engine.device();
+        let float = engine
+            .info()
+            .input
+            .float
+            .unwrap_or(crate::engine::Float::F32);
+        let want = manifest.raw.preprocess.device;
+        let gpu = match (device, want) {
+            (_, PreprocessDevice::Cpu) => None,
+            (Device::Cpu, PreprocessDevice::Gpu) => return Err(EngineError::Mismatch {
+                field: "preprocess.device",
+                message:
+                    "gpu needs the model on a GPU (model.device = cuda); it runs on the CPU here"
+                        .into(),
+            }
+            .into()),
+            (Device::Cpu, PreprocessDevice::Auto) => None,
+            (Device::Cuda(n), _) => match GpuPreprocessor::new(n, pre.tensor_spec(float))
+                .and_then(|g| Ok((g, engine.device_allocator().map_err(|e| e.to_string())?)))
+            {
+                Ok((g, a)) => Some((Mutex::new(g), Mutex::new(a))),
+                Err(e) if want == PreprocessDevice::Gpu => {
+                    return Err(
+                        EngineError::Runtime(format!("preprocess.device = gpu: {e}")).into(),
+                    )
+                }
+                Err(e) => {
+                    warn!(error = %e, "preprocessing on the CPU: the GPU path is not usable");
+                    None
+                }
+            },
+        };
+        info!(job = %manifest.job_id, device = %device, gpu_preprocess = gpu.is_some(),
+              input = ?engine.info().input.element, "model loaded");
+        Ok(Self {
+            batch_size: plan.fixed_batch.unwrap_or(manifest.raw.model.batch_size),
+            max_batch_delay: Duration::from_millis(manifest.raw.model.max_batch_delay_ms),
+            pre,
+            plan,
+            engine: Mutex::new(Box::new(engine)),
+            gpu,
+            device,
+        })
+    }
+}
+
 /// Everything a worker needs to run one job's shards.
 pub struct JobContext {
     /// The manifest.
@@ -48,14 +159,10 @@ pub struct JobContext {
     pub input: Prefix,
     /// The job's output prefix.
     pub layout: JobLayout,
-    /// Image → input values.
-    pub pre: Preprocessor,
     /// Output values → row value.
     pub post: Postprocessor,
-    /// The input's shape per item.
-    pub plan: InputPlan,
-    /// The loaded model (used by the engine thread only).
-    pub engine: Mutex<Box<dyn InferenceEngine>>,
+    /// The model, its input plan and preprocessing (possibly shared with other jobs).
+    pub runtime: Arc<ModelRuntime>,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -67,11 +174,9 @@ impl std::fmt::Debug for JobContext {
 }
 
 impl JobContext {
-    /// Reads the model and labels, loads the model and fits the manifest to it.
-    pub async fn load(
-        manifest: Manifest,
-        intra_op_threads: Option<usize>,
-    ) -> Result<Self, JobError> {
+    /// Reads the model and labels, loads the model (or reuses one loaded for an identical model
+    /// and preprocessing) and fits the manifest to it.
+    pub async fn load(manifest: Manifest, jobs: &Jobs) -> Result<Self, JobError> {
         let file_err = |field: &'static str| move |e: String| JobError::File { field, message: e };
         let model_bytes = read_url(&manifest.model)
             .await
@@ -89,16 +194,36 @@ impl JobContext {
             }
             None => None,
         };
-        let opts = EngineOptions {
-            input: manifest.raw.model.input.clone(),
-            output: manifest.raw.model.output.clone(),
-            intra_op_threads: intra_op_threads.unwrap_or(manifest.raw.model.intra_op_threads),
+        let device = jobs.device.unwrap_or_else(|| manifest.device());
+        let key = runtime_key(&manifest, &model_bytes, jobs.intra_op_threads, device);
+        let shared = jobs
+            .runtimes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&key).and_then(Weak::upgrade));
+        let runtime = match shared {
+            Some(rt) => rt,
+            None => {
+                let (m, threads) = (manifest.clone(), jobs.intra_op_threads);
+                let rt = tokio::task::spawn_blocking(move || {
+                    ModelRuntime::load(&m, &model_bytes, threads, device)
+                })
+                .await
+                .map_err(|e| EngineError::Runtime(format!("model loading thread failed: {e}")))??;
+                let rt = Arc::new(rt);
+                if let Ok(mut r) = jobs.runtimes.lock() {
+                    r.retain(|_, w| w.strong_count() > 0);
+                    r.insert(key, Arc::downgrade(&rt));
+                }
+                rt
+            }
         };
-        let engine = tokio::task::spawn_blocking(move || OrtEngine::load(&model_bytes, &opts))
-            .await
-            .map_err(|e| EngineError::Runtime(format!("model loading thread failed: {e}")))??;
-        let plan = plan_input(&manifest, engine.info())?;
-        check_output(&manifest, engine.info(), labels.as_deref())?;
+        let info = runtime
+            .engine
+            .lock()
+            .map(|e| e.info().clone())
+            .map_err(|_| EngineError::Runtime("engine lock poisoned".into()))?;
+        check_output(&manifest, &info, labels.as_deref())?;
         let input = Prefix::open(&manifest.input).map_err(|e| JobError::File {
             field: "input.uri",
             message: e.to_string(),
@@ -108,27 +233,33 @@ impl JobContext {
             message: e.to_string(),
         })?;
         Ok(Self {
-            pre: Preprocessor::new(&manifest, &plan),
             post: Postprocessor::new(manifest.raw.postprocess.clone(), labels),
             input,
             layout,
-            plan,
-            engine: Mutex::new(Box::new(engine)),
+            runtime,
             manifest,
         })
     }
+}
 
-    /// Items per inference call.
-    pub fn batch_size(&self) -> usize {
-        self.plan
-            .fixed_batch
-            .unwrap_or(self.manifest.raw.model.batch_size)
-    }
-
-    /// How long a partial batch waits for more items.
-    pub fn max_batch_delay(&self) -> Duration {
-        Duration::from_millis(self.manifest.raw.model.max_batch_delay_ms)
-    }
+/// What makes two jobs' models interchangeable: the model's bytes, the settings that shape the
+/// session and its batches, and the preprocessing.
+fn runtime_key(
+    m: &Manifest,
+    model_bytes: &[u8],
+    intra_op_threads: Option<usize>,
+    device: DeviceSpec,
+) -> String {
+    let mut model = m.raw.model.clone();
+    model.uri = String::new();
+    model.device = None;
+    let settings = serde_json::json!({
+        "model": model,
+        "preprocess": m.raw.preprocess,
+        "threads": intra_op_threads,
+        "device": device.to_string(),
+    });
+    format!("{}:{}", sha256_hex(model_bytes), settings)
 }
 
 /// Reads a whole small file (model, labels) by URL.
@@ -149,7 +280,9 @@ pub async fn read_url(url: &url::Url) -> Result<bytes::Bytes, String> {
 pub struct Jobs {
     manifests: std::sync::Mutex<HashMap<String, Manifest>>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<JobContext>>>,
+    runtimes: std::sync::Mutex<HashMap<String, Weak<ModelRuntime>>>,
     intra_op_threads: Option<usize>,
+    device: Option<DeviceSpec>,
 }
 
 impl Jobs {
@@ -166,8 +299,16 @@ impl Jobs {
                     .collect(),
             ),
             loaded: Default::default(),
+            runtimes: Default::default(),
             intra_op_threads,
+            device: None,
         }
+    }
+
+    /// Runs every job's model on `device` whatever its manifest says (`--device`).
+    pub fn with_device(mut self, device: Option<DeviceSpec>) -> Self {
+        self.device = device;
+        self
     }
 
     /// The longest visibility timeout among the known jobs (one lease call serves them all).
@@ -231,7 +372,7 @@ impl Jobs {
             return Ok(Arc::clone(ctx));
         }
         let digest = manifest.digest.clone();
-        let ctx = Arc::new(JobContext::load(manifest, self.intra_op_threads).await?);
+        let ctx = Arc::new(JobContext::load(manifest, self).await?);
         loaded.insert(digest, Arc::clone(&ctx));
         Ok(ctx)
     }

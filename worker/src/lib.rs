@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod gpu;
 pub mod job;
 pub mod link;
 pub mod model;
@@ -12,6 +13,6 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod validate;
 
-pub use engine::{EngineError, InferenceEngine, OrtEngine, ORT_DYLIB_ENV};
+pub use engine::{Device, EngineError, Float, InferenceEngine, OrtEngine, ORT_DYLIB_ENV};
 pub use job::{JobContext, JobError, Jobs};
 pub use pipeline::{run_worker, Progress, WorkerOptions};

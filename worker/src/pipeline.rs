@@ -31,7 +31,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::job::{JobContext, Jobs};
+use crate::engine::{BatchOutput, DeviceAllocator, DeviceTensor};
+use crate::gpu::{GpuPreprocessor, Pixels, Prepared};
+use crate::job::{JobContext, Jobs, ModelRuntime};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -258,11 +260,17 @@ struct Fetched {
     bytes: Bytes,
 }
 
+/// One item's model input: preprocessed values (CPU path) or decoded pixels (GPU path).
+enum Input {
+    Values(Vec<f32>),
+    Pixels(Pixels),
+}
+
 struct Decoded {
     work: Arc<ShardWork>,
     idx: usize,
     key: String,
-    values: Vec<f32>,
+    input: Input,
 }
 
 /// State shared by a worker's tasks.
@@ -828,7 +836,7 @@ async fn process_shard(
         }
         let _ = fed_tx.send(FeedEnd::Fed(fed, Some(permit)));
     };
-    let low_water = 2 * ctx.batch_size();
+    let low_water = 2 * ctx.runtime.batch_size;
     let collect = async {
         let mut permit: Option<tokio::sync::SemaphorePermit<'_>> = None;
         let mut have = 0;
@@ -928,20 +936,27 @@ fn decode_loop(rx: async_channel::Receiver<Fetched>, tx: crossbeam_channel::Send
             continue;
         }
         let t0 = Instant::now();
-        let mut values = Vec::with_capacity(item.work.ctx.plan.item_len);
-        let pre = &item.work.ctx.pre;
-        let result =
-            std::panic::catch_unwind(AssertUnwindSafe(|| pre.process(&item.bytes, &mut values)))
-                .unwrap_or_else(|_| Err("the image decoder crashed on this input".into()));
+        let rt = &item.work.ctx.runtime;
+        let pre = &rt.pre;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if rt.gpu.is_some() {
+                pre.decode_pixels(&item.bytes).map(Input::Pixels)
+            } else {
+                let mut values = Vec::with_capacity(rt.plan.item_len);
+                pre.process(&item.bytes, &mut values)
+                    .map(|()| Input::Values(values))
+            }
+        }))
+        .unwrap_or_else(|_| Err("the image decoder crashed on this input".into()));
         metrics::histogram!("spotbatch_stage_seconds", "stage" => "decode")
             .record(t0.elapsed().as_secs_f64());
         match result {
-            Ok(()) => {
+            Ok(input) => {
                 let d = Decoded {
                     work: item.work,
                     idx: item.idx,
                     key: item.key,
-                    values,
+                    input,
                 };
                 if tx.send(d).is_err() {
                     return;
@@ -955,79 +970,215 @@ fn decode_loop(rx: async_channel::Receiver<Fetched>, tx: crossbeam_channel::Send
     }
 }
 
+/// A batch being filled: items of jobs that share one model runtime.
+struct Filling {
+    rt: Arc<ModelRuntime>,
+    items: Vec<Decoded>,
+    until: Instant,
+}
+
+/// A batch whose input is being written on the GPU, on its way to the infer thread.
+struct InFlight {
+    rt: Arc<ModelRuntime>,
+    items: Vec<Decoded>,
+    prepared: Result<(DeviceTensor, Prepared), String>,
+}
+
+/// The engine thread: fills batches (across shards, and across jobs that share a model) up to
+/// the batch size or until the oldest item has waited `max_batch_delay_ms`, then runs them. A
+/// batch preprocessed on the GPU is packed, copied up and its kernels started here, then handed
+/// to the infer thread, so that the next batch's packing, copy and kernels overlap the model's
+/// compute on the current one.
 fn engine_loop(
     rx: crossbeam_channel::Receiver<Decoded>,
     throttle: Option<Duration>,
     mut processed_log: Option<std::fs::File>,
 ) {
-    let mut carry: Option<Decoded> = None;
-    loop {
-        let first = match carry.take() {
-            Some(d) => d,
-            None => match rx.recv() {
-                Ok(d) => d,
-                Err(_) => return,
-            },
-        };
-        if first.work.cancel.is_cancelled() {
-            continue;
-        }
-        let ctx = Arc::clone(&first.work.ctx);
-        let size = ctx.batch_size();
-        let until = Instant::now() + ctx.max_batch_delay();
-        let mut batch = vec![first];
-        while batch.len() < size {
-            match rx.recv_deadline(until) {
-                Ok(d) if d.work.cancel.is_cancelled() => {}
-                Ok(d) if Arc::ptr_eq(&d.work.ctx, &ctx) => batch.push(d),
-                Ok(d) => {
-                    carry = Some(d);
-                    break;
-                }
-                Err(_) => break,
+    let (gpu_tx, gpu_rx) = crossbeam_channel::bounded::<InFlight>(1);
+    let infer = std::thread::Builder::new()
+        .name("infer".into())
+        .spawn(move || {
+            while let Ok(f) = gpu_rx.recv() {
+                finish_gpu(f);
             }
+        });
+    let mut filling: Vec<Filling> = Vec::new();
+    let mut dispatch = |batch: Filling| {
+        let items: Vec<Decoded> = batch
+            .items
+            .into_iter()
+            .filter(|d| !d.work.cancel.is_cancelled())
+            .collect();
+        if items.is_empty() {
+            return;
         }
         if let Some(f) = processed_log.as_mut() {
             use std::io::Write;
-            let keys: String = batch.iter().map(|d| format!("{}\n", d.key)).collect();
+            let keys: String = items.iter().map(|d| format!("{}\n", d.key)).collect();
             let _ = f.write_all(keys.as_bytes());
         }
-        run_batch(&ctx, batch);
+        metrics::histogram!("spotbatch_batch_fill_ratio")
+            .record(items.len() as f64 / batch.rt.batch_size.max(1) as f64);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut jobs: Vec<&str> = items
+                .iter()
+                .map(|d| d.work.ctx.manifest.job_id.as_str())
+                .collect();
+            jobs.sort_unstable();
+            jobs.dedup();
+            let mut shards: Vec<*const ShardWork> =
+                items.iter().map(|d| Arc::as_ptr(&d.work)).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            debug!(items = items.len(), shards = shards.len(), jobs = jobs.len(),
+                   device = %batch.rt.device, "batch dispatched");
+        }
+        match (&batch.rt.gpu, &infer) {
+            (Some(gpu), Ok(_)) => {
+                let prepared = prepare_on_gpu(&batch.rt, gpu, &items);
+                let next = InFlight {
+                    rt: batch.rt,
+                    items,
+                    prepared,
+                };
+                if let Err(crossbeam_channel::SendError(f)) = gpu_tx.send(next) {
+                    finish_gpu(f);
+                }
+            }
+            _ => run_batch(&batch.rt, items, None),
+        }
         if let Some(pause) = throttle {
             std::thread::sleep(pause);
         }
+    };
+    loop {
+        let next = match filling.iter().map(|b| b.until).min() {
+            Some(t) => rx.recv_deadline(t),
+            None => rx
+                .recv()
+                .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(d) if d.work.cancel.is_cancelled() => {}
+            Ok(d) => {
+                let rt = Arc::clone(&d.work.ctx.runtime);
+                let at = match filling.iter().position(|b| Arc::ptr_eq(&b.rt, &rt)) {
+                    Some(i) => i,
+                    None => {
+                        filling.push(Filling {
+                            until: Instant::now() + rt.max_batch_delay,
+                            rt,
+                            items: Vec::new(),
+                        });
+                        filling.len() - 1
+                    }
+                };
+                filling[at].items.push(d);
+                if filling[at].items.len() >= filling[at].rt.batch_size {
+                    let full = filling.swap_remove(at);
+                    dispatch(full);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                let (due, wait): (Vec<_>, Vec<_>) = filling.drain(..).partition(|b| b.until <= now);
+                filling = wait;
+                for b in due {
+                    dispatch(b);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                for b in std::mem::take(&mut filling) {
+                    dispatch(b);
+                }
+                break;
+            }
+        }
     }
+    drop(gpu_tx);
+    if let Ok(t) = infer {
+        let _ = t.join();
+    }
+}
+
+/// Allocates the batch's input tensor on the GPU and starts writing it there.
+fn prepare_on_gpu(
+    rt: &ModelRuntime,
+    gpu: &(
+        std::sync::Mutex<GpuPreprocessor>,
+        std::sync::Mutex<DeviceAllocator>,
+    ),
+    items: &[Decoded],
+) -> Result<(DeviceTensor, Prepared), String> {
+    let t0 = Instant::now();
+    let pixels: Vec<&Pixels> = items
+        .iter()
+        .filter_map(|d| match &d.input {
+            Input::Pixels(p) => Some(p),
+            Input::Values(_) => None,
+        })
+        .collect();
+    if pixels.len() != items.len() {
+        return Err("GPU preprocessing got CPU-preprocessed items".into());
+    }
+    let run_n = rt.run_size(items.len());
+    let mut tensor = gpu
+        .1
+        .lock()
+        .map_err(|_| "GPU allocator lock poisoned".to_string())?
+        .tensor(&input_shape(rt, run_n))
+        .map_err(|e| e.to_string())?;
+    let prepared = gpu
+        .0
+        .lock()
+        .map_err(|_| "GPU preprocessor lock poisoned".to_string())?
+        .prepare(&pixels, run_n, Some(tensor.ptr()))?;
+    metrics::histogram!("spotbatch_stage_seconds", "stage" => "gpu_preprocess")
+        .record(t0.elapsed().as_secs_f64());
+    Ok((tensor, prepared))
+}
+
+fn finish_gpu(f: InFlight) {
+    let prepared = f.prepared;
+    if let Err(e) = &prepared {
+        warn!(error = %e, "GPU preprocessing failed for a batch");
+    }
+    debug!(items = f.items.len(), "running a GPU-preprocessed batch");
+    run_batch(&f.rt, f.items, Some(prepared));
 }
 
 /// Runs one batch and sends each item's row. If the batch fails, each item is run alone: items
 /// that fail alone get error rows; if every item fails, their shards fail (the model is broken).
-fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
-    let Ok(mut engine) = ctx.engine.lock() else {
+/// `prepared` is the batch's input on the GPU when it was preprocessed there.
+fn run_batch(
+    rt: &ModelRuntime,
+    batch: Vec<Decoded>,
+    prepared: Option<Result<(DeviceTensor, Prepared), String>>,
+) {
+    let Ok(mut engine) = rt.engine.lock() else {
         for d in &batch {
             d.work.send(ToShard::Fail("engine lock poisoned".into()));
         }
         return;
     };
-    let item_len = ctx.plan.item_len;
-    let mut input =
-        Vec::with_capacity(item_len * batch.len().max(ctx.plan.fixed_batch.unwrap_or(0)));
-    for d in &batch {
-        input.extend_from_slice(&d.values);
-    }
     let t0 = Instant::now();
-    match infer(engine.as_mut(), ctx, &input, batch.len()) {
-        Ok(outs) => {
+    let result = match prepared {
+        Some(p) => p.and_then(|(t, p)| infer_gpu(engine.as_mut(), rt, t, &p, batch.len())),
+        None => infer_cpu(engine.as_mut(), rt, &batch),
+    };
+    match result {
+        Ok(out) => {
             metrics::histogram!("spotbatch_inference_seconds").record(t0.elapsed().as_secs_f64());
             metrics::histogram!("spotbatch_batch_size").record(batch.len() as f64);
-            for (d, out) in batch.into_iter().zip(outs) {
-                let row = match out {
+            for (i, d) in batch.into_iter().enumerate() {
+                let row = match item_row(&out, i, &d) {
                     Ok(value) => OutputRow {
                         key: d.key,
-                        kind: ctx.post.kind(),
+                        kind: d.work.ctx.post.kind(),
                         value: Some(value),
                         error: None,
                     },
-                    Err(reason) => OutputRow::failed(d.key, ctx.post.kind(), reason),
+                    Err(reason) => OutputRow::failed(d.key, d.work.ctx.post.kind(), reason),
                 };
                 d.work.send(ToShard::Row(d.idx, row));
             }
@@ -1038,34 +1189,28 @@ fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
             }
         }
         Err(batch_err) => {
-            warn!(job = %ctx.manifest.job_id, error = %batch_err, "batch failed; running its items one by one");
-            let singles: Vec<Result<Vec<Result<spotbatch_proto::RowValue, String>>, String>> =
-                batch
-                    .iter()
-                    .map(|d| infer(engine.as_mut(), ctx, &d.values, 1))
-                    .collect();
+            warn!(error = %batch_err, "batch failed; running its items one by one");
+            let singles: Vec<Result<BatchOutput, String>> = batch
+                .iter()
+                .map(|d| infer_one(engine.as_mut(), rt, d))
+                .collect();
             let all_failed = singles.iter().all(|r| r.is_err());
             for (d, r) in batch.into_iter().zip(singles) {
                 match (r, all_failed) {
                     (Err(e), true) => d.work.send(ToShard::Fail(e)),
                     (Err(e), false) => {
-                        let row = OutputRow::failed(d.key, ctx.post.kind(), e);
+                        let row = OutputRow::failed(d.key, d.work.ctx.post.kind(), e);
                         d.work.send(ToShard::Row(d.idx, row));
                     }
-                    (Ok(mut v), _) => {
-                        let row = match v.pop() {
-                            Some(Ok(value)) => OutputRow {
+                    (Ok(out), _) => {
+                        let row = match item_row(&out, 0, &d) {
+                            Ok(value) => OutputRow {
                                 key: d.key,
-                                kind: ctx.post.kind(),
+                                kind: d.work.ctx.post.kind(),
                                 value: Some(value),
                                 error: None,
                             },
-                            Some(Err(reason)) => OutputRow::failed(d.key, ctx.post.kind(), reason),
-                            None => OutputRow::failed(
-                                d.key,
-                                ctx.post.kind(),
-                                "model returned no output",
-                            ),
+                            Err(reason) => OutputRow::failed(d.key, d.work.ctx.post.kind(), reason),
                         };
                         d.work.send(ToShard::Row(d.idx, row));
                     }
@@ -1075,40 +1220,86 @@ fn run_batch(ctx: &JobContext, batch: Vec<Decoded>) {
     }
 }
 
-type ItemResults = Vec<Result<spotbatch_proto::RowValue, String>>;
-
-/// Runs `n` items (padding to a fixed batch size), splits the output per item and post-processes.
-fn infer(
-    engine: &mut dyn crate::engine::InferenceEngine,
-    ctx: &JobContext,
-    input: &[f32],
-    n: usize,
-) -> Result<ItemResults, String> {
-    let item_len = ctx.plan.item_len;
-    let run_n = ctx.plan.fixed_batch.unwrap_or(n).max(n);
-    let mut shape = Vec::with_capacity(ctx.plan.item_shape.len() + 1);
+/// The model's full input shape for `run_n` items.
+fn input_shape(rt: &ModelRuntime, run_n: usize) -> Vec<i64> {
+    let mut shape = Vec::with_capacity(rt.plan.item_shape.len() + 1);
     shape.push(run_n as i64);
-    shape.extend_from_slice(&ctx.plan.item_shape);
-    let out = if run_n > n {
-        let mut padded = input.to_vec();
-        padded.resize(run_n * item_len, 0.0);
-        engine.run(&padded, &shape)
-    } else {
-        engine.run(input, &shape)
+    shape.extend_from_slice(&rt.plan.item_shape);
+    shape
+}
+
+/// Runs CPU-preprocessed items (padding to a fixed batch size).
+fn infer_cpu(
+    engine: &mut dyn crate::engine::InferenceEngine,
+    rt: &ModelRuntime,
+    items: &[Decoded],
+) -> Result<BatchOutput, String> {
+    let n = items.len();
+    let run_n = rt.run_size(n);
+    let mut input = Vec::with_capacity(rt.plan.item_len * run_n);
+    for d in items {
+        match &d.input {
+            Input::Values(v) => input.extend_from_slice(v),
+            Input::Pixels(_) => return Err("CPU inference got GPU-bound pixels".into()),
+        }
     }
-    .map_err(|e| e.to_string())?;
+    input.resize(run_n * rt.plan.item_len, 0.0);
+    let out = engine
+        .run(&input, &input_shape(rt, run_n))
+        .map_err(|e| e.to_string())?;
+    check_batch(out, run_n)
+}
+
+/// Runs a batch whose input was written on the GPU.
+fn infer_gpu(
+    engine: &mut dyn crate::engine::InferenceEngine,
+    rt: &ModelRuntime,
+    tensor: DeviceTensor,
+    p: &Prepared,
+    n: usize,
+) -> Result<BatchOutput, String> {
+    let run_n = rt.run_size(n);
+    if let Some((gpu, _)) = &rt.gpu {
+        gpu.lock()
+            .map_err(|_| "GPU preprocessor lock poisoned".to_string())?
+            .wait(p)?;
+    }
+    let out = engine.run_device(tensor).map_err(|e| e.to_string())?;
+    check_batch(out, run_n)
+}
+
+/// Runs one item alone, on the path it was preprocessed for.
+fn infer_one(
+    engine: &mut dyn crate::engine::InferenceEngine,
+    rt: &ModelRuntime,
+    d: &Decoded,
+) -> Result<BatchOutput, String> {
+    match (&d.input, &rt.gpu) {
+        (Input::Pixels(_), Some(gpu)) => {
+            let (t, p) = prepare_on_gpu(rt, gpu, std::slice::from_ref(d))?;
+            infer_gpu(engine, rt, t, &p, 1)
+        }
+        _ => infer_cpu(engine, rt, std::slice::from_ref(d)),
+    }
+}
+
+fn check_batch(out: BatchOutput, run_n: usize) -> Result<BatchOutput, String> {
     if out.shape.first().copied() != Some(run_n) {
         return Err(format!(
             "model output shape {:?} does not start with the batch size {run_n}",
             out.shape
         ));
     }
-    let per = out.data.len() / run_n.max(1);
-    let item_shape = &out.shape[1..];
-    Ok(out
+    Ok(out)
+}
+
+/// Item `i`'s output, post-processed by its own job.
+fn item_row(out: &BatchOutput, i: usize, d: &Decoded) -> Result<spotbatch_proto::RowValue, String> {
+    let run_n = out.shape.first().copied().unwrap_or(1).max(1);
+    let per = out.data.len() / run_n;
+    let values = out
         .data
-        .chunks_exact(per.max(1))
-        .take(n)
-        .map(|values| ctx.post.apply(values, item_shape))
-        .collect())
+        .get(i * per..(i + 1) * per)
+        .ok_or_else(|| "model returned no output for this item".to_string())?;
+    d.work.ctx.post.apply(values, &out.shape[1..])
 }

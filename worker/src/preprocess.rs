@@ -58,8 +58,41 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// The tensor layout and normalisation, for the GPU path.
+    pub fn tensor_spec(&self, float: crate::engine::Float) -> crate::gpu::TensorSpec {
+        crate::gpu::TensorSpec {
+            width: self.width,
+            height: self.height,
+            color: self.color,
+            layout: self.layout,
+            mul: self.mul.clone(),
+            add: self.add.clone(),
+            float,
+        }
+    }
+
+    /// Decodes for the GPU path: the same checks as [`Self::process`], then RGB pixels at the
+    /// image's own size (the GPU converts colour and resizes).
+    pub fn decode_pixels(&self, bytes: &[u8]) -> Result<crate::gpu::Pixels, String> {
+        let img = self.decode_checked(bytes)?.into_rgb8();
+        Ok(crate::gpu::Pixels {
+            width: img.width(),
+            height: img.height(),
+            rgb: img.into_raw(),
+        })
+    }
+
     /// Decodes and converts to the target size and colour: interleaved bytes, `channels` per pixel.
     pub fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let img = self.decode_checked(bytes)?;
+        match self.color {
+            Color::Gray => self.resized(to_gray(img)),
+            Color::Rgb | Color::Bgr => self.resized(DynamicImage::ImageRgb8(img.into_rgb8())),
+        }
+    }
+
+    /// Decodes with the size checks (pixel limit, model size when not resizing).
+    fn decode_checked(&self, bytes: &[u8]) -> Result<DynamicImage, String> {
         if bytes.is_empty() {
             return Err("empty file".into());
         }
@@ -111,10 +144,7 @@ impl Preprocessor {
                 self.height
             ));
         }
-        match self.color {
-            Color::Gray => self.resized(to_gray(img)),
-            Color::Rgb | Color::Bgr => self.resized(DynamicImage::ImageRgb8(img.into_rgb8())),
-        }
+        Ok(img)
     }
 
     /// Resizes interleaved 8-bit pixels (gray or RGB) to the target size: a SIMD bilinear

@@ -51,12 +51,14 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
     }
     let mut summary = None;
     if files_ok {
-        match JobContext::load(m.clone(), Some(1)).await {
+        let jobs = crate::Jobs::new([], Some(1));
+        match JobContext::load(m.clone(), &jobs).await {
             Ok(ctx) => {
-                let info = ctx.engine.lock().map(|e| e.info().clone()).ok();
+                let rt = &ctx.runtime;
+                let info = rt.engine.lock().map(|e| e.info().clone()).ok();
                 if let Some(info) = info {
                     summary = Some((
-                        format!("{:?} {:?}", info.input.name, ctx.plan.item_shape),
+                        format!("{:?} {:?}", info.input.name, rt.plan.item_shape),
                         format!("{:?} {:?}", info.output.name, info.output.dims),
                     ));
                 }

@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""GPU checks and benchmark, all in one run on one GPU machine (`make bench-gpu`, or by hand on a
+machine with the onnxruntime-gpu wheel's libraries):
+
+  parity     the same images through `spotbatch run --device cpu` and `--device cuda` (GPU
+             preprocessing) on a ResNet-50-shaped model, fp32 and fp16: top-1 agreement and the
+             largest score difference; the demo's checks are in `cargo test --test gpu`;
+  spotbatch  `spotbatch run --device cuda` on N 256x256 JPEGs (decode on the CPU, resize and
+             normalise on the GPU, batches through IO binding, top-5 rows written as JSONL, queue
+             and done markers), fp32 and fp16;
+  ceiling    onnxruntime-gpu's raw session.run with the CUDA provider on the same model, same batch
+             size, inputs decoded and preprocessed beforehand (numpy in, numpy out: only inference
+             and its copies are timed); and the same with the input already on the GPU (IO binding),
+             the model's own compute alone.
+
+Prints items/s and the ratios, and writes results.json.
+usage: gpu.py --spotbatch BIN [--images N] [--batch B] [--repeat R] [--work DIR]
+The Python onnxruntime must be the onnxruntime-gpu build; ORT_DYLIB_PATH its libonnxruntime.so.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def make_images(work, n):
+    images = os.path.join(work, f"images-{n}")
+    if not os.path.isdir(images):
+        os.makedirs(images)
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:256, 0:256].astype(np.float32) / 256.0
+        for i in range(n):
+            a, b, c = rng.uniform(0.5, 8.0, 3)
+            img = np.stack([np.sin(a * xx + b * yy + c), np.cos(b * xx - a * yy), np.sin(c * xx * yy + a)], -1)
+            img = ((img + 1) * 127.5 + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img, "RGB").save(os.path.join(images, f"{i:05d}.jpg"), quality=90)
+    return images
+
+
+def make_model(work, fp16):
+    path = os.path.join(work, "resnet50-fp16.onnx" if fp16 else "resnet50.onnx")
+    if not os.path.exists(path):
+        cmd = [sys.executable, os.path.join(ROOT, "benches", "make_resnet50.py"), path] + (["--fp16"] if fp16 else [])
+        subprocess.run(cmd, check=True)
+    return path
+
+
+def preprocess(path):
+    img = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
+    x = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
+    return x.transpose(2, 0, 1)
+
+
+def run_spotbatch(args, model, images, name, device, extra_env=None, pre_device="auto"):
+    job = os.path.join(args.work, name)
+    shutil.rmtree(job, ignore_errors=True)
+    os.makedirs(job)
+    with open(os.path.join(job, "job.toml"), "w") as f:
+        f.write(f"""name = "{name}"
+[input]
+uri = "{images}"
+glob = "*.jpg"
+[model]
+uri = "{model}"
+batch_size = {args.batch}
+max_batch_delay_ms = 2
+[preprocess]
+resize = [224, 224]
+color = "rgb"
+layout = "nchw"
+scale = 0.00392156862745098
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+device = "{pre_device}"
+[postprocess]
+kind = "classify"
+top_k = 5
+softmax = true
+[output]
+uri = "./out"
+[queue]
+shard_size = {args.shard}
+""")
+    env = dict(os.environ, **(extra_env or {}))
+    cmd = [args.spotbatch, "run", os.path.join(job, "job.toml"), "--progress", "none", "--device", device,
+           "--prefetch", "4"]
+    if device != "cpu":
+        cmd += ["--decode-threads", str(max(1, (os.cpu_count() or 2) - 1))]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"spotbatch ({name}) failed: {out.stderr[-3000:]}")
+    rows = {}
+    for p in glob.glob(os.path.join(job, "out", "*", "part-*.jsonl")):
+        for line in open(p):
+            r = json.loads(line)
+            rows[r["key"]] = r
+    n = len(glob.glob(os.path.join(images, "*.jpg")))
+    assert len(rows) == n, f"{len(rows)} rows for {n} images"
+    return n / dt, rows, out.stderr
+
+
+def compare(a, b):
+    """Top-1 agreement and the largest difference of the top-5 scores, matched by class."""
+    same, max_diff, near_ties = 0, 0.0, 0
+    for key, ra in a.items():
+        rb = b[key]
+        ta = {t["index"]: t["score"] for t in ra["top_k"]}
+        tb = {t["index"]: t["score"] for t in rb["top_k"]}
+        if ra["top_k"][0]["index"] == rb["top_k"][0]["index"]:
+            same += 1
+        elif ra["top_k"][0]["score"] - ra["top_k"][1]["score"] < 1e-2:
+            near_ties += 1
+        for k in set(ta) & set(tb):
+            max_diff = max(max_diff, abs(ta[k] - tb[k]))
+    return same / len(a), max_diff, near_ties
+
+
+def ceiling(model, x, batch, fp16, iobinding):
+    sess = ort.InferenceSession(model, providers=[("CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "1"})])
+    assert sess.get_providers()[0] == "CUDAExecutionProvider", sess.get_providers()
+    x = x.astype(np.float16) if fp16 else x
+    n = len(x)
+    batches = [np.ascontiguousarray(x[i:i + batch]) for i in range(0, n, batch)]
+    if iobinding:
+        dev = [ort.OrtValue.ortvalue_from_numpy(b, "cuda", 0) for b in batches]
+
+        def one(i):
+            io = sess.io_binding()
+            io.bind_ortvalue_input("input", dev[i])
+            io.bind_output("logits", "cpu")
+            sess.run_with_iobinding(io)
+            return io.copy_outputs_to_cpu()[0]
+    else:
+        def one(i):
+            return sess.run(None, {"input": batches[i]})[0]
+    for i in range(min(3, len(batches))):  # warm-up: cuDNN picks its algorithms per shape
+        one(i)
+    one(len(batches) - 1)
+    t0 = time.perf_counter()
+    for i in range(len(batches)):
+        one(i)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spotbatch", required=True)
+    ap.add_argument("--images", type=int, default=8192)
+    ap.add_argument("--parity-images", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--shard", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--work", default=os.path.join(ROOT, "bench-work", "gpu"))
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    res = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "cores": os.cpu_count(),
+           "batch": a.batch, "images": a.images, "onnxruntime": ort.__version__}
+    try:
+        res["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True).stdout.strip()
+    except OSError:
+        res["gpu"] = "?"
+    print(f"GPU: {res['gpu']}; onnxruntime {ort.__version__}; {os.cpu_count()} cores", flush=True)
+    small = make_images(a.work, a.parity_images)
+    images = make_images(a.work, a.images)
+    models = {False: make_model(a.work, False), True: make_model(a.work, True)}
+
+    # Parity: CPU reference (CPU preprocessing, CPU inference) against CUDA.
+    _, cpu_rows, _ = run_spotbatch(a, models[False], small, "parity-cpu", "cpu")
+    res["parity"] = {}
+    for label, fp16, pre in [("fp32 gpu-pre", False, "gpu"), ("fp32 cpu-pre", False, "cpu"), ("fp16 gpu-pre", True, "gpu")]:
+        _, rows, log = run_spotbatch(a, models[fp16], small, "parity-" + label.replace(" ", "-"), "cuda", pre_device=pre)
+        agree, diff, ties = compare(cpu_rows, rows)
+        res["parity"][label] = {"top1_agreement": agree, "max_score_diff": diff, "disagreements_at_near_ties": ties}
+        print(f"parity {label:13s} vs CPU: top-1 agreement {agree:.4f} ({ties} disagreements at near-ties), "
+              f"max top-5 score diff {diff:.2e}", flush=True)
+
+    # Benchmark.
+    paths = sorted(glob.glob(os.path.join(images, "*.jpg")))
+    x = np.stack([preprocess(p) for p in paths])
+    res["items_per_s"] = {}
+    for fp16 in (False, True):
+        tag = "fp16" if fp16 else "fp32"
+        best = {}
+        for r in range(a.repeat):
+            v, _, _ = run_spotbatch(a, models[fp16], images, f"bench-{tag}", "cuda")
+            c = ceiling(models[fp16], x, a.batch, fp16, iobinding=False)
+            cb = ceiling(models[fp16], x, a.batch, fp16, iobinding=True)
+            for k, val in (("spotbatch", v), ("ceiling", c), ("ceiling_iobinding", cb)):
+                best[k] = max(best.get(k, 0.0), val)
+            print(f"{tag} run {r + 1}: spotbatch {v:8.1f}  ceiling (session.run) {c:8.1f}  "
+                  f"ceiling (IO binding) {cb:8.1f} items/s", flush=True)
+        # Fixed cost of a run (process start, model load, cuDNN set-up), which the ceiling does not pay.
+        one = os.path.join(a.work, "images-one")
+        os.makedirs(one, exist_ok=True)
+        shutil.copy(paths[0], one)
+        startup = min(1.0 / run_spotbatch(a, models[fp16], one, f"one-{tag}", "cuda")[0] for _ in range(2))
+        best["startup_s"] = startup
+        best["vs_ceiling"] = best["spotbatch"] / best["ceiling"]
+        best["vs_ceiling_iobinding"] = best["spotbatch"] / best["ceiling_iobinding"]
+        best["vs_ceiling_without_startup"] = a.images / (a.images / best["spotbatch"] - startup) / best["ceiling"]
+        res["items_per_s"][tag] = best
+        print(f"{tag} best of {a.repeat}: spotbatch / session.run ceiling = {best['vs_ceiling']:.3f}, "
+              f"/ IO-binding ceiling = {best['vs_ceiling_iobinding']:.3f}; start-up {startup:.2f} s, without it "
+              f"spotbatch / ceiling = {best['vs_ceiling_without_startup']:.3f}", flush=True)
+    with open(os.path.join(a.work, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,731 @@
+//! The GPU side: finding CUDA GPUs, preprocessing batches on the GPU, and NVML metrics.
+//!
+//! Everything here loads CUDA at run time (`cudarc` with dynamic loading, NVML through
+//! `nvml-wrapper`), so the worker builds and runs on machines without a GPU or CUDA toolkit.
+//!
+//! GPU preprocessing: decode threads hand over decoded RGB pixels at their own size; the engine
+//! thread packs a batch of them into a pinned host buffer, copies it up on one of several streams
+//! and runs two kernels compiled at run time with NVRTC: a vertical pass (with colour conversion
+//! for gray models) into an 8-bit intermediate, then a horizontal pass that normalises, lays out
+//! (NCHW or NHWC, RGB or BGR) and writes float32 or float16 values straight into the batch tensor
+//! in device memory, which ONNX Runtime reads through IO binding. The resampling is the CPU
+//! path's exactly: fast_image_resize's bilinear convolution (Pillow's, with the support widened
+//! when downscaling) in the same fixed-point arithmetic, vertical pass first, so the GPU tensor
+//! equals the CPU reference up to float rounding.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use spotbatch_proto::manifest::{Color, Layout};
+
+use crate::engine::Float;
+
+/// How many GPUs the CUDA driver sees; an error says why none can be used (no driver library,
+/// driver failure).
+pub fn cuda_device_count() -> Result<usize, String> {
+    // SAFETY: only tries to open the driver library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("no CUDA driver (libcuda.so) on this machine".into());
+    }
+    std::panic::catch_unwind(|| {
+        cudarc::driver::result::init()
+            .map_err(|e| format!("the CUDA driver failed to start: {e}"))?;
+        CudaContext::device_count()
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(|e| format!("the CUDA driver cannot count GPUs: {e}"))
+    })
+    .unwrap_or_else(|_| Err("the CUDA driver library could not be used".into()))
+}
+
+/// One decoded image: interleaved RGB bytes at the image's own size.
+#[derive(Debug, Clone)]
+pub struct Pixels {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
+/// Resampling weights for one axis, as fast_image_resize computes them for its bilinear
+/// convolution and turns them into 16-bit fixed point (`Normalizer16`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coefficients {
+    /// Per output pixel: first input pixel and how many are used.
+    pub bounds: Vec<(u32, u32)>,
+    /// Per output pixel, `window` weights (the first `size` are used).
+    pub values: Vec<i16>,
+    /// Weights per output pixel.
+    pub window: usize,
+    /// Fixed-point precision in bits.
+    pub precision: u8,
+}
+
+/// Bilinear convolution weights from `in_size` to `out_size` pixels, the filter's support widened
+/// by the scale when downscaling; identical to fast_image_resize 6's `precompute_coefficients`
+/// followed by `Normalizer16::new`.
+pub fn coefficients(in_size: u32, out_size: u32) -> Coefficients {
+    const PRECISION_BITS: u8 = 32 - 8 - 2;
+    const MAX_COEFFS_PRECISION: u8 = 16 - 1;
+    let filter = |x: f64| {
+        let x = x.abs();
+        if x < 1.0 {
+            1.0 - x
+        } else {
+            0.0
+        }
+    };
+    let scale = f64::from(in_size) / f64::from(out_size.max(1));
+    let filter_scale = scale.max(1.0);
+    let radius = filter_scale; // bilinear support 1.0
+    let window = radius.ceil() as usize * 2 + 1;
+    let recip = 1.0 / filter_scale;
+    let mut coeffs: Vec<f64> = Vec::with_capacity(window * out_size as usize);
+    let mut bounds = Vec::with_capacity(out_size as usize);
+    for out_x in 0..out_size {
+        let in_center = (f64::from(out_x) + 0.5) * scale;
+        let x_min = (in_center - radius).floor().max(0.) as u32;
+        let x_max = (in_center + radius).ceil().min(f64::from(in_size)) as u32;
+        let cur = coeffs.len();
+        let mut ww = 0.0;
+        let center = in_center - 0.5;
+        let mut start = x_min;
+        let mut end = x_max;
+        for x in x_min..x_max {
+            let w = filter((f64::from(x) - center) * recip);
+            if x == start && w == 0. {
+                start += 1;
+            } else {
+                coeffs.push(w);
+                ww += w;
+            }
+        }
+        for &c in coeffs.iter().rev() {
+            if end <= start || c != 0. {
+                break;
+            }
+            end -= 1;
+        }
+        if ww != 0.0 {
+            coeffs[cur..].iter_mut().for_each(|w| *w /= ww);
+        }
+        coeffs.resize(cur + window, 0.);
+        bounds.push((start, end - start));
+    }
+    let max_weight = coeffs.iter().copied().fold(0.0f64, f64::max);
+    let mut precision = 0u8;
+    for p in 0..PRECISION_BITS {
+        precision = p;
+        let next = (max_weight * f64::from(1u32 << (p + 1))).round() as i32;
+        if next >= (1 << MAX_COEFFS_PRECISION) {
+            break;
+        }
+    }
+    let scale = f64::from(1u32 << precision);
+    let values = coeffs.iter().map(|v| (v * scale).round() as i16).collect();
+    Coefficients {
+        bounds,
+        values,
+        window,
+        precision,
+    }
+}
+
+/// The kernels, compiled at run time with NVRTC (no CUDA headers needed).
+const KERNELS: &str = r#"
+typedef unsigned char u8;
+__device__ __forceinline__ int clip8(int v, int prec) {
+    v >>= prec;
+    return v < 0 ? 0 : (v > 255 ? 255 : v);
+}
+__device__ __forceinline__ float mul_rn(float a, float b) {
+    float r;
+    asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+    float r;
+    asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+// desc per image: w, h, vbounds, vcoefs, vwindow, vprec, hbounds, hcoefs, hwindow, hprec
+// offs per image: source byte offset, intermediate byte offset
+extern "C" __global__ void sb_vertical(const u8* src, u8* tmp, const long long* offs,
+                                       const int* desc, const int* tab, int dst_h, int cs) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y;
+    int img = blockIdx.z;
+    const int* d = desc + img * 10;
+    int w = d[0];
+    if (x >= w || y >= dst_h) return;
+    const u8* s = src + offs[img * 2];
+    u8* t = tmp + offs[img * 2 + 1];
+    int start = tab[d[2] + 2 * y];
+    int size = tab[d[2] + 2 * y + 1];
+    const int* k = tab + d[3] + y * d[4];
+    int prec = d[5];
+    int init = 1 << (prec - 1);
+    if (cs == 1) {
+        int ss = init;
+        for (int i = 0; i < size; i++) {
+            const u8* p = s + ((long long)(start + i) * w + x) * 3;
+            int l = (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
+            ss += l * k[i];
+        }
+        t[(long long)y * w + x] = (u8)clip8(ss, prec);
+    } else {
+        int s0 = init, s1 = init, s2 = init;
+        for (int i = 0; i < size; i++) {
+            const u8* p = s + ((long long)(start + i) * w + x) * 3;
+            s0 += p[0] * k[i];
+            s1 += p[1] * k[i];
+            s2 += p[2] * k[i];
+        }
+        u8* o = t + ((long long)y * w + x) * 3;
+        o[0] = (u8)clip8(s0, prec);
+        o[1] = (u8)clip8(s1, prec);
+        o[2] = (u8)clip8(s2, prec);
+    }
+}
+extern "C" __global__ void sb_horizontal(const u8* tmp, void* out, const long long* offs,
+                                         const int* desc, const int* tab, int dst_w, int dst_h,
+                                         int cs, int nhwc, int bgr, int half_out,
+                                         long long item_len, float m0, float m1, float m2,
+                                         float a0, float a1, float a2) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y;
+    int img = blockIdx.z;
+    if (x >= dst_w || y >= dst_h) return;
+    const int* d = desc + img * 10;
+    int w = d[0];
+    const u8* t = tmp + offs[img * 2 + 1];
+    int start = tab[d[6] + 2 * x];
+    int size = tab[d[6] + 2 * x + 1];
+    const int* k = tab + d[7] + x * d[8];
+    int prec = d[9];
+    int init = 1 << (prec - 1);
+    int ss[3] = {init, init, init};
+    for (int i = 0; i < size; i++) {
+        const u8* p = t + ((long long)y * w + start + i) * cs;
+        for (int c = 0; c < cs; c++) ss[c] += p[c] * k[i];
+    }
+    float mul[3] = {m0, m1, m2};
+    float add[3] = {a0, a1, a2};
+    long long base = (long long)img * item_len;
+    long long hw = (long long)dst_w * dst_h;
+    for (int ch = 0; ch < cs; ch++) {
+        int sc = (bgr && cs == 3) ? 2 - ch : ch;
+        float v = (float)clip8(ss[sc], prec);
+        // no fused multiply-add: the CPU reference rounds the product, then the sum
+        float val = add_rn(mul_rn(v, mul[ch]), add[ch]);
+        long long idx = base + (nhwc ? ((long long)y * dst_w + x) * cs + ch
+                                     : (long long)ch * hw + (long long)y * dst_w + x);
+        if (half_out) ((unsigned short*)out)[idx] = f2h(val);
+        else ((float*)out)[idx] = val;
+    }
+}
+"#;
+
+/// How preprocessed values are laid out, shared by the CPU and GPU paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    /// Target width.
+    pub width: u32,
+    /// Target height.
+    pub height: u32,
+    /// Channel order (gray: one channel).
+    pub color: Color,
+    /// Tensor layout.
+    pub layout: Layout,
+    /// Per channel: value = byte * mul + add.
+    pub mul: Vec<f32>,
+    /// Per channel: value = byte * mul + add.
+    pub add: Vec<f32>,
+    /// The model input's element type.
+    pub float: Float,
+}
+
+impl TensorSpec {
+    fn channels(&self) -> usize {
+        self.color.channels()
+    }
+
+    /// Values per item.
+    pub fn item_len(&self) -> usize {
+        self.channels() * self.width as usize * self.height as usize
+    }
+}
+
+/// A GPU error, as one line.
+fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
+    move |e| format!("GPU preprocessing: {what}: {e}")
+}
+
+/// Device and pinned buffers for one batch in flight, with its own stream.
+struct Slot {
+    stream: Arc<CudaStream>,
+    host: cudarc::driver::PinnedHostSlice<u8>,
+    src: CudaSlice<u8>,
+    tmp: CudaSlice<u8>,
+    meta: CudaSlice<u8>,
+    out: CudaSlice<u8>,
+}
+
+/// A batch whose input tensor is being written on the GPU.
+#[derive(Debug)]
+pub struct Prepared {
+    slot: usize,
+}
+
+/// Preprocesses batches on one GPU; several slots (each with a stream and buffers) keep the next
+/// batch's copy and kernels running while the model runs the previous one.
+pub struct GpuPreprocessor {
+    ctx: Arc<CudaContext>,
+    vertical: CudaFunction,
+    horizontal: CudaFunction,
+    spec: TensorSpec,
+    slots: Vec<Slot>,
+    next: usize,
+    cache: HashMap<(u32, u32), (Coefficients, Coefficients)>,
+}
+
+impl std::fmt::Debug for GpuPreprocessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuPreprocessor")
+            .field("gpu", &self.ctx.ordinal())
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Batches in flight per GPU preprocessor.
+const SLOTS: usize = 3;
+
+impl GpuPreprocessor {
+    /// Compiles the kernels for GPU `gpu` and sets up the slots.
+    pub fn new(gpu: u32, spec: TensorSpec) -> Result<Self, String> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| Self::new_inner(gpu, spec))).unwrap_or_else(
+            |_| Err("GPU preprocessing: the CUDA libraries could not be loaded".into()),
+        )
+    }
+
+    fn new_inner(gpu: u32, spec: TensorSpec) -> Result<Self, String> {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(
+                "GPU preprocessing needs NVRTC (libnvrtc.so from CUDA 13) on LD_LIBRARY_PATH"
+                    .into(),
+            );
+        }
+        let ctx = CudaContext::new(gpu as usize).map_err(gpu_err("opening the GPU"))?;
+        // Buffers are synchronised by hand (a slot's stream is waited on before reuse).
+        // SAFETY: no cudarc-managed buffer is shared between streams without that wait.
+        unsafe { ctx.disable_event_tracking() };
+        let ptx = cudarc::nvrtc::compile_ptx(KERNELS)
+            .map_err(|e| format!("GPU preprocessing: NVRTC could not compile the kernels: {e}"))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(gpu_err("loading the kernels"))?;
+        let vertical = module
+            .load_function("sb_vertical")
+            .map_err(gpu_err("sb_vertical"))?;
+        let horizontal = module
+            .load_function("sb_horizontal")
+            .map_err(gpu_err("sb_horizontal"))?;
+        let mut slots = Vec::with_capacity(SLOTS);
+        for _ in 0..SLOTS {
+            let stream = ctx.new_stream().map_err(gpu_err("creating a stream"))?;
+            slots.push(Slot {
+                // SAFETY: pinned memory is written before it is read.
+                host: unsafe { ctx.alloc_pinned::<u8>(1 << 20) }
+                    .map_err(gpu_err("pinned memory"))?,
+                src: stream
+                    .alloc_zeros::<u8>(1 << 20)
+                    .map_err(gpu_err("device memory"))?,
+                tmp: stream
+                    .alloc_zeros::<u8>(1 << 20)
+                    .map_err(gpu_err("device memory"))?,
+                meta: stream
+                    .alloc_zeros::<u8>(1 << 16)
+                    .map_err(gpu_err("device memory"))?,
+                out: stream
+                    .alloc_zeros::<u8>(1 << 20)
+                    .map_err(gpu_err("device memory"))?,
+                stream,
+            });
+        }
+        Ok(Self {
+            ctx,
+            vertical,
+            horizontal,
+            spec,
+            slots,
+            next: 0,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The GPU it runs on.
+    pub fn gpu(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// Starts preprocessing `images` into a batch tensor of `run_n` items (items past the images
+    /// are zeros: padding for fixed-batch models), at device address `into` (a tensor of that
+    /// size on this GPU, e.g. from ONNX Runtime's allocator), else in a buffer of its own (read
+    /// back with [`Self::download`]). Returns at once; [`Self::wait`] before use.
+    pub fn prepare(
+        &mut self,
+        images: &[&Pixels],
+        run_n: usize,
+        into: Option<u64>,
+    ) -> Result<Prepared, String> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(gpu_err("binding the GPU to this thread"))?;
+        let (w, h) = (self.spec.width, self.spec.height);
+        let cs = self.spec.channels();
+        let slot_idx = self.next;
+        self.next = (self.next + 1) % self.slots.len();
+        // Coefficient tables, once per source size in this batch.
+        let mut tab: Vec<i32> = Vec::new();
+        let mut placed: HashMap<(u32, u32), [i32; 8]> = HashMap::new();
+        let mut offs: Vec<i64> = Vec::with_capacity(images.len() * 2);
+        let mut desc: Vec<i32> = Vec::with_capacity(images.len() * 10);
+        let (mut src_len, mut tmp_len) = (0usize, 0usize);
+        let mut max_w = 0u32;
+        for img in images {
+            if img.rgb.len() != img.width as usize * img.height as usize * 3 {
+                return Err("GPU preprocessing: pixel buffer does not match its size".into());
+            }
+            let key = (img.width, img.height);
+            let entry = match placed.get(&key) {
+                Some(e) => *e,
+                None => {
+                    let (v, hz) = self.cache.entry(key).or_insert_with(|| {
+                        (coefficients(img.height, h), coefficients(img.width, w))
+                    });
+                    let mut e = [0i32; 8];
+                    for (i, c) in [&*v, &*hz].into_iter().enumerate() {
+                        e[i * 4] = tab.len() as i32;
+                        tab.extend(c.bounds.iter().flat_map(|(s, n)| [*s as i32, *n as i32]));
+                        e[i * 4 + 1] = tab.len() as i32;
+                        tab.extend(c.values.iter().map(|v| i32::from(*v)));
+                        e[i * 4 + 2] = c.window as i32;
+                        e[i * 4 + 3] = i32::from(c.precision);
+                    }
+                    placed.insert(key, e);
+                    e
+                }
+            };
+            offs.push(src_len as i64);
+            offs.push(tmp_len as i64);
+            desc.push(img.width as i32);
+            desc.push(img.height as i32);
+            desc.extend_from_slice(&entry);
+            src_len += img.rgb.len();
+            tmp_len += img.width as usize * h as usize * cs;
+            max_w = max_w.max(img.width);
+        }
+        // Host staging: pixels, then offsets, descriptors and tables (8-byte aligned).
+        let meta_at = src_len.next_multiple_of(8);
+        let meta_len = offs.len() * 8 + (desc.len() + tab.len()) * 4;
+        let host_len = meta_at + meta_len;
+        let out_len = run_n * self.spec.item_len() * self.spec.float.size();
+        let ctx = Arc::clone(&self.ctx);
+        let slot = &mut self.slots[slot_idx];
+        slot.stream
+            .synchronize()
+            .map_err(gpu_err("waiting for an earlier batch"))?;
+        if slot.host.len() < host_len {
+            // SAFETY: written below before any read.
+            slot.host = unsafe { ctx.alloc_pinned::<u8>(host_len.next_power_of_two()) }
+                .map_err(gpu_err("pinned memory"))?;
+        }
+        grow(&slot.stream, &mut slot.src, src_len)?;
+        grow(&slot.stream, &mut slot.tmp, tmp_len)?;
+        grow(&slot.stream, &mut slot.meta, meta_len)?;
+        if into.is_none() {
+            grow(&slot.stream, &mut slot.out, out_len)?;
+        }
+        {
+            let host = slot.host.as_mut_slice().map_err(gpu_err("pinned memory"))?;
+            let mut at = 0;
+            for img in images {
+                host[at..at + img.rgb.len()].copy_from_slice(&img.rgb);
+                at += img.rgb.len();
+            }
+            let mut at = meta_at;
+            for v in &offs {
+                host[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+                at += 8;
+            }
+            for v in desc.iter().chain(&tab) {
+                host[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+                at += 4;
+            }
+        }
+        let stream = Arc::clone(&slot.stream);
+        let cu = stream.cu_stream();
+        let (src_ptr, _g1) = cudarc::driver::DevicePtr::device_ptr(&slot.src, &stream);
+        let (tmp_ptr, _g2) = cudarc::driver::DevicePtr::device_ptr(&slot.tmp, &stream);
+        let (meta_ptr, _g3) = cudarc::driver::DevicePtr::device_ptr(&slot.meta, &stream);
+        let (own_out, _g4) = cudarc::driver::DevicePtr::device_ptr(&slot.out, &stream);
+        let out_ptr = into.unwrap_or(own_out);
+        let host = slot.host.as_slice().map_err(gpu_err("pinned memory"))?;
+        // SAFETY: the device buffers are at least as long as what is copied or written (grown
+        // above); the pinned buffer is not touched again until this slot's stream is waited on.
+        unsafe {
+            use cudarc::driver::result::{memcpy_htod_async, memset_d8_async};
+            memcpy_htod_async(src_ptr, &host[..src_len], cu).map_err(gpu_err("copying pixels"))?;
+            memcpy_htod_async(meta_ptr, &host[meta_at..host_len], cu)
+                .map_err(gpu_err("copying tables"))?;
+            if run_n > images.len() {
+                memset_d8_async(out_ptr, 0, out_len, cu).map_err(gpu_err("zeroing padding"))?;
+            }
+        }
+        if !images.is_empty() {
+            let offs_ptr = meta_ptr;
+            let desc_ptr = meta_ptr + (offs.len() * 8) as u64;
+            let tab_ptr = desc_ptr + (desc.len() * 4) as u64;
+            let n = images.len() as u32;
+            let (dst_h, dst_w, cs_i) = (h as i32, w as i32, cs as i32);
+            let mut v = stream.launch_builder(&self.vertical);
+            v.arg(&src_ptr)
+                .arg(&tmp_ptr)
+                .arg(&offs_ptr)
+                .arg(&desc_ptr)
+                .arg(&tab_ptr);
+            v.arg(&dst_h).arg(&cs_i);
+            let cfg = LaunchConfig {
+                grid_dim: (max_w.div_ceil(128), h, n),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the arguments match the kernel's parameters in order and type.
+            unsafe { v.launch(cfg) }.map_err(gpu_err("vertical pass"))?;
+            let spec = &self.spec;
+            let ch = |v: &[f32], i: usize| v.get(i).copied().unwrap_or(0.0);
+            let (nhwc, bgr) = (
+                i32::from(spec.layout == Layout::Nhwc),
+                i32::from(spec.color == Color::Bgr),
+            );
+            let half = i32::from(spec.float == Float::F16);
+            let item_len = spec.item_len() as i64;
+            let (m0, m1, m2) = (ch(&spec.mul, 0), ch(&spec.mul, 1), ch(&spec.mul, 2));
+            let (a0, a1, a2) = (ch(&spec.add, 0), ch(&spec.add, 1), ch(&spec.add, 2));
+            let mut hz = stream.launch_builder(&self.horizontal);
+            hz.arg(&tmp_ptr)
+                .arg(&out_ptr)
+                .arg(&offs_ptr)
+                .arg(&desc_ptr)
+                .arg(&tab_ptr);
+            hz.arg(&dst_w)
+                .arg(&dst_h)
+                .arg(&cs_i)
+                .arg(&nhwc)
+                .arg(&bgr)
+                .arg(&half);
+            hz.arg(&item_len)
+                .arg(&m0)
+                .arg(&m1)
+                .arg(&m2)
+                .arg(&a0)
+                .arg(&a1)
+                .arg(&a2);
+            let cfg = LaunchConfig {
+                grid_dim: (w.div_ceil(128), h, n),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: as above.
+            unsafe { hz.launch(cfg) }.map_err(gpu_err("horizontal pass"))?;
+        }
+        Ok(Prepared { slot: slot_idx })
+    }
+
+    /// Waits until a prepared batch's tensor is written.
+    pub fn wait(&self, p: &Prepared) -> Result<(), String> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(gpu_err("binding the GPU to this thread"))?;
+        self.slots[p.slot]
+            .stream
+            .synchronize()
+            .map_err(gpu_err("preprocessing a batch"))
+    }
+
+    /// Copies a prepared batch's tensor back as float32 values (for checks against the CPU).
+    pub fn download(&self, p: &Prepared, values: usize) -> Result<Vec<f32>, String> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(gpu_err("binding the GPU to this thread"))?;
+        let slot = &self.slots[p.slot];
+        slot.stream
+            .synchronize()
+            .map_err(gpu_err("preprocessing a batch"))?;
+        let bytes: Vec<u8> = slot
+            .stream
+            .clone_dtoh(&slot.out.slice(..values * self.spec.float.size()))
+            .map_err(gpu_err("copying the tensor back"))?;
+        Ok(match self.spec.float {
+            Float::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Float::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_ne_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        })
+    }
+}
+
+fn grow(stream: &Arc<CudaStream>, buf: &mut CudaSlice<u8>, len: usize) -> Result<(), String> {
+    if buf.len() < len {
+        *buf = stream
+            .alloc_zeros::<u8>(len.next_power_of_two())
+            .map_err(gpu_err("device memory"))?;
+    }
+    Ok(())
+}
+
+/// Publishes GPU utilisation and memory from NVML every `every`, when NVML is present; returns
+/// whether it is (without NVML the worker says so once and carries on).
+pub fn spawn_nvml_metrics(every: Duration) -> bool {
+    let nvml = match nvml_wrapper::Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(error = %e, "NVML not available: no GPU utilisation metrics");
+            return false;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("nvml".into())
+        .spawn(move || loop {
+            let count = nvml.device_count().unwrap_or(0);
+            for i in 0..count {
+                let Ok(dev) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                let gpu = i.to_string();
+                if let Ok(u) = dev.utilization_rates() {
+                    metrics::gauge!("spotbatch_gpu_utilization_ratio", "gpu" => gpu.clone())
+                        .set(f64::from(u.gpu) / 100.0);
+                }
+                if let Ok(m) = dev.memory_info() {
+                    metrics::gauge!("spotbatch_gpu_memory_used_bytes", "gpu" => gpu.clone())
+                        .set(m.used as f64);
+                    metrics::gauge!("spotbatch_gpu_memory_total_bytes", "gpu" => gpu)
+                        .set(m.total as f64);
+                }
+            }
+            std::thread::sleep(every);
+        });
+    spawned.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coefficients drive fast_image_resize to the same bytes as its own resize: applying
+    /// them the way the kernels do (vertical then horizontal, fixed point) reproduces the CPU path.
+    fn resize_like_kernels(src: &[u8], w: u32, h: u32, dw: u32, dh: u32) -> Vec<u8> {
+        let v = coefficients(h, dh);
+        let hz = coefficients(w, dw);
+        let clip = |s: i32, p: u8| (s >> p).clamp(0, 255) as u8;
+        let mut tmp = vec![0u8; (w * dh * 3) as usize];
+        for y in 0..dh as usize {
+            let (start, size) = v.bounds[y];
+            for x in 0..w as usize {
+                for c in 0..3 {
+                    let mut ss = 1i32 << (v.precision - 1);
+                    for i in 0..size as usize {
+                        let p = src[((start as usize + i) * w as usize + x) * 3 + c];
+                        ss += i32::from(p) * i32::from(v.values[y * v.window + i]);
+                    }
+                    tmp[(y * w as usize + x) * 3 + c] = clip(ss, v.precision);
+                }
+            }
+        }
+        let mut out = vec![0u8; (dw * dh * 3) as usize];
+        for y in 0..dh as usize {
+            for x in 0..dw as usize {
+                let (start, size) = hz.bounds[x];
+                for c in 0..3 {
+                    let mut ss = 1i32 << (hz.precision - 1);
+                    for i in 0..size as usize {
+                        let p = tmp[(y * w as usize + start as usize + i) * 3 + c];
+                        ss += i32::from(p) * i32::from(hz.values[x * hz.window + i]);
+                    }
+                    out[(y * dw as usize + x) * 3 + c] = clip(ss, hz.precision);
+                }
+            }
+        }
+        out
+    }
+
+    fn fir_resize(src: &[u8], w: u32, h: u32, dw: u32, dh: u32) -> Vec<u8> {
+        use fast_image_resize as fir;
+        let s = fir::images::Image::from_vec_u8(w, h, src.to_vec(), fir::PixelType::U8x3).unwrap();
+        let mut d = fir::images::Image::new(dw, dh, fir::PixelType::U8x3);
+        let o = fir::ResizeOptions::new()
+            .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+        fir::Resizer::new().resize(&s, &mut d, &o).unwrap();
+        d.into_vec()
+    }
+
+    #[test]
+    fn kernel_arithmetic_matches_fast_image_resize_exactly() {
+        let mut seed = 7u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 24) as u8
+        };
+        for (w, h, dw, dh) in [
+            (256, 256, 224, 224),
+            (640, 480, 224, 224),
+            (100, 37, 224, 224),
+            (224, 300, 224, 224),
+            (8, 8, 8, 8),
+            (1000, 3, 17, 5),
+        ] {
+            let src: Vec<u8> = (0..w * h * 3).map(|_| rnd()).collect();
+            assert_eq!(
+                resize_like_kernels(&src, w, h, dw, dh),
+                fir_resize(&src, w, h, dw, dh),
+                "{w}x{h} -> {dw}x{dh}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_coefficients_copy_pixels() {
+        let c = coefficients(5, 5);
+        assert_eq!(c.bounds, (0..5).map(|i| (i, 1)).collect::<Vec<_>>());
+        for i in 0..5 {
+            assert_eq!(i32::from(c.values[i * c.window]), 1 << c.precision);
+        }
+    }
+
+    #[test]
+    fn no_gpu_here_is_an_error_not_a_panic() {
+        // On a machine with a GPU this returns the count; either way it must not panic.
+        match cuda_device_count() {
+            Ok(n) => eprintln!("CUDA sees {n} GPU(s)"),
+            Err(e) => assert!(!e.is_empty()),
+        }
+    }
+}
