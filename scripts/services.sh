@@ -37,6 +37,34 @@ case "${1:-start}" in
       sleep 0.2
     done
     echo "export SPOTBATCH_TEST_KAFKA_BROKERS=127.0.0.1:$kport"
+    # Prometheus, Debian's package (installed here when missing), scraping whatever the tests list
+    # in file_sd target files every second, keeping the `worker` label they give.
+    if ! command -v prometheus >/dev/null; then
+      if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
+      DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends prometheus >"$RUN/prometheus-install.log" 2>&1 ||
+        { DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >>"$RUN/prometheus-install.log" 2>&1 &&
+          DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends prometheus >>"$RUN/prometheus-install.log" 2>&1; } ||
+        { echo "installing prometheus failed:" >&2; cat "$RUN/prometheus-install.log" >&2; exit 1; }
+    fi
+    rm -rf "$RUN/prometheus" && mkdir -p "$RUN/prometheus/targets" "$RUN/prometheus/data"
+    cat >"$RUN/prometheus/prometheus.yml" <<YML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: spotbatch
+    honor_labels: true
+    file_sd_configs:
+      - files: ["$RUN/prometheus/targets/*.json"]
+        refresh_interval: 1s
+YML
+    pport=$(free_port)
+    prometheus --config.file="$RUN/prometheus/prometheus.yml" --storage.tsdb.path="$RUN/prometheus/data" \
+      --web.listen-address="127.0.0.1:$pport" >"$RUN/prometheus.log" 2>&1 &
+    echo $! >"$RUN/prometheus.pid"
+    wait_http "http://127.0.0.1:$pport/-/ready" prometheus "$RUN/prometheus.log"
+    echo "export SPOTBATCH_TEST_PROMETHEUS_URL=http://127.0.0.1:$pport"
+    echo "export SPOTBATCH_TEST_PROMETHEUS_TARGETS=$RUN/prometheus/targets"
     ;;
   stop)
     for f in "$RUN"/*.pid; do

@@ -20,7 +20,9 @@ use spotbatch_worker::pipeline::Control;
 use spotbatch_worker::{run_worker, Jobs, Progress, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
+mod cost;
 mod remote;
+mod report;
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +68,12 @@ enum Command {
     Status(remote::StatusArgs),
     /// List the coordinator's jobs.
     Jobs(remote::ClientArgs),
+    /// What a job cost: dollars spent, saved against on-demand, per 1000 items, and what
+    /// interruptions cost, from the workers' ledgers beside its output.
+    Cost(cost::CostCmd),
+    /// Write a self-contained HTML page with a job's charts: throughput over time, shards per
+    /// worker with preemptions and recoveries, cost.
+    Report(report::ReportCmd),
     /// Cancel a job: workers drop its remaining shards.
     Cancel {
         /// The job id.
@@ -119,6 +127,11 @@ struct WorkerArgs {
     /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:9464) for Prometheus and probes.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// With --metrics-addr: keep serving /metrics this long after the work stops, so the last
+    /// scrape sees the final counts (a drain's notices and released leases). Keep it under the
+    /// preemption deadline and a few scrape intervals long.
+    #[arg(long, default_value_t = 0)]
+    metrics_linger_ms: u64,
     /// Manifests of the jobs to serve; jobs not given are loaded from the stored manifest each
     /// shard refers to.
     #[arg(long = "manifest")]
@@ -157,6 +170,8 @@ struct WorkerArgs {
     debug_processed_log: Option<PathBuf>,
     #[command(flatten)]
     notices: NoticeArgs,
+    #[command(flatten)]
+    cost: cost::CostArgs,
 }
 
 /// Where preemption notices come from. SIGTERM and SIGINT are always watched.
@@ -242,6 +257,8 @@ struct RunArgs {
     /// Testing knob: pause this many milliseconds after every inference batch.
     #[arg(long, hide = true)]
     throttle_batch_ms: Option<u64>,
+    #[command(flatten)]
+    cost: cost::CostArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -320,6 +337,8 @@ fn main() -> ExitCode {
             Command::Status(args) => remote::status(args).await,
             Command::Jobs(args) => remote::jobs(args).await,
             Command::Cancel { job, client } => remote::cancel(&job, client).await,
+            Command::Cost(cmd) => cost::run(cmd).await,
+            Command::Report(cmd) => report::run(cmd).await,
         }
     });
     match result {
@@ -414,6 +433,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(code) = check_device(args.device) {
         return Ok(code);
     }
+    let prices = args.cost.prices()?;
     // Without ONNX Runtime every shard would fail; say so once instead.
     spotbatch_worker::engine::ort_environment()?;
     let queue = open_local_queue(&m).await?;
@@ -451,6 +471,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
             exit_when_empty: true,
             throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
+            prices: prices.clone(),
             ..WorkerOptions::default()
         };
         let jobs = Jobs::new([m.clone()], args.ort_threads).with_device(args.device);
@@ -634,6 +655,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let _http_guard = http_stop.clone().drop_guard();
     if let Some(addr) = args.metrics_addr {
         let handle = remote::install_metrics()?;
+        spotbatch_worker::pipeline::register_metrics();
         if spotbatch_worker::gpu::spawn_nvml_metrics(Duration::from_secs(2)) {
             tracing::info!("GPU utilisation and memory from NVML every 2 s");
         }
@@ -660,6 +682,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
         visibility: args.visibility_timeout_secs.map(Duration::from_secs),
         processed_log: args.debug_processed_log.clone(),
+        prices: args.cost.prices()?,
         ..WorkerOptions::default()
     };
     let progress = Arc::new(Progress::default());
@@ -707,6 +730,9 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         source.acknowledge(&n).await;
     }
     result?;
+    if args.metrics_addr.is_some() && args.metrics_linger_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(args.metrics_linger_ms)).await;
+    }
     let p = &progress;
     eprintln!(
         "{id}: {} shards done ({} skipped as already done, {} failed attempts), {} items ({} error rows) in {:.1} s{}{}",

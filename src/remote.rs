@@ -396,6 +396,10 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
         .set_buckets_for_metric(Matcher::Full("spotbatch_batch_size".into()), SIZES)?
+        .set_buckets_for_metric(
+            Matcher::Full("spotbatch_batch_fill_ratio".into()),
+            &[0.125, 0.25, 0.5, 0.75, 0.9, 1.0],
+        )?
         .install_recorder()
         .context("installing the metrics recorder")
 }

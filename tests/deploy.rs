@@ -123,6 +123,8 @@ fn the_dashboard_parses_and_references_only_emitted_metrics() {
         "Leases released",
         "Queue depth",
         "dead letters",
+        "Cost per 1k items",
+        "Savings vs on-demand",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(want)),
@@ -146,7 +148,11 @@ fn the_dashboard_parses_and_references_only_emitted_metrics() {
             }
             assert!(!names.is_empty(), "{expr}");
             for n in names {
-                let (base, kind) = match n.strip_suffix("_bucket") {
+                let hist = ["_bucket", "_sum", "_count"].iter().find_map(|s| {
+                    n.strip_suffix(s)
+                        .filter(|b| emitted.get(*b).is_some_and(|k| k == "histogram"))
+                });
+                let (base, kind) = match hist {
                     Some(b) => (b, "histogram"),
                     None => (n, ""),
                 };
@@ -156,8 +162,12 @@ fn the_dashboard_parses_and_references_only_emitted_metrics() {
                 if !kind.is_empty() {
                     assert_eq!(got, kind, "{n} in {expr}");
                 }
+                // Dollar totals are monotonic gauges (the metrics crate's counters are integers).
                 if expr.contains(&format!("rate({n}")) && kind.is_empty() {
-                    assert_eq!(got, "counter", "rate() over a {got}: {expr}");
+                    assert!(
+                        got == "counter" || (got == "gauge" && n.ends_with("_dollars_total")),
+                        "rate() over a {got}: {expr}"
+                    );
                 }
             }
         }

@@ -363,6 +363,11 @@ impl Jobs {
         Ok(m)
     }
 
+    /// The jobs loaded so far.
+    pub async fn loaded_contexts(&self) -> Vec<Arc<JobContext>> {
+        self.loaded.lock().await.values().cloned().collect()
+    }
+
     /// The loaded job for a shard, loading it on first use. Failures are not cached: the next
     /// shard tries again (the file may have been fixed).
     pub async fn context(&self, task: &ShardTask) -> Result<Arc<JobContext>, JobError> {

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cost::CostMeter;
 use crate::engine::{BatchOutput, DeviceAllocator, DeviceTensor};
 use crate::gpu::{GpuPreprocessor, Pixels, Prepared};
 use crate::job::{JobContext, Jobs, ModelRuntime};
@@ -58,6 +59,8 @@ pub struct WorkerOptions {
     /// Measurement knob: append the key of every item the model ran on to this file (the chaos
     /// test counts work redone from it, also for workers that were SIGKILLed).
     pub processed_log: Option<std::path::PathBuf>,
+    /// What this worker's machine costs; `None`: cost is not accounted.
+    pub prices: Option<crate::cost::Prices>,
 }
 
 impl Default for WorkerOptions {
@@ -72,7 +75,32 @@ impl Default for WorkerOptions {
             throttle_batch: None,
             visibility: None,
             processed_log: None,
+            prices: None,
         }
+    }
+}
+
+/// Registers the worker's series at zero, so that a scrape before the first event already shows
+/// them and the first event is an increase (Prometheus's `rate()` and `histogram_quantile()` see
+/// nothing in a series that appears with its first value already counted).
+pub fn register_metrics() {
+    for reason in ["preemption", "shutdown", "failed"] {
+        metrics::counter!("spotbatch_leases_released_total", "reason" => reason).increment(0);
+    }
+    for source in ["signal", "aws", "gcp", "azure"] {
+        metrics::counter!("spotbatch_preemption_notices_total", "source" => source).increment(0);
+    }
+    metrics::counter!("spotbatch_redeliveries_total").increment(0);
+    metrics::counter!("spotbatch_items_redone_total").increment(0);
+    for h in [
+        "spotbatch_recovery_seconds",
+        "spotbatch_notice_to_release_seconds",
+        "spotbatch_inference_seconds",
+        "spotbatch_batch_size",
+        "spotbatch_batch_fill_ratio",
+    ] {
+        // Registering is enough: the exporter renders an empty histogram (count 0).
+        let _ = metrics::histogram!(h);
     }
 }
 
@@ -244,6 +272,7 @@ struct ShardWork {
     ctx: Arc<JobContext>,
     tx: mpsc::UnboundedSender<ToShard>,
     cancel: CancellationToken,
+    cost: Option<Arc<CostMeter>>,
 }
 
 impl ShardWork {
@@ -283,6 +312,8 @@ struct Shared {
     decode_tx: async_channel::Sender<Fetched>,
     /// One shard feeds the pipeline at a time; the others wait here, unstarted.
     feed: Semaphore,
+    /// What the machine costs, charged to jobs.
+    cost: Option<Arc<CostMeter>>,
 }
 
 /// Runs a worker until the queue is empty (with `exit_when_empty`), or until `control` drains or
@@ -325,6 +356,8 @@ pub async fn run_worker(
             .map_err(|e| spawn_err(&queue, e))?,
     );
 
+    // Always on: without prices it keeps the shard timeline that `spotbatch report` charts.
+    let cost = Some(Arc::new(CostMeter::new(&opts.id, opts.prices.clone())));
     let shared = Arc::new(Shared {
         queue,
         jobs,
@@ -333,8 +366,32 @@ pub async fn run_worker(
         decode_tx,
         feed: Semaphore::new(1),
         opts,
+        cost,
+    });
+    let meter = shared.cost.clone().map(|m| {
+        let progress = Arc::clone(&shared.progress);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                m.tick(&held_jobs(&progress));
+            }
+        })
     });
     let mut result = lease_loop(Arc::clone(&shared)).await;
+    if let Some(t) = meter {
+        t.abort();
+    }
+    if let Some(m) = &shared.cost {
+        m.tick(&held_jobs(&shared.progress));
+        if let Some(since) = shared.control.since_notice() {
+            m.notice(crate::cost::now_ms().saturating_sub(since.as_millis() as u64));
+        }
+        for ctx in shared.jobs.loaded_contexts().await {
+            write_ledger(m, &ctx).await;
+        }
+    }
     // Every lease is acked or released by now: hand back what the queue holds for us.
     if let Err(e) = shared.queue.close().await {
         warn!(worker = %shared.opts.id, error = %e, "closing the queue failed");
@@ -469,9 +526,42 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     if let Ok(mut c) = shared.progress.current.lock() {
         c.insert(task.shard.clone(), task.job.clone());
     }
+    let leased_at_ms = crate::cost::now_ms();
     let outcome = run_shard(shared, &task, &lease).await;
     if let Ok(mut c) = shared.progress.current.lock() {
         c.remove(&task.shard);
+    }
+    if let Some(m) = &shared.cost {
+        let (name, items) = match &outcome {
+            Outcome::Done { items, .. } => ("done", *items),
+            Outcome::AlreadyDone => ("skipped", 0),
+            Outcome::Failed(_) => ("failed", 0),
+            Outcome::LeaseLost(_) => ("lease_lost", 0),
+            Outcome::Interrupted => ("interrupted", 0),
+            Outcome::Unstarted => ("released", 0),
+            Outcome::Partial { done, .. } => ("partial", *done as u64),
+        };
+        m.shard(
+            &task.job,
+            crate::cost::ShardEvent {
+                shard: task.shard.clone(),
+                leased_at_ms,
+                ended_at_ms: crate::cost::now_ms(),
+                outcome: name.to_string(),
+                items,
+                attempt: lease.delivery_count,
+                recovery_s: lease.released_at.and_then(|back| {
+                    SystemTime::now()
+                        .duration_since(back)
+                        .ok()
+                        .map(|d| d.as_secs_f64())
+                        .map(|total| total - (crate::cost::now_ms() - leased_at_ms) as f64 / 1000.0)
+                }),
+            },
+        );
+    }
+    if let (Some(m), Ok(ctx)) = (&shared.cost, shared.jobs.context(&task).await) {
+        write_ledger(m, &ctx).await;
     }
     shared
         .progress
@@ -554,6 +644,29 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     }
 }
 
+/// The jobs of the shards this worker holds.
+fn held_jobs(progress: &Progress) -> Vec<String> {
+    progress
+        .current
+        .lock()
+        .map(|c| c.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Writes this worker's cost ledger for a job beside its output (`_cost/WORKER.json`).
+async fn write_ledger(meter: &CostMeter, ctx: &JobContext) {
+    let Some(ledger) = meter.ledger(&ctx.manifest.job_id) else {
+        return;
+    };
+    let Ok(bytes) = serde_json::to_vec_pretty(&ledger) else {
+        return;
+    };
+    let key = crate::cost::ledger_key(&ledger.worker);
+    if let Err(e) = ctx.layout.prefix.put(&key, Bytes::from(bytes)).await {
+        warn!(job = %ctx.manifest.job_id, error = %e, "writing the cost ledger failed");
+    }
+}
+
 async fn release_for_preemption(shared: &Shared, lease: &Lease) {
     metrics::counter!("spotbatch_leases_released_total", "reason" => "preemption").increment(1);
     if let Err(e) = shared
@@ -628,6 +741,9 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
             .filter(|k| !kept.contains_key(k.as_str()))
             .count();
         metrics::counter!("spotbatch_items_redone_total").increment(redo as u64);
+        if let Some(m) = &shared.cost {
+            m.redone(&task.job, redo as u64);
+        }
     }
     let cancel = shared.control.stop.child_token();
     let visibility = Duration::from_secs(visibility_secs(shared));
@@ -771,6 +887,7 @@ async fn process_shard(
         ctx: Arc::clone(ctx),
         tx,
         cancel,
+        cost: shared.cost.clone(),
     });
     let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<FeedEnd>();
     let feed = async {
@@ -1170,6 +1287,7 @@ fn run_batch(
         Ok(out) => {
             metrics::histogram!("spotbatch_inference_seconds").record(t0.elapsed().as_secs_f64());
             metrics::histogram!("spotbatch_batch_size").record(batch.len() as f64);
+            charge_items(&batch);
             for (i, d) in batch.into_iter().enumerate() {
                 let row = match item_row(&out, i, &d) {
                     Ok(value) => OutputRow {
@@ -1217,6 +1335,22 @@ fn run_batch(
                 }
             }
         }
+    }
+}
+
+/// Tells the cost meter which jobs' items the model just ran.
+fn charge_items(batch: &[Decoded]) {
+    let mut per_job: Vec<(&Arc<CostMeter>, &str, u64)> = Vec::new();
+    for d in batch {
+        let Some(m) = &d.work.cost else { continue };
+        let job = d.work.ctx.manifest.job_id.as_str();
+        match per_job.iter_mut().find(|(_, j, _)| *j == job) {
+            Some(e) => e.2 += 1,
+            None => per_job.push((m, job, 1)),
+        }
+    }
+    for (m, job, n) in per_job {
+        m.inferred(job, n);
     }
 }
 
