@@ -36,7 +36,12 @@ def make_inputs(n):
     model = os.path.join(WORK, "resnet18.onnx")
     if not os.path.exists(model):
         subprocess.run([sys.executable, os.path.join(ROOT, "benches", "make_resnet18.py"), model], check=True)
-    images = os.path.join(WORK, f"images-{n}")
+    return model, write_images(WORK, n)
+
+
+def write_images(work, n):
+    """N generated 256x256 JPEGs (smooth patterns plus noise, fixed seed) in WORK/images-N."""
+    images = os.path.join(work, f"images-{n}")
     if not os.path.isdir(images):
         os.makedirs(images)
         rng = np.random.default_rng(0)
@@ -46,7 +51,7 @@ def make_inputs(n):
             img = np.stack([np.sin(a * xx + b * yy + c), np.cos(b * xx - a * yy), np.sin(c * xx * yy + a)], -1)
             img = ((img + 1) * 127.5 + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
             Image.fromarray(img, "RGB").save(os.path.join(images, f"{i:05d}.jpg"), quality=90)
-    return model, images
+    return images
 
 
 def preprocess(path):

@@ -29,25 +29,10 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def make_images(work, n):
-    images = os.path.join(work, f"images-{n}")
-    if not os.path.isdir(images):
-        os.makedirs(images)
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[0:256, 0:256].astype(np.float32) / 256.0
-        for i in range(n):
-            a, b, c = rng.uniform(0.5, 8.0, 3)
-            img = np.stack([np.sin(a * xx + b * yy + c), np.cos(b * xx - a * yy), np.sin(c * xx * yy + a)], -1)
-            img = ((img + 1) * 127.5 + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
-            Image.fromarray(img, "RGB").save(os.path.join(images, f"{i:05d}.jpg"), quality=90)
-    return images
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from e2e_cpu import preprocess, write_images as make_images  # noqa: E402  (same images, same reference preprocessing)
 
 
 def make_model(work, fp16):
@@ -56,12 +41,6 @@ def make_model(work, fp16):
         cmd = [sys.executable, os.path.join(ROOT, "benches", "make_resnet50.py"), path] + (["--fp16"] if fp16 else [])
         subprocess.run(cmd, check=True)
     return path
-
-
-def preprocess(path):
-    img = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
-    x = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
-    return x.transpose(2, 0, 1)
 
 
 def run_spotbatch(args, model, images, name, device, extra_env=None, pre_device="auto"):
