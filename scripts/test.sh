@@ -20,6 +20,9 @@ for f in tests/*.rs; do
     exit 1
   fi
 done
+# The KEDA and Karpenter CRD schemas for tests/deploy.rs (kubernetes-validate has none), pinned by
+# scripts/crds/package-lock.json.
+if [ ! -d scripts/crds/node_modules ]; then npm ci --prefix scripts/crds --silent --no-audit --no-fund; fi
 cargo build --workspace --all-targets --locked
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"

@@ -50,6 +50,69 @@ fn kubernetes_manifests_pass_strict_validation() {
     assert!(!text.contains("WARN"), "{text}");
 }
 
+/// Runs the CRD validator (scripts/crds, installed by `make test`) on files; (passed, output).
+fn validate_crds(files: &[std::path::PathBuf]) -> (bool, String) {
+    let script = root().join("scripts/crds/validate.mjs");
+    assert!(
+        root().join("scripts/crds/node_modules").is_dir(),
+        "scripts/crds/node_modules missing: run the tests with `make test`"
+    );
+    let out = Command::new("node")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("run node");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn keda_and_karpenter_manifests_pass_their_crd_schemas() {
+    let mut files = manifests("deploy/keda");
+    files.extend(manifests("deploy/karpenter"));
+    let (ok, text) = validate_crds(&files);
+    assert!(ok, "{text}");
+    for want in [
+        "ScaledObject/spotbatch-worker-sqs",
+        "ScaledObject/spotbatch-worker-kafka",
+        "TriggerAuthentication/spotbatch-aws",
+        "NodePool/gpu-spot",
+        "NodePool/gpu-on-demand-base",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("PASS ") && l.ends_with(want)),
+            "{want}: {text}"
+        );
+    }
+    // The check can fail: a policy Karpenter does not know and a ScaledObject without its target.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let np = std::fs::read_to_string(root().join("deploy/karpenter/nodepool.yaml"))
+        .expect("nodepool")
+        .replace(
+            "consolidationPolicy: WhenEmptyOrUnderutilized",
+            "consolidationPolicy: Sometimes",
+        );
+    let so = std::fs::read_to_string(root().join("deploy/keda/scaledobject-sqs.yaml"))
+        .expect("scaledobject")
+        .replace("scaleTargetRef:", "scaleTarget:");
+    let (a, b) = (dir.path().join("np.yaml"), dir.path().join("so.yaml"));
+    std::fs::write(&a, np).expect("write");
+    std::fs::write(&b, so).expect("write");
+    let (ok, text) = validate_crds(&[a, b]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("consolidationPolicy must be equal to one of the allowed values"),
+        "{text}"
+    );
+    assert!(
+        text.contains("must have required property scaleTargetRef"),
+        "{text}"
+    );
+}
+
 #[test]
 fn worker_deployment_is_ready_for_spot() {
     let w = std::fs::read_to_string(root().join("deploy/kubernetes/worker.yaml")).unwrap();
