@@ -178,7 +178,7 @@ fn throughput_svg(d: &Data) -> String {
         let bh = b.items_per_s / max * (h - 20.0);
         let _ = write!(
             svg,
-            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" data-start-s=\"{:.3}\" data-items=\"{}\" data-items-per-s=\"{:.3}\"><title>{:.1}–{:.1} s: {} items ({:.1}/s)</title></rect>",
+            "<rect class=\"bar\" fill=\"#4a8\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" data-start-s=\"{:.3}\" data-items=\"{}\" data-items-per-s=\"{:.3}\"><title>{:.1}–{:.1} s: {} items ({:.1}/s)</title></rect>",
             LEFT + i as f64 * bw,
             h - bh,
             (bw - 1.0).max(1.0),
@@ -199,10 +199,46 @@ fn timeline_svg(d: &Data) -> String {
     let mut workers: Vec<&str> = d.shards.iter().map(|b| b.worker.as_str()).collect();
     workers.sort_unstable();
     workers.dedup();
-    let lane = 28.0;
-    let h = lane * workers.len() as f64 + 30.0;
+    // Shards a worker held at once (prefetch) overlap: each goes on the first row of its
+    // worker's lane where it does not.
+    let row_h = 12.0;
+    let mut rows: Vec<usize> = vec![0; d.shards.len()];
+    let mut lanes: Vec<usize> = Vec::with_capacity(workers.len());
+    for w in &workers {
+        let mut ends: Vec<f64> = Vec::new();
+        let mut idx: Vec<usize> = (0..d.shards.len())
+            .filter(|i| d.shards[*i].worker == *w)
+            .collect();
+        idx.sort_by(|a, b| d.shards[*a].start_s.total_cmp(&d.shards[*b].start_s));
+        for i in idx {
+            let b = &d.shards[i];
+            let r = match ends.iter().position(|e| *e <= b.start_s) {
+                Some(r) => r,
+                None => {
+                    ends.push(0.0);
+                    ends.len() - 1
+                }
+            };
+            ends[r] = b.end_s;
+            rows[i] = r;
+        }
+        lanes.push(ends.len().max(1));
+    }
+    let tops: Vec<f64> = lanes
+        .iter()
+        .scan(4.0, |y, n| {
+            let top = *y;
+            *y += *n as f64 * row_h + 10.0;
+            Some(top)
+        })
+        .collect();
+    let h = tops.last().copied().unwrap_or(0.0)
+        + lanes.last().copied().unwrap_or(1) as f64 * row_h
+        + 30.0;
     let x = |t: f64| LEFT + t / d.wall_s.max(1e-9) * (W - LEFT - 10.0);
-    let y = |w: &str| workers.iter().position(|v| *v == w).unwrap_or(0) as f64 * lane + 4.0;
+    let lane_of = |w: &str| workers.iter().position(|v| *v == w).unwrap_or(0);
+    let y = |w: &str| tops[lane_of(w)];
+    let lane = |w: &str| lanes[lane_of(w)] as f64 * row_h;
     let mut svg = format!(
         "<svg id=\"timeline\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\">"
     );
@@ -210,11 +246,11 @@ fn timeline_svg(d: &Data) -> String {
         let _ = write!(
             svg,
             "<text x=\"4\" y=\"{:.1}\">{}</text>",
-            y(w) + 16.0,
+            y(w) + 12.0,
             esc(w)
         );
     }
-    for b in &d.shards {
+    for (b, row) in d.shards.iter().zip(&rows) {
         let color = match b.outcome.as_str() {
             "done" => "#3a7",
             "partial" => "#e90",
@@ -226,9 +262,9 @@ fn timeline_svg(d: &Data) -> String {
             svg,
             "<rect class=\"shard\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" stroke=\"{}\" data-shard=\"{}\" data-outcome=\"{}\" data-attempt=\"{}\"><title>{} {} attempt {}: {} ({} items), {:.2}–{:.2} s</title></rect>",
             x(b.start_s),
-            y(&b.worker),
+            y(&b.worker) + *row as f64 * row_h,
             (x(b.end_s) - x(b.start_s)).max(1.5),
-            lane - 8.0,
+            row_h - 2.0,
             if b.attempt > 1 { "#000" } else { "none" },
             esc(&b.shard),
             esc(&b.outcome),
@@ -242,13 +278,14 @@ fn timeline_svg(d: &Data) -> String {
             b.end_s
         );
     }
+    let _ = write!(svg, "<text x=\"{LEFT}\" y=\"{:.1}\">0 s</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.1} s</text>", h - 8.0, W - 4.0, h - 8.0, d.wall_s);
     for n in &d.notices {
         let _ = write!(
             svg,
             "<line class=\"notice\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#d00\" stroke-width=\"3\" data-at-s=\"{3:.3}\"><title>preemption notice to {4} at {3:.2} s</title></line>",
             x(n.at_s),
             y(&n.worker) - 2.0,
-            y(&n.worker) + lane - 2.0,
+            y(&n.worker) + lane(&n.worker) + 2.0,
             n.at_s,
             esc(&n.worker)
         );
@@ -258,7 +295,7 @@ fn timeline_svg(d: &Data) -> String {
             svg,
             "<circle class=\"recovery\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#06c\" data-at-s=\"{:.3}\" data-seconds=\"{:.3}\"><title>re-leased by {} after {:.2} s back on the queue</title></circle>",
             x(r.at_s),
-            y(&r.worker) + lane / 2.0 - 4.0,
+            y(&r.worker) + lane(&r.worker) / 2.0,
             r.at_s,
             r.seconds,
             esc(&r.worker),
@@ -283,7 +320,7 @@ fn cost_svg(r: &Report) -> String {
     );
     for (i, l) in r.per_worker.iter().enumerate() {
         let y = i as f64 * lane + 4.0;
-        let scale = |v: f64| v / max * (W - LEFT - 120.0);
+        let scale = |v: f64| v / max * (W - LEFT - 170.0);
         let _ = write!(
             svg,
             "<text x=\"4\" y=\"{:.1}\">{}</text><rect class=\"od\" x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#ddd\" data-dollars=\"{:.9}\"><title>on demand ${:.4}</title></rect><rect class=\"spent\" x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" data-dollars=\"{:.9}\" data-worker=\"{}\"><title>{} {}: ${:.4}</title></rect><text x=\"{:.1}\" y=\"{:.1}\">${:.4} of ${:.4}</text>",
