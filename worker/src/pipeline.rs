@@ -1313,6 +1313,13 @@ fn run_batch(
                 .map(|d| infer_one(engine.as_mut(), rt, d))
                 .collect();
             let all_failed = singles.iter().all(|r| r.is_err());
+            let ran: Vec<&Decoded> = batch
+                .iter()
+                .zip(&singles)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(d, _)| d)
+                .collect();
+            charge_items(&ran);
             for (d, r) in batch.into_iter().zip(singles) {
                 match (r, all_failed) {
                     (Err(e), true) => d.work.send(ToShard::Fail(e)),
@@ -1339,9 +1346,9 @@ fn run_batch(
 }
 
 /// Tells the cost meter which jobs' items the model just ran.
-fn charge_items(batch: &[Decoded]) {
+fn charge_items<D: std::borrow::Borrow<Decoded>>(batch: &[D]) {
     let mut per_job: Vec<(&Arc<CostMeter>, &str, u64)> = Vec::new();
-    for d in batch {
+    for d in batch.iter().map(|d| d.borrow()) {
         let Some(m) = &d.work.cost else { continue };
         let job = d.work.ctx.manifest.job_id.as_str();
         match per_job.iter_mut().find(|(_, j, _)| *j == job) {
