@@ -143,11 +143,11 @@ max_attempts = 5
     let mut a = worker("A", true);
     let out_prefix = format!("s3://{bucket}/out");
     let give_up = Instant::now() + Duration::from_secs(90);
-    while aws(&["count", &out_prefix, ".json"])
+    while aws(&["count", &out_prefix, ".json", "/_done/"])
         .trim()
         .parse::<usize>()
         .unwrap()
-        < 2
+        < 1
     {
         assert!(a.try_wait().unwrap().is_none(), "worker A ended early");
         assert!(Instant::now() < give_up, "worker A made no progress");
@@ -179,7 +179,17 @@ max_attempts = 5
     }
     assert_eq!(rows, 54, "no duplicate rows");
     assert_eq!(keys.into_iter().collect::<Vec<_>>(), job.input_keys());
-    assert_eq!(aws(&["count", &out_prefix, ".json"]).trim(), "19");
+    assert_eq!(
+        aws(&["count", &out_prefix, ".json", "/_done/"]).trim(),
+        "18"
+    );
+    assert_eq!(aws(&["count", &out_prefix, "_manifest.json"]).trim(), "1");
+    // Cost ledgers: B's, and A's if it was killed after its first shard's ledger.
+    let ledgers: usize = aws(&["count", &out_prefix, ".json", "/_cost/"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&ledgers), "{ledgers} ledgers");
 
     // The foreign messages are in the dead-letter queue, with the reason.
     let dlq = run_ok(sb().args(["queue", "dlq", &queue]));

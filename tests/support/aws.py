@@ -5,7 +5,7 @@
   aws.py mkbucket BUCKET
   aws.py upload DIR s3://BUCKET/PREFIX        (every file below DIR, keys relative to it)
   aws.py rows s3://BUCKET/PREFIX              (prints every row of every part-*.jsonl, one per line)
-  aws.py count s3://BUCKET/PREFIX SUFFIX      (prints how many keys below PREFIX end in SUFFIX)
+  aws.py count s3://BUCKET/PREFIX SUFFIX [PART] (prints how many keys below PREFIX end in SUFFIX and contain PART)
   aws.py send QUEUE_URL BODY_HEX              (puts a raw message on a queue)
 """
 import os
@@ -51,7 +51,8 @@ def main() -> int:
     elif cmd == "count":
         s3 = client("s3")
         bucket, prefix = split(args[0])
-        print(sum(1 for k in keys(s3, bucket, prefix) if k.endswith(args[1])))
+        within = args[2] if len(args) > 2 else ""
+        print(sum(1 for k in keys(s3, bucket, prefix) if k.endswith(args[1]) and within in k))
     elif cmd == "send":
         client("sqs").send_message(QueueUrl=args[0], MessageBody=bytes.fromhex(args[1]).decode("latin-1"))
     else:
