@@ -272,7 +272,7 @@ struct ShardWork {
     ctx: Arc<JobContext>,
     tx: mpsc::UnboundedSender<ToShard>,
     cancel: CancellationToken,
-    cost: Option<Arc<CostMeter>>,
+    cost: Arc<CostMeter>,
 }
 
 impl ShardWork {
@@ -313,7 +313,7 @@ struct Shared {
     /// One shard feeds the pipeline at a time; the others wait here, unstarted.
     feed: Semaphore,
     /// What the machine costs, charged to jobs.
-    cost: Option<Arc<CostMeter>>,
+    cost: Arc<CostMeter>,
 }
 
 /// Runs a worker until the queue is empty (with `exit_when_empty`), or until `control` drains or
@@ -357,7 +357,7 @@ pub async fn run_worker(
     );
 
     // Always on: without prices it keeps the shard timeline that `spotbatch report` charts.
-    let cost = Some(Arc::new(CostMeter::new(&opts.id, opts.prices.clone())));
+    let cost = Arc::new(CostMeter::new(&opts.id, opts.prices.clone()));
     let shared = Arc::new(Shared {
         queue,
         jobs,
@@ -368,8 +368,8 @@ pub async fn run_worker(
         opts,
         cost,
     });
-    let meter = shared.cost.clone().map(|m| {
-        let progress = Arc::clone(&shared.progress);
+    let meter = {
+        let (m, progress) = (Arc::clone(&shared.cost), Arc::clone(&shared.progress));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             every.tick().await;
@@ -378,19 +378,17 @@ pub async fn run_worker(
                 m.tick(&held_jobs(&progress));
             }
         })
-    });
+    };
     let mut result = lease_loop(Arc::clone(&shared)).await;
-    if let Some(t) = meter {
-        t.abort();
+    meter.abort();
+    shared.cost.tick(&held_jobs(&shared.progress));
+    if let Some(since) = shared.control.since_notice() {
+        shared
+            .cost
+            .notice(crate::cost::now_ms().saturating_sub(since.as_millis() as u64));
     }
-    if let Some(m) = &shared.cost {
-        m.tick(&held_jobs(&shared.progress));
-        if let Some(since) = shared.control.since_notice() {
-            m.notice(crate::cost::now_ms().saturating_sub(since.as_millis() as u64));
-        }
-        for ctx in shared.jobs.loaded_contexts().await {
-            write_ledger(m, &ctx).await;
-        }
+    for ctx in shared.jobs.loaded_contexts().await {
+        write_ledger(&shared.cost, &ctx).await;
     }
     // Every lease is acked or released by now: hand back what the queue holds for us.
     if let Err(e) = shared.queue.close().await {
@@ -499,12 +497,14 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             return;
         }
     };
-    if let Some(back) = lease.released_at {
-        // Handed back (released or expired) until leased again: the recovery time.
-        let secs = std::time::SystemTime::now()
+    // Handed back (released or expired) until leased again: the recovery time.
+    let recovery_s = lease.released_at.map(|back| {
+        SystemTime::now()
             .duration_since(back)
             .unwrap_or_default()
-            .as_secs_f64();
+            .as_secs_f64()
+    });
+    if let Some(secs) = recovery_s {
         metrics::histogram!("spotbatch_recovery_seconds").record(secs);
     }
     if lease.delivery_count > 1 {
@@ -531,37 +531,29 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     if let Ok(mut c) = shared.progress.current.lock() {
         c.remove(&task.shard);
     }
-    if let Some(m) = &shared.cost {
-        let (name, items) = match &outcome {
-            Outcome::Done { items, .. } => ("done", *items),
-            Outcome::AlreadyDone => ("skipped", 0),
-            Outcome::Failed(_) => ("failed", 0),
-            Outcome::LeaseLost(_) => ("lease_lost", 0),
-            Outcome::Interrupted => ("interrupted", 0),
-            Outcome::Unstarted => ("released", 0),
-            Outcome::Partial { done, .. } => ("partial", *done as u64),
-        };
-        m.shard(
-            &task.job,
-            crate::cost::ShardEvent {
-                shard: task.shard.clone(),
-                leased_at_ms,
-                ended_at_ms: crate::cost::now_ms(),
-                outcome: name.to_string(),
-                items,
-                attempt: lease.delivery_count,
-                recovery_s: lease.released_at.and_then(|back| {
-                    SystemTime::now()
-                        .duration_since(back)
-                        .ok()
-                        .map(|d| d.as_secs_f64())
-                        .map(|total| total - (crate::cost::now_ms() - leased_at_ms) as f64 / 1000.0)
-                }),
-            },
-        );
-    }
-    if let (Some(m), Ok(ctx)) = (&shared.cost, shared.jobs.context(&task).await) {
-        write_ledger(m, &ctx).await;
+    let (name, items) = match &outcome {
+        Outcome::Done { items, .. } => ("done", *items),
+        Outcome::AlreadyDone => ("skipped", 0),
+        Outcome::Failed(_) => ("failed", 0),
+        Outcome::LeaseLost(_) => ("lease_lost", 0),
+        Outcome::Interrupted => ("interrupted", 0),
+        Outcome::Unstarted => ("released", 0),
+        Outcome::Partial { done, .. } => ("partial", *done as u64),
+    };
+    shared.cost.shard(
+        &task.job,
+        crate::cost::ShardEvent {
+            shard: task.shard.clone(),
+            leased_at_ms,
+            ended_at_ms: crate::cost::now_ms(),
+            outcome: name.to_string(),
+            items,
+            attempt: lease.delivery_count,
+            recovery_s,
+        },
+    );
+    if let Ok(ctx) = shared.jobs.context(&task).await {
+        write_ledger(&shared.cost, &ctx).await;
     }
     shared
         .progress
@@ -741,9 +733,7 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
             .filter(|k| !kept.contains_key(k.as_str()))
             .count();
         metrics::counter!("spotbatch_items_redone_total").increment(redo as u64);
-        if let Some(m) = &shared.cost {
-            m.redone(&task.job, redo as u64);
-        }
+        shared.cost.redone(&task.job, redo as u64);
     }
     let cancel = shared.control.stop.child_token();
     let visibility = Duration::from_secs(visibility_secs(shared));
@@ -1349,7 +1339,7 @@ fn run_batch(
 fn charge_items<D: std::borrow::Borrow<Decoded>>(batch: &[D]) {
     let mut per_job: Vec<(&Arc<CostMeter>, &str, u64)> = Vec::new();
     for d in batch.iter().map(|d| d.borrow()) {
-        let Some(m) = &d.work.cost else { continue };
+        let m = &d.work.cost;
         let job = d.work.ctx.manifest.job_id.as_str();
         match per_job.iter_mut().find(|(_, j, _)| *j == job) {
             Some(e) => e.2 += 1,
