@@ -166,6 +166,9 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
     let on_demand = ["--capacity", "on-demand", "--price-per-hour", "4.0"];
     let addrs = [free_addr(), free_addr(), free_addr()];
     // Prometheus scrapes the coordinator and the three workers (w3 starts later).
+    // The job id is the manifest's digest, the same in every run: a `run` label keeps this run's
+    // series apart from an earlier run's on the same Prometheus.
+    let run = unique("dash");
     let file: Vec<serde_json::Value> = [
         ("coordinator", http),
         ("w1", addrs[0]),
@@ -173,9 +176,9 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
         ("w3", addrs[2]),
     ]
     .iter()
-    .map(|(id, a)| serde_json::json!({"targets": [a.to_string()], "labels": {"worker": id}}))
+    .map(|(id, a)| serde_json::json!({"targets": [a.to_string()], "labels": {"worker": id, "run": run}}))
     .collect();
-    let sd = targets.join(format!("{}.json", unique("dash")));
+    let sd = targets.join(format!("{run}.json"));
     std::fs::write(&sd, serde_json::to_vec(&file).expect("json")).expect("write targets");
 
     let w1 = worker(&coord, "w1", dir, addrs[0], &spot);
@@ -264,14 +267,16 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
     // Cost: per worker, the last scraped job cost against the worker's ledger.
     let scraped: std::collections::BTreeMap<String, f64> = query(
         &prom,
-        &format!("max by (worker) (max_over_time(spotbatch_job_cost_dollars_total{{job=\"{job_id}\"}}[10m]))"),
+        &format!("max by (worker) (max_over_time(spotbatch_job_cost_dollars_total{{job=\"{job_id}\",run=\"{run}\"}}[10m]))"),
     )
     .iter()
     .map(|s| (s["metric"]["worker"].as_str().unwrap_or("").to_string(), value(s)))
     .collect();
     let items_scraped: f64 = query(
         &prom,
-        &format!("sum(max_over_time(spotbatch_items_total{{job=\"{job_id}\"}}[10m]))"),
+        &format!(
+            "sum(max_over_time(spotbatch_items_total{{job=\"{job_id}\",run=\"{run}\"}}[10m]))"
+        ),
     )
     .first()
     .map(value)

@@ -248,7 +248,21 @@ impl CostMeter {
     }
 
     fn ledger_mut<'a>(&self, s: &'a mut State, job: &str) -> &'a mut Ledger {
-        s.ledgers.entry(job.to_string()).or_insert_with(|| Ledger {
+        s.ledgers.entry(job.to_string()).or_insert_with(|| {
+            if let Some(p) = &self.prices {
+                // The job's series exist from its first ledger entry, also when nothing is
+                // ever charged to it here (a shard released at once).
+                metrics::gauge!("spotbatch_job_cost_dollars_total", "job" => job.to_string(), "capacity" => p.capacity.label())
+                    .increment(0.0);
+                metrics::gauge!("spotbatch_job_on_demand_dollars_total", "job" => job.to_string())
+                    .increment(0.0);
+            }
+            self.new_ledger()
+        })
+    }
+
+    fn new_ledger(&self) -> Ledger {
+        Ledger {
             worker: self.worker.clone(),
             capacity: self
                 .prices
@@ -264,7 +278,7 @@ impl CostMeter {
                 .unwrap_or(0.0),
             priced: self.prices.is_some(),
             ..Ledger::default()
-        })
+        }
     }
 
     /// Records how a shard of `job` went.
