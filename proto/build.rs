@@ -1,7 +1,7 @@
 //! Generates the gRPC code from `proto/*.proto` with protox (a protobuf compiler in Rust), so no
 //! system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/coordinator.proto"];
+    let files = ["proto/coordinator.proto", "proto/peer.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

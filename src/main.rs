@@ -139,8 +139,9 @@ struct WorkerArgs {
     /// Exit when the queue has nothing visible or in flight, instead of waiting for more work.
     #[arg(long)]
     exit_when_empty: bool,
-    /// Shards held at once.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Most shards held at once (one in work, the rest leased but unstarted). Within it the
+    /// depth adapts: enough unstarted shards for a tenth of the lease timeout at the measured pace.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     prefetch: u16,
     /// Threads decoding images (default: half the cores).
     #[arg(long)]
@@ -156,6 +157,21 @@ struct WorkerArgs {
     /// Lease length in seconds (default: the manifests' queue.visibility_timeout_secs, else 60).
     #[arg(long)]
     visibility_timeout_secs: Option<u64>,
+    /// Work stealing between workers (needs --coordinator): an idle worker takes unstarted
+    /// shards from the busiest peer; a draining one offers its unstarted shards to idle peers.
+    #[arg(long, value_enum, default_value_t = Toggle::On, env = "SPOTBATCH_STEAL")]
+    steal: Toggle,
+    /// Where this worker serves peers' stealing calls (gRPC; port 0 picks one).
+    #[arg(long, default_value = "0.0.0.0:0", env = "SPOTBATCH_PEER_LISTEN")]
+    peer_listen: std::net::SocketAddr,
+    /// How peers reach it (http://HOST:PORT; in Kubernetes the pod IP). Default: the listen
+    /// address, or the host name when listening on every interface.
+    #[arg(long, env = "SPOTBATCH_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    /// A thief silent this long (it reports every quarter of it) loses a handed-over shard back
+    /// to its owner.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..))]
+    handoff_timeout_ms: u64,
     /// Failed attempts before a shard is dead-lettered (default: the first manifest's, else 3).
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -218,6 +234,12 @@ enum NoticeMode {
     Gcp,
     /// Azure Scheduled Events (`Preempt`).
     Azure,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -481,6 +503,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             opts,
             Arc::clone(&progress),
             control.clone(),
+            None,
         ));
     }
     let finished = CancellationToken::new();
@@ -621,12 +644,28 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(3);
     // With a coordinator: register (it names the queue), then heartbeat in the background.
     let mut link = None;
+    let mut stealing = None;
     let queue_uri = match (&args.coordinator, &args.queue) {
         (Some(url), _) => {
+            // Stealing: serve peers before registering, so the address registered answers.
+            let peer = match args.steal {
+                Toggle::On => {
+                    let incoming = tonic::transport::server::TcpIncoming::bind(args.peer_listen)
+                        .map_err(|e| anyhow::anyhow!("--peer-listen {}: {e}", args.peer_listen))?;
+                    let bound = incoming.local_addr()?;
+                    let advertise = args
+                        .peer_advertise
+                        .clone()
+                        .unwrap_or_else(|| default_advertise(bound));
+                    Some((incoming, advertise))
+                }
+                Toggle::Off => None,
+            };
             let me = spotbatch_worker::link::Identity {
                 name: id.clone(),
                 capacity: u32::from(args.prefetch),
                 device: device_label(args.device),
+                peer_address: peer.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
             };
             let mut client = remote::client(url, args.tls_ca.as_deref())?;
             let reg = spotbatch_worker::link::register(&mut client, &me, Duration::from_secs(60))
@@ -638,6 +677,17 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 max_attempts = reg.max_attempts;
             }
             id = reg.worker_id.clone();
+            if let Some((incoming, advertise)) = peer {
+                tracing::info!(worker = %id, peer = %advertise, "work stealing on");
+                stealing = Some(spotbatch_worker::Stealing {
+                    coordinator: client.clone(),
+                    worker_id: reg.worker_id.clone(),
+                    advertise,
+                    incoming,
+                    token: remote::token(),
+                    handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
+                });
+            }
             link = Some((
                 client,
                 me,
@@ -656,6 +706,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = args.metrics_addr {
         let handle = remote::install_metrics()?;
         spotbatch_worker::pipeline::register_metrics();
+        spotbatch_worker::steal::register_metrics();
         if spotbatch_worker::gpu::spawn_nvml_metrics(Duration::from_secs(2)) {
             tracing::info!("GPU utilisation and memory from NVML every 2 s");
         }
@@ -717,6 +768,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         opts,
         Arc::clone(&progress),
         control.clone(),
+        stealing,
     )
     .await;
     finished.cancel();
@@ -746,6 +798,20 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         if control.is_draining() { "; drained, leases released" } else { "" },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `http://HOST:PORT` for a peer listener: its own IP, or the host name when it listens on every
+/// interface.
+fn default_advertise(bound: std::net::SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return format!("http://{bound}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("http://{host}:{}", bound.port())
 }
 
 async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {

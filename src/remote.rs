@@ -88,7 +88,7 @@ pub struct StatusArgs {
     client: ClientArgs,
 }
 
-fn token() -> Option<String> {
+pub fn token() -> Option<String> {
     std::env::var("SPOTBATCH_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())

@@ -51,6 +51,18 @@ pub fn connect(
     token: Option<&str>,
     ca_pem: Option<&[u8]>,
 ) -> Result<Client, ConnectError> {
+    let (channel, bearer) = channel(url, token, ca_pem)?;
+    Ok(CoordinatorClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(16 * crate::service::MAX_MESSAGE_BYTES))
+}
+
+/// A lazily connecting channel to a spotbatch gRPC server (the coordinator, or a worker's `Peer`
+/// service) and the interceptor that sends the bearer token on every call.
+pub fn channel(
+    url: &str,
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<(Channel, Bearer), ConnectError> {
     let bad = |message: String| ConnectError::Url {
         url: url.to_string(),
         message,
@@ -78,7 +90,5 @@ pub fn connect(
         ),
         None => None,
     };
-    let channel = ep.connect_lazy();
-    Ok(CoordinatorClient::with_interceptor(channel, Bearer(token))
-        .max_decoding_message_size(16 * crate::service::MAX_MESSAGE_BYTES))
+    Ok((ep.connect_lazy(), Bearer(token)))
 }

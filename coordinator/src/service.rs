@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use spotbatch_proto::api::coordinator_server::Coordinator;
 use spotbatch_proto::api::{
     CancelReply, CancelRequest, DeadShard, HeartbeatReply, HeartbeatRequest, JobStatus, JobSummary,
-    ListJobsReply, ListJobsRequest, RegisterReply, RegisterRequest, ShardInFlight, StatusRequest,
-    SubmitReply, SubmitRequest, WorkerInfo,
+    ListJobsReply, ListJobsRequest, PeerInfo, PeersReply, PeersRequest, RegisterReply,
+    RegisterRequest, ShardInFlight, StatusRequest, SubmitReply, SubmitRequest, WorkerInfo,
 };
 use spotbatch_proto::manifest::Manifest;
 use spotbatch_proto::ShardTask;
@@ -98,6 +98,10 @@ struct WorkerEntry {
     seen_at: Instant,
     rate: f64,
     shards: Vec<(String, String)>,
+    /// Where it serves `Peer` (empty: no stealing).
+    peer_address: String,
+    /// Leased shards it has not started.
+    unstarted: u32,
 }
 
 /// The coordinator's state and API.
@@ -637,6 +641,8 @@ impl Coordinator for Api {
                 seen_at: Instant::now(),
                 rate: 0.0,
                 shards: Vec::new(),
+                peer_address: r.peer_address,
+                unstarted: 0,
             },
         );
         tracing::info!(worker = %id, "worker registered");
@@ -667,6 +673,10 @@ impl Coordinator for Api {
             e.capacity = h.capacity;
             e.device = h.device;
             e.shards = h.shards.into_iter().map(|s| (s.job_id, s.shard)).collect();
+            e.unstarted = h.unstarted;
+            if !h.peer_address.is_empty() {
+                e.peer_address = h.peer_address;
+            }
         }
         for o in &h.outcomes {
             metrics::counter!("spotbatch_shard_reports_total", "outcome" => o.outcome.clone())
@@ -676,6 +686,41 @@ impl Coordinator for Api {
         Ok(Response::new(HeartbeatReply {
             cancelled_jobs: self.cancelled_jobs().await,
         }))
+    }
+
+    async fn peers(&self, req: Request<PeersRequest>) -> Result<Response<PeersReply>, Status> {
+        let r = req.into_inner();
+        let w = self.workers.lock().map_err(internal)?;
+        let mut peers: Vec<PeerInfo> = w
+            .iter()
+            .filter(|(id, e)| **id != r.worker_id && !e.peer_address.is_empty() && self.alive(e))
+            .map(|(id, e)| PeerInfo {
+                worker_id: id.clone(),
+                address: e.peer_address.clone(),
+                unstarted: e.unstarted,
+                capacity: e.capacity,
+                in_work: e.shards.len() as u32,
+                items_per_second: e.rate,
+            })
+            .filter(|p| {
+                if r.idle {
+                    p.unstarted == 0 && p.in_work < p.capacity.max(1)
+                } else {
+                    p.unstarted > 0
+                }
+            })
+            .collect();
+        if r.idle {
+            peers.sort_by_key(|p| (p.in_work, p.worker_id.clone()));
+        } else {
+            peers.sort_by(|a, b| {
+                b.unstarted
+                    .cmp(&a.unstarted)
+                    .then_with(|| a.worker_id.cmp(&b.worker_id))
+            });
+        }
+        peers.truncate(16);
+        Ok(Response::new(PeersReply { peers }))
     }
 }
 

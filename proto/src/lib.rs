@@ -7,7 +7,8 @@
 
 pub mod manifest;
 
-/// The coordinator's gRPC API (`proto/coordinator.proto`), generated at build time.
+/// The gRPC APIs, generated at build time: the coordinator's (`proto/coordinator.proto`) and the
+/// workers' to each other for work stealing (`proto/peer.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod api {
     tonic::include_proto!("spotbatch.v1");

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod coord;
 pub mod metadata;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spotbatch");

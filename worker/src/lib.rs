@@ -12,8 +12,10 @@ pub mod notice;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
+pub mod steal;
 pub mod validate;
 
 pub use engine::{Device, EngineError, Float, InferenceEngine, OrtEngine, ORT_DYLIB_ENV};
 pub use job::{JobContext, JobError, Jobs};
 pub use pipeline::{run_worker, Progress, WorkerOptions};
+pub use steal::Stealing;

@@ -24,6 +24,8 @@ pub struct Identity {
     pub capacity: u32,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// Where it serves `Peer` for work stealing (empty: stealing off).
+    pub peer_address: String,
 }
 
 /// Registers, retrying for up to `patience` while the coordinator is unreachable.
@@ -39,6 +41,7 @@ pub async fn register(
                 name: me.name.clone(),
                 capacity: me.capacity,
                 device: me.device.clone(),
+                peer_address: me.peer_address.clone(),
             })
             .await;
         match r {
@@ -116,6 +119,8 @@ pub async fn heartbeat_loop(
             outcomes,
             capacity: me.capacity,
             device: me.device.clone(),
+            unstarted: progress.unstarted.load(Ordering::Relaxed) as u32,
+            peer_address: me.peer_address.clone(),
         };
         match client.heartbeat(req).await {
             Ok(reply) => {

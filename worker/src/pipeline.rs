@@ -25,16 +25,19 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use spotbatch_coordinator::{GetError, JobLayout, StorageError};
+use spotbatch_proto::api::HandedShard;
 use spotbatch_proto::{sha256_hex, DoneMarker, OutputRow, ShardTask};
 use spotbatch_queue::{Lease, LeaseQueue, QueueError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::cost::CostMeter;
 use crate::engine::{BatchOutput, DeviceAllocator, DeviceTensor};
 use crate::gpu::{GpuPreprocessor, Pixels, Prepared};
 use crate::job::{JobContext, Jobs, ModelRuntime};
+use crate::steal::{Deque, Given, Keeper, Pace, PeerConn, StealState, Stealing, Word};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -125,8 +128,10 @@ pub struct Progress {
     pub shards_skipped: AtomicU64,
     /// Shard attempts that failed and were released.
     pub attempts_failed: AtomicU64,
-    /// Shards in work right now.
+    /// Shards held right now (waiting or in work).
     pub shards_in_flight: AtomicUsize,
+    /// Leased shards waiting for their turn (what peers may steal).
+    pub unstarted: AtomicUsize,
     /// Shards in work right now: shard → job (reported in coordinator heartbeats).
     pub current: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Shard outcomes not reported yet; collected only when `collect_outcomes` is set.
@@ -179,6 +184,25 @@ impl Progress {
                 errors,
                 reason: reason.to_string(),
             });
+        }
+    }
+
+    /// The shard is held (waiting or in work): counted and reported in heartbeats.
+    fn hold(&self, task: &ShardTask) {
+        self.shards_in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = self.current.lock() {
+            c.insert(task.shard.clone(), task.job.clone());
+        }
+    }
+
+    fn unhold(&self, task: &ShardTask) {
+        let held = self
+            .current
+            .lock()
+            .map(|mut c| c.remove(&task.shard).is_some())
+            .unwrap_or(false);
+        if held {
+            self.shards_in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -257,6 +281,24 @@ enum Outcome {
         done: usize,
         total: usize,
     },
+    /// A peer worked it and reported it done.
+    HandedOver,
+}
+
+impl Outcome {
+    /// Its name in ledgers and reports, and the rows it wrote.
+    fn summary(&self) -> (&'static str, u64) {
+        match self {
+            Outcome::Done { items, .. } => ("done", *items),
+            Outcome::AlreadyDone => ("skipped", 0),
+            Outcome::Failed(_) => ("failed", 0),
+            Outcome::LeaseLost(_) => ("lease_lost", 0),
+            Outcome::Interrupted => ("interrupted", 0),
+            Outcome::Unstarted => ("released", 0),
+            Outcome::Partial { done, .. } => ("partial", *done as u64),
+            Outcome::HandedOver => ("handed_over", 0),
+        }
+    }
 }
 
 /// A message from the pipeline to a shard.
@@ -303,17 +345,50 @@ struct Decoded {
 }
 
 /// State shared by a worker's tasks.
-struct Shared {
+pub(crate) struct Shared {
     queue: Arc<dyn LeaseQueue>,
     jobs: Jobs,
     opts: WorkerOptions,
-    progress: Arc<Progress>,
-    control: Control,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) control: Control,
     decode_tx: async_channel::Sender<Fetched>,
     /// One shard feeds the pipeline at a time; the others wait here, unstarted.
     feed: Semaphore,
     /// What the machine costs, charged to jobs.
     cost: Arc<CostMeter>,
+    /// The leased shards waiting for their turn to feed (what peers may steal).
+    pub(crate) deque: Deque,
+    /// Shards waiting for their turn to feed: the deque's and stolen ones.
+    waiting: AtomicUsize,
+    /// Measured pace, setting how many shards to hold.
+    pub(crate) pace: Pace,
+    /// Work stealing, when on.
+    pub(crate) steal: Option<StealState>,
+    /// Every shard task (leased or stolen); its length is the shards held.
+    pub(crate) tasks: TaskTracker,
+    /// A shard task ended: a slot is free.
+    slot_freed: tokio::sync::Notify,
+    /// A drain's offers to peers are over: the drain may release what is left.
+    offers_done: CancellationToken,
+}
+
+impl Shared {
+    /// Shards to hold now, from the measured pace, `--prefetch` and the lease timeout.
+    fn target(&self) -> usize {
+        let visibility = Duration::from_secs(visibility_secs(self));
+        self.pace.target(self.opts.prefetch.max(1), visibility)
+    }
+
+    fn count_unstarted(&self) {
+        let n = self.deque.len();
+        self.progress.unstarted.store(n, Ordering::Relaxed);
+        metrics::gauge!("spotbatch_unstarted_shards").set(n as f64);
+    }
+
+    /// Free slots: how many more shards to hold.
+    pub(crate) fn room(&self) -> usize {
+        self.target().saturating_sub(self.tasks.len())
+    }
 }
 
 /// Runs a worker until the queue is empty (with `exit_when_empty`), or until `control` drains or
@@ -324,6 +399,7 @@ pub async fn run_worker(
     opts: WorkerOptions,
     progress: Arc<Progress>,
     control: Control,
+    steal: Option<Stealing>,
 ) -> Result<(), QueueError> {
     let (decode_tx, decode_rx) = async_channel::bounded::<Fetched>(64);
     let (infer_tx, infer_rx) = crossbeam_channel::bounded::<Decoded>(128);
@@ -358,6 +434,13 @@ pub async fn run_worker(
 
     // Always on: without prices it keeps the shard timeline that `spotbatch report` charts.
     let cost = Arc::new(CostMeter::new(&opts.id, opts.prices.clone()));
+    let (steal, incoming) = match steal {
+        Some(s) => {
+            let (st, incoming) = StealState::new(s);
+            (Some(st), Some(incoming))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         queue,
         jobs,
@@ -367,7 +450,39 @@ pub async fn run_worker(
         feed: Semaphore::new(1),
         opts,
         cost,
+        deque: Deque::default(),
+        waiting: AtomicUsize::new(0),
+        pace: Pace::default(),
+        steal,
+        tasks: TaskTracker::new(),
+        slot_freed: tokio::sync::Notify::new(),
+        offers_done: CancellationToken::new(),
     });
+    let peer_stop = CancellationToken::new();
+    let peer_server = match incoming {
+        Some(incoming) => {
+            let token = shared.steal.as_ref().and_then(|s| s.token.clone());
+            Some(crate::steal::serve(
+                Arc::clone(&shared),
+                incoming,
+                token,
+                peer_stop.clone(),
+            ))
+        }
+        None => None,
+    };
+    // A drain first offers unstarted shards to idle peers, then releases the rest.
+    let offers = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            shared.control.drain.cancelled().await;
+            if let Some(st) = &shared.steal {
+                let cutoff = shared.control.cutoff();
+                crate::steal::offer_unstarted(&shared, st, cutoff).await;
+            }
+            shared.offers_done.cancel();
+        })
+    };
     let meter = {
         let (m, progress) = (Arc::clone(&shared.cost), Arc::clone(&shared.progress));
         tokio::spawn(async move {
@@ -381,6 +496,11 @@ pub async fn run_worker(
     };
     let mut result = lease_loop(Arc::clone(&shared)).await;
     meter.abort();
+    offers.abort();
+    peer_stop.cancel();
+    if let Some(p) = peer_server {
+        let _ = p.await;
+    }
     shared.cost.tick(&held_jobs(&shared.progress));
     if let Some(since) = shared.control.since_notice() {
         shared
@@ -418,23 +538,24 @@ fn spawn_err(queue: &Arc<dyn LeaseQueue>, e: std::io::Error) -> QueueError {
 }
 
 async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
-    let slots = Arc::new(Semaphore::new(shared.opts.prefetch.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut next_steal = Instant::now();
     let result = loop {
-        while tasks.try_join_next().is_some() {}
         if shared.control.stop_leasing.is_cancelled() {
             break Ok(());
         }
-        // Wait for a free slot (or stop).
-        let first = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break Ok(()) },
-            _ = shared.control.stop_leasing.cancelled() => break Ok(()),
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
-            permits.push(p);
+        let target = shared.target();
+        metrics::gauge!("spotbatch_prefetch_depth").set(target as f64);
+        let free = target.saturating_sub(shared.tasks.len());
+        if free == 0 {
+            // Wait for a slot (or stop).
+            tokio::select! {
+                _ = shared.slot_freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shared.control.stop_leasing.cancelled() => break Ok(()),
+            }
+            continue;
         }
-        if shared.opts.exit_when_empty && tasks.is_empty() {
+        if shared.opts.exit_when_empty && shared.tasks.is_empty() {
             match shared.queue.depth().await {
                 Ok(d) if d.pending() == 0 => break Ok(()),
                 Ok(_) => {}
@@ -443,13 +564,14 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
         }
         let visibility = Duration::from_secs(visibility_secs(&shared));
         // While our own shards are in work, look again soon: a slot frees when one finishes.
-        let wait = if tasks.is_empty() {
+        let wait = if shared.tasks.is_empty() {
             shared.opts.lease_wait
         } else {
             shared.opts.lease_wait.min(Duration::from_millis(100))
         };
+        let t0 = Instant::now();
         let leases = tokio::select! {
-            r = shared.queue.lease(permits.len(), visibility, wait) => r,
+            r = shared.queue.lease(free, visibility, wait) => r,
             _ = shared.control.stop_leasing.cancelled() => break Ok(()),
         };
         let leases = match leases {
@@ -460,20 +582,65 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
                 continue;
             }
         };
-        if leases.is_empty() {
+        if !leases.is_empty() {
+            shared.pace.lease_took(t0.elapsed());
+            for lease in leases {
+                let s = Arc::clone(&shared);
+                spawn_shard(&shared, async move { handle_lease(&s, lease).await });
+            }
             continue;
         }
-        for (lease, permit) in leases.into_iter().zip(permits) {
-            let shared = Arc::clone(&shared);
-            tasks.spawn(async move {
-                handle_lease(&shared, lease).await;
-                drop(permit);
-            });
+        // Nothing for us in the queue and nothing waiting to start: idle, so steal.
+        let idle = shared.waiting.load(Ordering::Relaxed) == 0;
+        if let (Some(st), true) = (&shared.steal, idle && Instant::now() >= next_steal) {
+            match crate::steal::steal(st, free).await {
+                Some((owner, shards)) => {
+                    let conn = match st.conn(&owner) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            warn!(error = %e, "cannot reach the shards' owner");
+                            continue;
+                        }
+                    };
+                    for h in shards {
+                        spawn_stolen(&shared, h, conn.clone(), st.handoff_timeout);
+                    }
+                    next_steal = Instant::now();
+                }
+                None => next_steal = Instant::now() + Duration::from_secs(1),
+            }
         }
     };
     // Interrupted or finished: let every shard task release or finish.
-    while tasks.join_next().await.is_some() {}
+    shared.tasks.close();
+    shared.tasks.wait().await;
     result
+}
+
+/// Runs a shard task on the worker's tracker; its end frees a slot.
+fn spawn_shard<F>(shared: &Arc<Shared>, f: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let s = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        f.await;
+        s.slot_freed.notify_one();
+    });
+}
+
+/// Works a shard handed over by a peer (stolen, or offered by a draining peer).
+pub(crate) fn spawn_stolen(
+    shared: &Arc<Shared>,
+    h: HandedShard,
+    owner: PeerConn,
+    timeout: Duration,
+) {
+    let s = Arc::clone(shared);
+    spawn_shard(
+        shared,
+        async move { handle_stolen(&s, h, owner, timeout).await },
+    );
 }
 
 /// The visibility timeout: the manifest's for known jobs (all jobs of a worker share a queue, so
@@ -519,27 +686,50 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             .increment(1);
         return;
     }
-    shared
-        .progress
-        .shards_in_flight
-        .fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut c) = shared.progress.current.lock() {
-        c.insert(task.shard.clone(), task.job.clone());
-    }
+    shared.progress.hold(&task);
     let leased_at_ms = crate::cost::now_ms();
-    let outcome = run_shard(shared, &task, &lease).await;
-    if let Ok(mut c) = shared.progress.current.lock() {
-        c.remove(&task.shard);
-    }
-    let (name, items) = match &outcome {
-        Outcome::Done { items, .. } => ("done", *items),
-        Outcome::AlreadyDone => ("skipped", 0),
-        Outcome::Failed(_) => ("failed", 0),
-        Outcome::LeaseLost(_) => ("lease_lost", 0),
-        Outcome::Interrupted => ("interrupted", 0),
-        Outcome::Unstarted => ("released", 0),
-        Outcome::Partial { done, .. } => ("partial", *done as u64),
+    let visibility = Duration::from_secs(visibility_secs(shared));
+    let keeper = Keeper::queue(Arc::clone(&shared.queue), lease.clone(), visibility);
+    let outcome = loop {
+        let given = match wait_turn(shared, Some(&lease), &keeper).await {
+            Turn::Feed(permit) => {
+                let t0 = Instant::now();
+                let o = run_shard(shared, &task, lease.delivery_count, &keeper, permit).await;
+                if matches!(o, Outcome::Done { .. }) {
+                    shared.pace.shard_took(t0.elapsed());
+                }
+                break o;
+            }
+            Turn::Drained => break Outcome::Unstarted,
+            Turn::Lost(reason) => break Outcome::LeaseLost(reason),
+            Turn::Stopped => break Outcome::Interrupted,
+            Turn::Given(g) => g,
+        };
+        // A peer works it now (and reports it in its heartbeats); the lease stays ours.
+        shared.progress.unhold(&task);
+        let (thief, at) = (given.thief.clone(), given.at);
+        match handed_over(shared, given, &keeper).await {
+            Back::Done => {
+                info!(worker = %shared.opts.id, shard = %task.shard, thief = %thief, after_ms = at.elapsed().as_millis() as u64, "a peer finished a shard handed to it; acking");
+                break Outcome::HandedOver;
+            }
+            Back::Failed(reason) => break Outcome::Failed(reason),
+            Back::Drained => break Outcome::Unstarted,
+            Back::Lost(reason) => break Outcome::LeaseLost(reason),
+            Back::Stopped => break Outcome::Interrupted,
+            Back::Returned(why) => {
+                metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "returned")
+                    .increment(1);
+                info!(worker = %shared.opts.id, shard = %task.shard, thief = %thief, why, "took a handed-over shard back");
+                shared.progress.hold(&task);
+            }
+        }
     };
+    // Extensions stop before the ack or release (an extension after a release would hide the
+    // message again).
+    drop(keeper);
+    shared.progress.unhold(&task);
+    let (name, items) = outcome.summary();
     shared.cost.shard(
         &task.job,
         crate::cost::ShardEvent {
@@ -555,10 +745,6 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     if let Ok(ctx) = shared.jobs.context(&task).await {
         write_ledger(&shared.cost, &ctx).await;
     }
-    shared
-        .progress
-        .shards_in_flight
-        .fetch_sub(1, Ordering::Relaxed);
     let job = task.job.clone();
     match outcome {
         Outcome::Done { items, errors } => {
@@ -566,43 +752,21 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             if let Err(e) = q.ack(std::slice::from_ref(&lease)).await {
                 warn!(job = %job, shard = %task.shard, error = %e, "ack failed; the shard will be redelivered and skipped");
             }
-            shared
-                .progress
-                .items_ok
-                .fetch_add(items - errors, Ordering::Relaxed);
-            shared
-                .progress
-                .items_failed
-                .fetch_add(errors, Ordering::Relaxed);
-            shared.progress.shards_done.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "ok")
-                .increment(items - errors);
-            metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "error")
-                .increment(errors);
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done")
-                .increment(1);
-            debug!(shard = %task.shard, items, errors, "shard done");
-            shared.progress.record(&task, "done", items, errors, "");
+            count_done(shared, &task, items, errors);
+        }
+        Outcome::HandedOver => {
+            if let Err(e) = q.ack(std::slice::from_ref(&lease)).await {
+                warn!(job = %job, shard = %task.shard, error = %e, "ack failed; the shard will be redelivered and skipped");
+            }
+            shared.progress.record(&task, "handed_over", 0, 0, "");
         }
         Outcome::AlreadyDone => {
             let _ = q.ack(std::slice::from_ref(&lease)).await;
-            shared
-                .progress
-                .shards_skipped
-                .fetch_add(1, Ordering::Relaxed);
-            shared.progress.record(&task, "skipped", 0, 0, "");
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "skipped")
-                .increment(1);
+            count_skipped(shared, &task);
         }
         Outcome::Failed(reason) => {
             warn!(worker = %shared.opts.id, job = %job, shard = %task.shard, attempt = lease.delivery_count, error = %reason, "shard failed; releasing it");
-            shared
-                .progress
-                .attempts_failed
-                .fetch_add(1, Ordering::Relaxed);
-            shared.progress.record(&task, "failed", 0, 0, &reason);
-            metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "failed")
-                .increment(1);
+            count_failed(shared, &task, &reason);
             metrics::counter!("spotbatch_leases_released_total", "reason" => "failed").increment(1);
             if let Err(e) = q.release(std::slice::from_ref(&lease), Some(&reason)).await {
                 warn!(shard = %task.shard, error = %e, "release failed; the lease will expire");
@@ -634,6 +798,239 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             info!(worker = %shared.opts.id, shard = %task.shard, done, total, "wrote a partial result and released the shard");
         }
     }
+}
+
+fn count_done(shared: &Shared, task: &ShardTask, items: u64, errors: u64) {
+    let p = &shared.progress;
+    p.items_ok.fetch_add(items - errors, Ordering::Relaxed);
+    p.items_failed.fetch_add(errors, Ordering::Relaxed);
+    p.shards_done.fetch_add(1, Ordering::Relaxed);
+    let job = task.job.clone();
+    metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "ok")
+        .increment(items - errors);
+    metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "error")
+        .increment(errors);
+    metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done").increment(1);
+    debug!(shard = %task.shard, items, errors, "shard done");
+    p.record(task, "done", items, errors, "");
+}
+
+fn count_skipped(shared: &Shared, task: &ShardTask) {
+    shared
+        .progress
+        .shards_skipped
+        .fetch_add(1, Ordering::Relaxed);
+    shared.progress.record(task, "skipped", 0, 0, "");
+    metrics::counter!("spotbatch_shards_total", "job" => task.job.clone(), "outcome" => "skipped")
+        .increment(1);
+}
+
+fn count_failed(shared: &Shared, task: &ShardTask, reason: &str) {
+    shared
+        .progress
+        .attempts_failed
+        .fetch_add(1, Ordering::Relaxed);
+    shared.progress.record(task, "failed", 0, 0, reason);
+    metrics::counter!("spotbatch_shards_total", "job" => task.job.clone(), "outcome" => "failed")
+        .increment(1);
+}
+
+/// How a shard's wait for its turn to feed ended.
+enum Turn<'a> {
+    /// Its turn: the feed permit.
+    Feed(tokio::sync::SemaphorePermit<'a>),
+    /// A peer took it.
+    Given(Given),
+    /// Drained before its turn (after any offers to peers).
+    Drained,
+    /// The claim on it was lost.
+    Lost(String),
+    /// Stopped at once.
+    Stopped,
+}
+
+/// Waits for the shard's turn to feed the pipeline. A leased shard (`lease` given) waits in the
+/// deque, where a peer may take it; a stolen one just waits.
+async fn wait_turn<'a>(shared: &'a Shared, lease: Option<&Lease>, keeper: &Keeper) -> Turn<'a> {
+    let entered = lease.map(|l| shared.deque.enter(&l.body, l.delivery_count));
+    shared.waiting.fetch_add(1, Ordering::Relaxed);
+    shared.count_unstarted();
+    let (seq, mut given) = match entered {
+        Some((seq, rx)) => (Some(seq), Some(rx)),
+        None => (None, None),
+    };
+    let taken = async {
+        match given.as_mut() {
+            Some(rx) => rx.await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(taken);
+    // Whether `taken` has completed (it must not be polled again then).
+    let mut settled = false;
+    let turn = tokio::select! {
+        p = shared.feed.acquire() => match p {
+            Ok(p) => Turn::Feed(p),
+            Err(_) => Turn::Stopped,
+        },
+        g = &mut taken => {
+            settled = true;
+            match g {
+                Some(g) => Turn::Given(g),
+                None => Turn::Stopped,
+            }
+        }
+        _ = shared.control.drain.cancelled() => {
+            // Offers to idle peers go first; what they do not take is released.
+            tokio::select! {
+                _ = shared.offers_done.cancelled() => Turn::Drained,
+                g = &mut taken => {
+                    settled = true;
+                    match g {
+                        Some(g) => Turn::Given(g),
+                        None => Turn::Drained,
+                    }
+                }
+            }
+        }
+        r = keeper.lost() => Turn::Lost(r),
+        _ = shared.control.stop.cancelled() => Turn::Stopped,
+    };
+    shared.waiting.fetch_sub(1, Ordering::Relaxed);
+    let turn = match (turn, seq) {
+        (t @ Turn::Given(_), _) | (t, None) => t,
+        (t, Some(seq)) if settled || shared.deque.leave(seq) => t,
+        // Taken by a peer at the same moment: the hand-off (already on its way) wins.
+        (t, Some(_)) => match taken.await {
+            Some(g) => Turn::Given(g),
+            None => t,
+        },
+    };
+    shared.count_unstarted();
+    turn
+}
+
+/// How a hand-off ended, for the owner.
+enum Back {
+    /// The thief wrote it: ack.
+    Done,
+    /// The thief's attempt failed: release with the error.
+    Failed(String),
+    /// Back in our hands (the thief gave it back, or went silent).
+    Returned(&'static str),
+    /// Drained while it was out and not reported by the cutoff: release it.
+    Drained,
+    Lost(String),
+    Stopped,
+}
+
+/// The owner's side of a hand-off: keeps the lease (the keeper goes on extending it) until the
+/// thief's word, or until the thief has been silent for the hand-off timeout.
+async fn handed_over(shared: &Shared, given: Given, keeper: &Keeper) -> Back {
+    let Some(st) = &shared.steal else {
+        return Back::Returned("stealing is off");
+    };
+    let Given { id, mut words, .. } = given;
+    let timeout = st.handoff_timeout;
+    let silent = tokio::time::sleep(timeout);
+    tokio::pin!(silent);
+    let cutoff = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(cutoff);
+    let mut draining = false;
+    let back = loop {
+        tokio::select! {
+            w = words.recv() => match w {
+                Some(Word::Working) => silent.as_mut().reset(tokio::time::Instant::now() + timeout),
+                Some(Word::Done) => break Back::Done,
+                Some(Word::Failed(reason)) => break Back::Failed(reason),
+                Some(Word::Released) => break Back::Returned("the peer gave it back"),
+                None => break Back::Returned("the hand-off closed"),
+            },
+            _ = &mut silent => break Back::Returned("the peer went silent past the hand-off timeout"),
+            r = keeper.lost() => break Back::Lost(r),
+            _ = shared.control.stop.cancelled() => break Back::Stopped,
+            _ = shared.control.drain.cancelled(), if !draining => {
+                draining = true;
+                cutoff.as_mut().reset(tokio::time::Instant::from_std(shared.control.cutoff()));
+            }
+            _ = &mut cutoff, if draining => break Back::Drained,
+        }
+    };
+    st.forget(&id);
+    back
+}
+
+/// A thief's side: works a shard handed over by its owner as if leased, keeping the hand-off
+/// alive, and reports the outcome; the owner acks or releases.
+async fn handle_stolen(shared: &Shared, h: HandedShard, owner: PeerConn, timeout: Duration) {
+    let me = shared.opts.id.clone();
+    let id = h.handoff_id.clone();
+    let task = match ShardTask::from_bytes(&h.task) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = format!("not a spotbatch shard: {e}");
+            crate::steal::report_final(owner, &id, &me, "failed", 0, 0, reason).await;
+            return;
+        }
+    };
+    shared.progress.hold(&task);
+    let started_ms = crate::cost::now_ms();
+    let keeper = Keeper::handoff(owner.clone(), id.clone(), me.clone(), timeout / 4);
+    let outcome = match wait_turn(shared, None, &keeper).await {
+        Turn::Feed(permit) => {
+            let t0 = Instant::now();
+            let o = run_shard(shared, &task, h.delivery_count, &keeper, permit).await;
+            if matches!(o, Outcome::Done { .. }) {
+                shared.pace.shard_took(t0.elapsed());
+            }
+            o
+        }
+        Turn::Lost(reason) => Outcome::LeaseLost(reason),
+        Turn::Drained | Turn::Given(_) => Outcome::Unstarted,
+        Turn::Stopped => Outcome::Interrupted,
+    };
+    drop(keeper);
+    shared.progress.unhold(&task);
+    let (name, items) = outcome.summary();
+    shared.cost.shard(
+        &task.job,
+        crate::cost::ShardEvent {
+            shard: task.shard.clone(),
+            leased_at_ms: started_ms,
+            ended_at_ms: crate::cost::now_ms(),
+            outcome: format!("stolen_{name}"),
+            items,
+            attempt: h.delivery_count,
+            recovery_s: None,
+        },
+    );
+    if let Ok(ctx) = shared.jobs.context(&task).await {
+        write_ledger(&shared.cost, &ctx).await;
+    }
+    let (state, items, errors, reason) = match outcome {
+        Outcome::Done { items, errors } => {
+            count_done(shared, &task, items, errors);
+            ("done", items, errors, String::new())
+        }
+        Outcome::AlreadyDone | Outcome::HandedOver => {
+            count_skipped(shared, &task);
+            ("done", 0, 0, String::new())
+        }
+        Outcome::Failed(reason) => {
+            warn!(worker = %me, shard = %task.shard, error = %reason, "a stolen shard failed; its owner releases it");
+            count_failed(shared, &task, &reason);
+            ("failed", 0, 0, reason)
+        }
+        Outcome::LeaseLost(reason) => {
+            info!(worker = %me, shard = %task.shard, why = %reason, "stopped work on a stolen shard");
+            return;
+        }
+        Outcome::Interrupted | Outcome::Unstarted | Outcome::Partial { .. } => {
+            info!(worker = %me, shard = %task.shard, "giving a stolen shard back to its owner");
+            ("released", 0, 0, String::new())
+        }
+    };
+    crate::steal::report_final(owner, &id, &me, state, items, errors, reason).await;
 }
 
 /// The jobs of the shards this worker holds.
@@ -705,7 +1102,16 @@ enum Collected {
     Unstarted,
 }
 
-async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome {
+/// Works a shard whose turn to feed has come (`permit`): skips it if done, resumes it from a
+/// partial result, else runs it whole; writes the part file and the done marker. `keeper` holds
+/// the claim on it (the queue lease, or a hand-off from its owner).
+async fn run_shard(
+    shared: &Shared,
+    task: &ShardTask,
+    attempt: u32,
+    keeper: &Keeper,
+    permit: tokio::sync::SemaphorePermit<'_>,
+) -> Outcome {
     let ctx = match shared.jobs.context(task).await {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e.to_string()),
@@ -724,7 +1130,7 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
     if !kept.is_empty() {
         info!(worker = %shared.opts.id, shard = %task.shard, kept = kept.len(), total = task.keys.len(), "resuming a shard from its partial result");
     }
-    if lease.delivery_count > 1 {
+    if attempt > 1 {
         // Items of a redelivered shard beyond its partial result may have been computed by the
         // previous holder: an upper bound on work redone.
         let redo = task
@@ -736,10 +1142,9 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
         shared.cost.redone(&task.job, redo as u64);
     }
     let cancel = shared.control.stop.child_token();
-    let visibility = Duration::from_secs(visibility_secs(shared));
     let work = tokio::select! {
-        o = process_shard(shared, &ctx, task, cancel.clone(), kept) => o,
-        lost = heartbeat(shared.queue.as_ref(), lease, visibility) => Err(Outcome::LeaseLost(lost)),
+        o = process_shard(shared, &ctx, task, cancel.clone(), kept, permit) => o,
+        lost = keeper.lost() => Err(Outcome::LeaseLost(lost)),
         _ = shared.control.stop.cancelled() => Err(Outcome::Interrupted),
     };
     cancel.cancel();
@@ -792,7 +1197,7 @@ async fn run_shard(shared: &Shared, task: &ShardTask, lease: &Lease) -> Outcome 
     };
     let written: Result<(), StorageError> = tokio::select! {
         w = write => w,
-        lost = heartbeat(shared.queue.as_ref(), lease, visibility) => return Outcome::LeaseLost(lost),
+        lost = keeper.lost() => return Outcome::LeaseLost(lost),
     };
     if let Err(e) = written {
         return Outcome::Failed(e.to_string());
@@ -846,8 +1251,6 @@ async fn read_partial(
 
 /// How the feeding of a shard ended.
 enum FeedEnd<'a> {
-    /// Drained before this shard's turn to feed.
-    Unstarted,
     /// Items handed to the pipeline (all of them unless drained), and the feed permit, which the
     /// collector gives up once few of them are left in the pipeline.
     Fed(usize, Option<tokio::sync::SemaphorePermit<'a>>),
@@ -862,6 +1265,7 @@ async fn process_shard(
     task: &ShardTask,
     cancel: CancellationToken,
     mut kept: std::collections::HashMap<String, Row>,
+    permit: tokio::sync::SemaphorePermit<'_>,
 ) -> Result<Collected, Outcome> {
     let n = task.keys.len();
     let mut rows: Vec<Option<Row>> = task.keys.iter().map(|k| kept.remove(k.as_str())).collect();
@@ -881,14 +1285,6 @@ async fn process_shard(
     });
     let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<FeedEnd>();
     let feed = async {
-        let permit = tokio::select! {
-            p = shared.feed.acquire() => p,
-            _ = shared.control.drain.cancelled() => {
-                let _ = fed_tx.send(FeedEnd::Unstarted);
-                return;
-            }
-        };
-        let Ok(permit) = permit else { return };
         let max_bytes = ctx.manifest.raw.input.max_bytes;
         let fetches = futures::stream::iter(todo.clone())
             .map(|(idx, key)| {
@@ -979,7 +1375,6 @@ async fn process_shard(
                     None => return Err(Outcome::Failed("pipeline stopped".into())),
                 },
                 end = &mut fed_rx, if fed.is_none() => match end {
-                    Ok(FeedEnd::Unstarted) => return Err(Outcome::Unstarted),
                     Ok(FeedEnd::Fed(k, p)) => {
                         fed = Some(k);
                         permit = p;
@@ -1013,7 +1408,11 @@ async fn process_shard(
 ///
 /// Retry policy: extensions retry aggressively (every second until the deadline), because losing
 /// a lease wastes the work done on it; a `LeaseLost` answer is final.
-async fn heartbeat(queue: &dyn LeaseQueue, lease: &Lease, visibility: Duration) -> String {
+pub(crate) async fn heartbeat(
+    queue: &dyn LeaseQueue,
+    lease: &Lease,
+    visibility: Duration,
+) -> String {
     let period = (visibility / 3).max(Duration::from_millis(100));
     let mut deadline = lease.deadline;
     loop {

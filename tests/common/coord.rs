@@ -1,0 +1,105 @@
+//! A coordinator as a real process on loopback, and the CLI calls the end-to-end tests make to it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{http_get, run_ok, spotbatch};
+
+pub const TOKEN: &str = "s3cret-token-for-tests";
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `spotbatch` with the token and, for SQS, moto's endpoint and credentials.
+pub fn sb(token: Option<&str>) -> Command {
+    let mut c = spotbatch();
+    if let Ok(ep) = std::env::var("SPOTBATCH_TEST_SQS_ENDPOINT") {
+        c.env("AWS_ENDPOINT_URL", ep);
+    }
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("SPOTBATCH_COORDINATOR");
+    match token {
+        Some(t) => c.env("SPOTBATCH_TOKEN", t),
+        None => c.env_remove("SPOTBATCH_TOKEN"),
+    };
+    c
+}
+
+pub struct Coord {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Coord {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn start(dir: &Path, queue: &str, grpc: SocketAddr, http: SocketAddr) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("coordinator.log"))
+            .unwrap();
+        let child = sb(Some(TOKEN))
+            .args(["coordinator", "--queue", queue, "--heartbeat-ms", "300"])
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--state")
+            .arg(dir.join("state"))
+            .env("SPOTBATCH_LOG", "spotbatch_coordinator=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Self { child, grpc, http };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, _)) = http_get(http, "/readyz") {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "coordinator not ready: {}",
+                std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn submit(coord: &str, manifest: &Path) -> (String, String) {
+    let out = run_ok(
+        sb(Some(TOKEN))
+            .args(["submit", "--coordinator", coord])
+            .arg(manifest),
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+pub fn status_json(coord: &str, job: &str) -> serde_json::Value {
+    let out = run_ok(sb(Some(TOKEN)).args(["status", job, "--json", "--coordinator", coord]));
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}

@@ -1,0 +1,287 @@
+//! Work stealing between real worker processes, through a real coordinator, on a SQLite queue: a
+//! straggler holding many unstarted shards is relieved by an idle peer; a thief `kill -9`-ed
+//! while holding stolen shards loses them back to their owner; an owner `kill -9`-ed after
+//! handing shards over leaves a job that still completes without a duplicate row. Peer calls
+//! need the bearer token.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::coord::*;
+use common::*;
+
+/// A worker of the coordinator at `url`, serving peers on `peer`, logging to `DIR/ID.log`.
+fn worker(url: &str, id: &str, dir: &Path, peer: SocketAddr, extra: &[&str]) -> Child {
+    sb(Some(TOKEN))
+        .args([
+            "worker",
+            "--coordinator",
+            url,
+            "--exit-when-empty",
+            "--id",
+            id,
+        ])
+        .args(["--peer-listen", &peer.to_string()])
+        .args(extra)
+        .env("SPOTBATCH_LOG", "spotbatch=info,spotbatch_worker=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn log(dir: &Path, id: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default()
+}
+
+/// Waits (bounded) until `id`'s log contains `what`.
+fn wait_log(dir: &Path, id: &str, what: &str, within: Duration) {
+    let until = Instant::now() + within;
+    while !log(dir, id).contains(what) {
+        assert!(
+            Instant::now() < until,
+            "{id} never logged {what:?}:\n{}",
+            log(dir, id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until the coordinator sees `id` holding at least `n` shards.
+fn wait_holding(url: &str, job: &str, id: &str, n: usize) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status_json(url, job);
+        let held = s["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["id"].as_str().is_some_and(|w| w.starts_with(id)))
+            .map(|w| w["shards"].as_array().map_or(0, Vec::len))
+            .max()
+            .unwrap_or(0);
+        if held >= n {
+            return;
+        }
+        assert!(Instant::now() < until, "{id} never held {n} shards: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_ok(c: &mut Child, id: &str, dir: &Path) {
+    let status = wait_bounded(c, Duration::from_secs(180));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{id} did not finish ({status:?}):\n{}",
+        log(dir, id)
+    );
+}
+
+/// Every input exactly one row (`rows()` panics on a duplicate), every shard done, the queue
+/// empty and nothing dead-lettered.
+fn check_complete(url: &str, job_id: &str, job: &JobDir, queue: &str) {
+    let rows = job.rows();
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        job.input_keys(),
+        "every input exactly one row"
+    );
+    assert!(rows.values().all(|r| r["error"].is_null()));
+    let until = Instant::now() + Duration::from_secs(15);
+    let s = loop {
+        let s = status_json(url, job_id);
+        if s["state"] == "done" || Instant::now() > until {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(s["state"], "done", "{s}");
+    assert_eq!(s["shards"]["done"], job.done_markers() as u64, "{s}");
+    assert_eq!(s["dead_lettered"].as_array().map(Vec::len), Some(0), "{s}");
+    let depth = run_ok(sb(None).args(["queue", "depth", queue]));
+    assert_eq!(
+        String::from_utf8_lossy(&depth.stdout).trim(),
+        "visible 0 in_flight 0 dead 0"
+    );
+}
+
+/// A job (every `step`-th demo image, shards of `shard_size`, batches of `batch`), a coordinator
+/// on a SQLite queue and the submitted job's id. The throttle knob pauses after every batch, and
+/// batches span shards: small batches make a throttled worker slow per shard.
+fn setup(step: usize, shard_size: usize, batch: usize) -> (JobDir, Coord, String, String) {
+    let job = JobDir::digits(step);
+    let manifest = job.manifest(&[
+        ("shard_size = 64", &format!("shard_size = {shard_size}")),
+        ("batch_size = 32", &format!("batch_size = {batch}")),
+    ]);
+    let queue = format!("sqlite://{}", job.path().join("q.db").display());
+    let coord = Coord::start(job.path(), &queue, free_addr(), free_addr());
+    let (job_id, _) = submit(&coord.url(), &manifest);
+    (job, coord, job_id, queue)
+}
+
+/// Calls `Steal` on a worker's peer port with `token` and returns the gRPC code.
+fn steal_code(peer: SocketAddr, token: Option<&str>) -> tonic::Code {
+    use spotbatch_proto::api::peer_client::PeerClient;
+    use spotbatch_proto::api::StealRequest;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = PeerClient::connect(format!("http://{peer}")).await.unwrap();
+        let mut req = tonic::Request::new(StealRequest {
+            thief_id: "intruder".into(),
+            thief_address: String::new(),
+            max: 0,
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        match c.steal(req).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        }
+    })
+}
+
+#[test]
+fn an_idle_worker_takes_over_a_stragglers_unstarted_shards() {
+    // 54 shards of 10 in batches of 10; the straggler sleeps 300 ms after every batch and may
+    // hold 24 shards: alone it would need 54 × 0.3 s.
+    let (job, coord, job_id, queue) = setup(1, 10, 10);
+    let url = coord.url();
+    let slow_peer = free_addr();
+    let mut slow = worker(
+        &url,
+        "slow",
+        job.path(),
+        slow_peer,
+        &["--throttle-batch-ms", "300", "--prefetch", "24"],
+    );
+    wait_holding(&url, &job_id, "slow", 10);
+    // Peer calls need the coordinator's token.
+    assert_eq!(steal_code(slow_peer, None), tonic::Code::Unauthenticated);
+    assert_eq!(
+        steal_code(slow_peer, Some("not-the-token")),
+        tonic::Code::Unauthenticated
+    );
+    let mut fast = worker(&url, "fast", job.path(), free_addr(), &["--prefetch", "4"]);
+    wait_ok(&mut fast, "fast", job.path());
+    wait_ok(&mut slow, "slow", job.path());
+    check_complete(&url, &job_id, &job, &queue);
+    let (fast_log, slow_log) = (log(job.path(), "fast"), log(job.path(), "slow"));
+    assert!(fast_log.contains("stole unstarted shards"), "{fast_log}");
+    assert!(
+        slow_log.contains("handed unstarted shards to an idle peer")
+            && slow_log.contains("a peer finished a shard handed to it; acking"),
+        "{slow_log}"
+    );
+}
+
+#[test]
+fn a_thief_killed_holding_stolen_shards_loses_them_back_to_the_owner() {
+    // 6 shards of 9 images in batches of 3; the owner holds all of them; the thief is slow
+    // enough to be killed while it holds what it stole.
+    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let url = coord.url();
+    let mut owner = worker(
+        &url,
+        "owner",
+        job.path(),
+        free_addr(),
+        &[
+            "--throttle-batch-ms",
+            "300",
+            "--prefetch",
+            "8",
+            "--handoff-timeout-ms",
+            "2000",
+        ],
+    );
+    wait_holding(&url, &job_id, "owner", 6);
+    let mut thief = worker(
+        &url,
+        "thief",
+        job.path(),
+        free_addr(),
+        &["--throttle-batch-ms", "20000", "--prefetch", "2"],
+    );
+    wait_log(
+        job.path(),
+        "thief",
+        "stole unstarted shards",
+        Duration::from_secs(30),
+    );
+    thief.kill().unwrap();
+    let _ = thief.wait();
+    wait_ok(&mut owner, "owner", job.path());
+    check_complete(&url, &job_id, &job, &queue);
+    let owner_log = log(job.path(), "owner");
+    assert!(
+        owner_log.contains("took a handed-over shard back")
+            && owner_log.contains("the peer went silent past the hand-off timeout"),
+        "{owner_log}"
+    );
+    assert!(owner_log.contains(": 6 shards done"), "{owner_log}");
+}
+
+#[test]
+fn an_owner_killed_after_handing_shards_over_leaves_no_duplicate_rows() {
+    // Short leases, so the dead owner's shards come back soon; the thief finishes the stolen
+    // shards after the owner is gone, then finds them done when they are redelivered.
+    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let url = coord.url();
+    let mut owner = worker(
+        &url,
+        "owner",
+        job.path(),
+        free_addr(),
+        &[
+            "--throttle-batch-ms",
+            "600",
+            "--prefetch",
+            "8",
+            "--visibility-timeout-secs",
+            "4",
+        ],
+    );
+    wait_holding(&url, &job_id, "owner", 6);
+    let mut thief = worker(
+        &url,
+        "thief",
+        job.path(),
+        free_addr(),
+        &[
+            "--throttle-batch-ms",
+            "300",
+            "--prefetch",
+            "2",
+            "--visibility-timeout-secs",
+            "4",
+        ],
+    );
+    wait_log(
+        job.path(),
+        "thief",
+        "stole unstarted shards",
+        Duration::from_secs(30),
+    );
+    owner.kill().unwrap();
+    let _ = owner.wait();
+    wait_ok(&mut thief, "thief", job.path());
+    check_complete(&url, &job_id, &job, &queue);
+    let thief_log = log(job.path(), "thief");
+    // The stolen shards were written by the thief and, redelivered after the owner's leases
+    // ran out, found done.
+    assert!(
+        thief_log.contains("the owner is gone") || thief_log.contains("does not answer"),
+        "{thief_log}"
+    );
+    assert!(
+        !thief_log.contains("(0 skipped as already done"),
+        "the redelivered stolen shards were found done: {thief_log}"
+    );
+}

@@ -1,0 +1,650 @@
+//! Work stealing between workers (`proto/peer.proto`).
+//!
+//! Every worker keeps its leased-but-unstarted shards in a [`Deque`] (they wait there for their
+//! turn to feed the pipeline). An idle worker (nothing waiting, nothing for it in the queue) asks
+//! the coordinator for the peers with the most unstarted shards and asks one of them, over the
+//! `Peer` service, to hand some over: the owner gives at most half of its deque, newest first.
+//!
+//! The owner keeps the queue lease and keeps extending it. The thief works the shard as if it had
+//! leased it, sends `working` reports at least every quarter of the hand-off timeout, and reports
+//! the outcome; the owner then acks (done), releases with the error (failed) or takes the shard
+//! back into its deque (released by the thief, or the thief silent past the hand-off timeout). If
+//! the owner dies, its lease expires and the shard is redelivered: whoever leases it finds the
+//! thief's done marker, or rewrites the same rows. A draining owner first offers its unstarted
+//! shards to idle peers when they can finish them before its deadline, and releases the rest.
+//!
+//! Peer calls carry the same bearer token as coordinator calls and are checked the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spotbatch_coordinator::client::{Bearer, Client, ConnectError};
+use spotbatch_coordinator::service::Auth;
+use spotbatch_proto::api::peer_client::PeerClient;
+use spotbatch_proto::api::peer_server::{Peer, PeerServer};
+use spotbatch_proto::api::{
+    HandedShard, OfferReply, OfferRequest, PeersRequest, ReportReply, ReportRequest, StealReply,
+    StealRequest,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::pipeline::Shared;
+
+/// A client of a peer's `Peer` service.
+pub type PeerConn = PeerClient<InterceptedService<Channel, Bearer>>;
+
+/// How a worker takes part in work stealing (`--steal on`, with a coordinator).
+pub struct Stealing {
+    /// The coordinator, asked for peers.
+    pub coordinator: Client,
+    /// This worker's id at the coordinator.
+    pub worker_id: String,
+    /// Where peers reach this worker's `Peer` service (`http://HOST:PORT`), as registered.
+    pub advertise: String,
+    /// The bound listener the `Peer` service is served on.
+    pub incoming: tonic::transport::server::TcpIncoming,
+    /// The bearer token peers must send (the coordinator's); `None`: peer calls are not checked.
+    pub token: Option<String>,
+    /// A thief silent this long loses the shard back to its owner.
+    pub handoff_timeout: Duration,
+}
+
+/// Stealing's settings and connections, shared by a worker's tasks.
+pub(crate) struct StealState {
+    coordinator: Client,
+    pub(crate) worker_id: String,
+    advertise: String,
+    pub(crate) token: Option<String>,
+    pub(crate) handoff_timeout: Duration,
+    conns: Mutex<HashMap<String, PeerConn>>,
+    /// Hand-offs this worker gave, by id: the owner's task listens on the other end.
+    handoffs: Mutex<HashMap<String, mpsc::UnboundedSender<Word>>>,
+}
+
+impl StealState {
+    /// Splits the listener off (served by [`serve`]).
+    pub(crate) fn new(s: Stealing) -> (Self, tonic::transport::server::TcpIncoming) {
+        (
+            Self {
+                coordinator: s.coordinator,
+                worker_id: s.worker_id,
+                advertise: s.advertise,
+                token: s.token,
+                handoff_timeout: s.handoff_timeout,
+                conns: Mutex::new(HashMap::new()),
+                handoffs: Mutex::new(HashMap::new()),
+            },
+            s.incoming,
+        )
+    }
+
+    /// A (cached, lazily connecting) client of the peer at `address`.
+    pub(crate) fn conn(&self, address: &str) -> Result<PeerConn, ConnectError> {
+        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(address).cloned()) {
+            return Ok(c);
+        }
+        let (channel, bearer) =
+            spotbatch_coordinator::client::channel(address, self.token.as_deref(), None)?;
+        let c = PeerClient::with_interceptor(channel, bearer);
+        if let Ok(mut m) = self.conns.lock() {
+            m.insert(address.to_string(), c.clone());
+        }
+        Ok(c)
+    }
+
+    fn register(&self, id: &str, tx: mpsc::UnboundedSender<Word>) {
+        if let Ok(mut h) = self.handoffs.lock() {
+            h.insert(id.to_string(), tx);
+        }
+    }
+
+    /// Forgets a hand-off: later reports about it get `NOT_FOUND`.
+    pub(crate) fn forget(&self, id: &str) {
+        if let Ok(mut h) = self.handoffs.lock() {
+            h.remove(id);
+        }
+    }
+
+    fn tell(&self, id: &str, word: Word) -> bool {
+        self.handoffs
+            .lock()
+            .ok()
+            .and_then(|h| h.get(id).map(|tx| tx.send(word).is_ok()))
+            .unwrap_or(false)
+    }
+}
+
+/// What a thief says about a shard it was handed.
+#[derive(Debug)]
+pub(crate) enum Word {
+    /// Still on it: the hand-off stays alive.
+    Working,
+    /// Written (or found already written): the owner acks.
+    Done,
+    /// The attempt failed: the owner releases the shard with this error.
+    Failed(String),
+    /// Given back unfinished (the thief drains or stops): the owner takes it back.
+    Released,
+}
+
+/// A shard given to a thief, as its owner's task sees it.
+pub(crate) struct Given {
+    pub(crate) id: String,
+    pub(crate) thief: String,
+    pub(crate) words: mpsc::UnboundedReceiver<Word>,
+    pub(crate) at: Instant,
+}
+
+struct Waiting {
+    body: Vec<u8>,
+    delivery_count: u32,
+    give: oneshot::Sender<Given>,
+}
+
+/// Leased shards waiting for their turn to feed the pipeline: what thieves take from.
+#[derive(Default)]
+pub(crate) struct Deque {
+    inner: Mutex<(u64, BTreeMap<u64, Waiting>)>,
+}
+
+impl Deque {
+    /// Puts a shard in; the receiver gets it back if a thief takes it.
+    pub(crate) fn enter(
+        &self,
+        body: &[u8],
+        delivery_count: u32,
+    ) -> (u64, oneshot::Receiver<Given>) {
+        let (give, rx) = oneshot::channel();
+        let mut seq = 0;
+        if let Ok(mut d) = self.inner.lock() {
+            d.0 += 1;
+            seq = d.0;
+            d.1.insert(
+                seq,
+                Waiting {
+                    body: body.to_vec(),
+                    delivery_count,
+                    give,
+                },
+            );
+        }
+        (seq, rx)
+    }
+
+    /// Takes the shard out for its owner; `false` when a thief took it first (its hand-off is on
+    /// the receiver already).
+    pub(crate) fn leave(&self, seq: u64) -> bool {
+        self.inner
+            .lock()
+            .map(|mut d| d.1.remove(&seq).is_some())
+            .unwrap_or(true)
+    }
+
+    /// Shards waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().map(|d| d.1.len()).unwrap_or(0)
+    }
+
+    /// Takes up to `max` shards, newest first (at most half of them unless `all`), registers a
+    /// hand-off for each and tells each owner's task.
+    fn take(&self, max: usize, all: bool, thief: &str, st: &StealState) -> Vec<HandedShard> {
+        let Ok(mut d) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let n = if all {
+            d.1.len()
+        } else {
+            d.1.len().div_ceil(2)
+        }
+        .min(max);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let Some((_, w)) = d.1.pop_last() else { break };
+            let id = format!("{}-{}", st.worker_id, rand::random::<u64>());
+            let (tx, words) = mpsc::unbounded_channel();
+            st.register(&id, tx);
+            let given = Given {
+                id: id.clone(),
+                thief: thief.to_string(),
+                words,
+                at: Instant::now(),
+            };
+            if w.give.send(given).is_err() {
+                // Its task has ended (lease lost): nothing to hand over.
+                st.forget(&id);
+                continue;
+            }
+            out.push(HandedShard {
+                handoff_id: id,
+                task: w.body,
+                delivery_count: w.delivery_count,
+            });
+        }
+        out
+    }
+}
+
+/// The worker's measured pace, from which the deque's depth follows.
+#[derive(Default)]
+pub(crate) struct Pace {
+    shard_secs: Mutex<Option<f64>>,
+    lease_secs: Mutex<Option<f64>>,
+}
+
+fn ewma(slot: &Mutex<Option<f64>>, x: f64) {
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(match *s {
+            Some(v) => 0.7 * v + 0.3 * x,
+            None => x,
+        });
+    }
+}
+
+impl Pace {
+    /// A shard took this long from its turn to feed to its rows written.
+    pub(crate) fn shard_took(&self, d: Duration) {
+        ewma(&self.shard_secs, d.as_secs_f64());
+    }
+
+    /// A lease call that brought work took this long.
+    pub(crate) fn lease_took(&self, d: Duration) {
+        ewma(&self.lease_secs, d.as_secs_f64());
+    }
+
+    /// Seconds per shard (moving average), once one has been done.
+    pub(crate) fn shard_secs(&self) -> Option<f64> {
+        self.shard_secs.lock().ok().and_then(|s| *s)
+    }
+
+    /// Shards to hold (one in work, the rest unstarted): enough unstarted ones to keep the model
+    /// busy for a tenth of the lease timeout (1–30 s) and for three lease round trips, at least
+    /// one, at most `max` in all. Before the first shard is measured: `max` (what a fleet's
+    /// early worker takes more than its share, idle peers steal back).
+    pub(crate) fn target(&self, max: usize, visibility: Duration) -> usize {
+        let max = max.max(1);
+        let Some(shard) = self.shard_secs().filter(|s| *s > 0.0) else {
+            return max;
+        };
+        let lease = self.lease_secs.lock().ok().and_then(|s| *s).unwrap_or(0.0);
+        let lookahead = (visibility.as_secs_f64() / 10.0)
+            .clamp(1.0, 30.0)
+            .max(3.0 * lease);
+        let unstarted = (lookahead / shard).ceil().max(1.0) as usize;
+        (1 + unstarted).clamp(max.min(2), max)
+    }
+}
+
+/// Keeps a shard's claim alive while it is held: extends the queue lease (the owner), or sends
+/// `working` reports to the owner (a thief). `lost` fires when the claim is gone.
+pub(crate) struct Keeper {
+    lost: CancellationToken,
+    reason: Arc<Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    fn spawn<F>(f: F) -> Self
+    where
+        F: std::future::Future<Output = String> + Send + 'static,
+    {
+        let lost = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(String::new()));
+        let task = {
+            let (lost, reason) = (lost.clone(), Arc::clone(&reason));
+            tokio::spawn(async move {
+                let why = f.await;
+                if let Ok(mut r) = reason.lock() {
+                    *r = why;
+                }
+                lost.cancel();
+            })
+        };
+        Self { lost, reason, task }
+    }
+
+    /// Extends `lease` every third of `visibility` (see [`crate::pipeline`]'s retry policy).
+    pub(crate) fn queue(
+        queue: Arc<dyn spotbatch_queue::LeaseQueue>,
+        lease: spotbatch_queue::Lease,
+        visibility: Duration,
+    ) -> Self {
+        Self::spawn(
+            async move { crate::pipeline::heartbeat(queue.as_ref(), &lease, visibility).await },
+        )
+    }
+
+    /// Tells the owner every `every` that the thief is still working the shard. Lost when the
+    /// owner no longer knows the hand-off (it took the shard back); an owner that does not answer
+    /// may be dead, and finishing the shard is then still worth it (its rows are identical).
+    pub(crate) fn handoff(mut owner: PeerConn, id: String, thief: String, every: Duration) -> Self {
+        Self::spawn(async move {
+            let mut away = false;
+            loop {
+                tokio::time::sleep(every).await;
+                let r = owner
+                    .report(ReportRequest {
+                        handoff_id: id.clone(),
+                        state: "working".into(),
+                        thief_id: thief.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => away = false,
+                    Err(s) if s.code() == tonic::Code::NotFound => {
+                        return "the owner took the shard back".to_string();
+                    }
+                    Err(s) => {
+                        if !away {
+                            warn!(handoff = %id, error = %s.message(), "the shard's owner does not answer; finishing the shard anyway");
+                        }
+                        away = true;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Resolves when the claim is lost, with the reason.
+    pub(crate) async fn lost(&self) -> String {
+        self.lost.cancelled().await;
+        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends a thief's final word on a shard to its owner (a few tries: the owner may be busy).
+pub(crate) async fn report_final(
+    mut owner: PeerConn,
+    id: &str,
+    thief: &str,
+    state: &'static str,
+    items: u64,
+    errors: u64,
+    reason: String,
+) {
+    let req = ReportRequest {
+        handoff_id: id.to_string(),
+        state: state.into(),
+        items,
+        errors,
+        reason,
+        thief_id: thief.to_string(),
+    };
+    for attempt in 0..3 {
+        match owner.report(req.clone()).await {
+            Ok(_) => return,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                info!(handoff = %id, state, "the owner had taken the shard back");
+                return;
+            }
+            Err(s) => {
+                warn!(handoff = %id, state, attempt, error = %s.message(), "reporting to the shard's owner failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    warn!(handoff = %id, "the owner is gone; its lease will expire and the shard is found done or rewritten the same");
+}
+
+/// Registers the stealing series at zero.
+pub fn register_metrics() {
+    metrics::counter!("spotbatch_steal_attempts_total").increment(0);
+    for result in ["succeeded", "empty", "failed"] {
+        metrics::counter!("spotbatch_steals_total", "result" => result).increment(0);
+    }
+    for d in ["given", "taken", "returned", "offered"] {
+        metrics::counter!("spotbatch_shards_handed_over_total", "direction" => d).increment(0);
+    }
+    let _ = metrics::histogram!("spotbatch_handoff_seconds");
+}
+
+/// An idle worker steals up to `max` shards: asks the coordinator for the busiest peers and tries
+/// them in turn (at most three) until one hands something over. Returns the shards and where
+/// their owner is.
+pub(crate) async fn steal(st: &StealState, max: usize) -> Option<(String, Vec<HandedShard>)> {
+    let t0 = Instant::now();
+    let peers = st
+        .coordinator
+        .clone()
+        .peers(PeersRequest {
+            worker_id: st.worker_id.clone(),
+            idle: false,
+        })
+        .await;
+    let peers = match peers {
+        Ok(p) => p.into_inner().peers,
+        Err(s) => {
+            debug!(error = %s.message(), "asking the coordinator for peers failed");
+            return None;
+        }
+    };
+    for p in peers.iter().filter(|p| p.address != st.advertise).take(3) {
+        metrics::counter!("spotbatch_steal_attempts_total").increment(1);
+        let reply = match st.conn(&p.address) {
+            Ok(mut c) => c
+                .steal(StealRequest {
+                    thief_id: st.worker_id.clone(),
+                    thief_address: st.advertise.clone(),
+                    max: max as u32,
+                })
+                .await
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match reply {
+            Ok(r) if !r.get_ref().shards.is_empty() => {
+                let shards = r.into_inner().shards;
+                metrics::counter!("spotbatch_steals_total", "result" => "succeeded").increment(1);
+                metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "taken")
+                    .increment(shards.len() as u64);
+                metrics::histogram!("spotbatch_handoff_seconds").record(t0.elapsed().as_secs_f64());
+                info!(worker = %st.worker_id, from = %p.worker_id, shards = shards.len(), peer_unstarted = p.unstarted, "stole unstarted shards");
+                return Some((p.address.clone(), shards));
+            }
+            Ok(_) => {
+                metrics::counter!("spotbatch_steals_total", "result" => "empty").increment(1);
+            }
+            Err(e) => {
+                metrics::counter!("spotbatch_steals_total", "result" => "failed").increment(1);
+                warn!(worker = %st.worker_id, peer = %p.worker_id, error = %e, "stealing from a peer failed");
+            }
+        }
+    }
+    None
+}
+
+/// A draining worker offers its unstarted shards to idle peers, when a peer can finish one before
+/// the drain's cutoff (judged by this worker's own pace); offered shards not taken go back to the
+/// deque, and the drain releases them.
+pub(crate) async fn offer_unstarted(shared: &Shared, st: &StealState, cutoff: Instant) {
+    let left = cutoff
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64();
+    let Some(per_shard) = shared.pace.shard_secs() else {
+        return;
+    };
+    let waiting = shared.deque.len();
+    if waiting == 0 {
+        return;
+    }
+    // A shard handed over must start, run and be reported before the cutoff; a released one is
+    // picked up from the queue by any worker with no deadline on it.
+    let fits = (left / (1.5 * per_shard + 0.5)).floor() as usize;
+    if fits == 0 {
+        info!(worker = %st.worker_id, waiting, left_s = left, "no time to hand shards to peers; releasing them");
+        return;
+    }
+    let peers = tokio::time::timeout(
+        Duration::from_secs(1),
+        st.coordinator.clone().peers(PeersRequest {
+            worker_id: st.worker_id.clone(),
+            idle: true,
+        }),
+    )
+    .await;
+    let Ok(Ok(peers)) = peers else {
+        return;
+    };
+    for p in peers
+        .into_inner()
+        .peers
+        .iter()
+        .filter(|p| p.address != st.advertise)
+    {
+        let room = (p.capacity.saturating_sub(p.in_work) as usize).min(fits);
+        if room == 0 {
+            continue;
+        }
+        let shards = shared.deque.take(room, true, &p.worker_id, st);
+        if shards.is_empty() {
+            break;
+        }
+        let ids: Vec<String> = shards.iter().map(|s| s.handoff_id.clone()).collect();
+        let req = OfferRequest {
+            owner_id: st.worker_id.clone(),
+            owner_address: st.advertise.clone(),
+            shards,
+            handoff_timeout_ms: st.handoff_timeout.as_millis() as u32,
+        };
+        let accepted = match st.conn(&p.address) {
+            Ok(mut c) => tokio::time::timeout(Duration::from_secs(1), c.offer(req))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| r.into_inner().accepted)
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "offered")
+            .increment(accepted.len() as u64);
+        info!(worker = %st.worker_id, to = %p.worker_id, offered = ids.len(), accepted = accepted.len(), "offered unstarted shards to an idle peer");
+        for id in ids.iter().filter(|id| !accepted.contains(id)) {
+            st.tell(id, Word::Released);
+        }
+        if shared.deque.len() == 0 {
+            break;
+        }
+    }
+}
+
+/// The `Peer` service of a worker.
+pub(crate) struct PeerApi(pub(crate) Arc<Shared>);
+
+impl PeerApi {
+    fn state(&self) -> Result<&StealState, Status> {
+        self.0
+            .steal
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("stealing is off on this worker"))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerApi {
+    async fn steal(&self, req: Request<StealRequest>) -> Result<Response<StealReply>, Status> {
+        let st = self.state()?;
+        let r = req.into_inner();
+        // A draining worker hands its shards out itself (offers), or releases them.
+        let shards = if self.0.control.is_draining() {
+            Vec::new()
+        } else {
+            self.0
+                .deque
+                .take(r.max.max(1) as usize, false, &r.thief_id, st)
+        };
+        if !shards.is_empty() {
+            metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "given")
+                .increment(shards.len() as u64);
+            info!(worker = %st.worker_id, thief = %r.thief_id, shards = shards.len(), "handed unstarted shards to an idle peer");
+        }
+        Ok(Response::new(StealReply {
+            shards,
+            handoff_timeout_ms: st.handoff_timeout.as_millis() as u32,
+        }))
+    }
+
+    async fn offer(&self, req: Request<OfferRequest>) -> Result<Response<OfferReply>, Status> {
+        let st = self.state()?;
+        let r = req.into_inner();
+        if self.0.control.stop_leasing.is_cancelled() || r.owner_address == st.advertise {
+            return Ok(Response::new(OfferReply::default()));
+        }
+        let room = self.0.room();
+        let owner = st
+            .conn(&r.owner_address)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let timeout = Duration::from_millis(u64::from(r.handoff_timeout_ms.max(1000)));
+        let mut accepted = Vec::new();
+        for h in r.shards.into_iter().take(room) {
+            accepted.push(h.handoff_id.clone());
+            crate::pipeline::spawn_stolen(&self.0, h, owner.clone(), timeout);
+        }
+        if !accepted.is_empty() {
+            metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "taken")
+                .increment(accepted.len() as u64);
+            info!(worker = %st.worker_id, owner = %r.owner_id, shards = accepted.len(), "took shards offered by a draining peer");
+        }
+        Ok(Response::new(OfferReply { accepted }))
+    }
+
+    async fn report(&self, req: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
+        let st = self.state()?;
+        let r = req.into_inner();
+        let word = match r.state.as_str() {
+            "working" => Word::Working,
+            "done" => Word::Done,
+            "failed" => Word::Failed(r.reason),
+            "released" => Word::Released,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "state {other:?}: expected working, done, failed or released"
+                )))
+            }
+        };
+        if st.tell(&r.handoff_id, word) {
+            Ok(Response::new(ReportReply {}))
+        } else {
+            Err(Status::not_found(format!(
+                "no hand-off {}: the shard was taken back",
+                r.handoff_id
+            )))
+        }
+    }
+}
+
+/// Serves `Peer` on `incoming` until `stop`, checking the bearer token like the coordinator.
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    incoming: tonic::transport::server::TcpIncoming,
+    token: Option<String>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let auth = match token {
+        Some(t) => Auth::token(&t),
+        None => Auth::none(),
+    };
+    let svc = PeerServer::new(PeerApi(shared));
+    let svc = InterceptedService::new(svc, move |r| auth.check(r));
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "the peer service stopped");
+        }
+    })
+}
