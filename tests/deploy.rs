@@ -129,6 +129,9 @@ fn worker_deployment_is_ready_for_spot() {
         "nvidia.com/gpu: 1",
         "--notices=auto",
         "--metrics-addr=",
+        "--peer-advertise=http://$(POD_IP):7071",
+        "fieldPath: status.podIP",
+        "containerPort: 7071",
     ] {
         assert!(w.contains(needle), "worker.yaml lacks {needle}");
     }
@@ -188,6 +191,7 @@ fn the_dashboard_parses_and_references_only_emitted_metrics() {
         "dead letters",
         "Cost per 1k items",
         "Savings vs on-demand",
+        "Work stealing",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(want)),

@@ -285,3 +285,68 @@ fn an_owner_killed_after_handing_shards_over_leaves_no_duplicate_rows() {
         "the redelivered stolen shards were found done: {thief_log}"
     );
 }
+
+#[test]
+fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
+    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let url = coord.url();
+    let mut owner = worker(
+        &url,
+        "owner",
+        job.path(),
+        free_addr(),
+        &["--throttle-batch-ms", "300", "--prefetch", "8"],
+    );
+    wait_holding(&url, &job_id, "owner", 6);
+    // Once the owner has measured its pace (one shard done), a slow peer joins, steals some, and
+    // is busy with them (not idle) when the owner is told to drain.
+    let until = Instant::now() + Duration::from_secs(30);
+    while status_json(&url, &job_id)["shards"]["done"].as_u64() < Some(1) {
+        assert!(Instant::now() < until, "the owner finished no shard");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut peer = worker(
+        &url,
+        "peer",
+        job.path(),
+        free_addr(),
+        &["--throttle-batch-ms", "400", "--prefetch", "8"],
+    );
+    wait_log(
+        job.path(),
+        "peer",
+        "stole unstarted shards",
+        Duration::from_secs(30),
+    );
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &owner.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    wait_ok(&mut owner, "owner", job.path());
+    wait_ok(&mut peer, "peer", job.path());
+    check_complete(&url, &job_id, &job, &queue);
+    let (owner_log, peer_log) = (log(job.path(), "owner"), log(job.path(), "peer"));
+    let accepted: u64 = owner_log
+        .lines()
+        .filter(|l| l.contains("offered unstarted shards to an idle peer"))
+        .filter_map(|l| {
+            l.split("accepted=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(accepted >= 1, "the peer took offered shards:\n{owner_log}");
+    assert!(
+        peer_log.contains("took shards offered by a draining peer"),
+        "{peer_log}"
+    );
+    // The owner acked what the peer finished before its deadline, and released nothing it gave.
+    assert!(
+        owner_log.contains("a peer finished a shard handed to it; acking"),
+        "{owner_log}"
+    );
+}

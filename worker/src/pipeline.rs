@@ -477,8 +477,10 @@ pub async fn run_worker(
         tokio::spawn(async move {
             shared.control.drain.cancelled().await;
             if let Some(st) = &shared.steal {
+                // Bounded: the release of what is not offered waits for this.
                 let cutoff = shared.control.cutoff();
-                crate::steal::offer_unstarted(&shared, st, cutoff).await;
+                let offers = crate::steal::offer_unstarted(&shared, st, cutoff);
+                let _ = tokio::time::timeout(Duration::from_secs(3), offers).await;
             }
             shared.offers_done.cancel();
         })
