@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo test lint bench bench-gpu bench-sqs bench-chaos clean
+.PHONY: demo test lint bench bench-gpu bench-sqs bench-chaos bench-steal clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -28,6 +28,9 @@ bench-gpu:
 
 bench-sqs:
 	@$(ENV) && cargo build --release --locked && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && $$SPOTBATCH_PYTHON benches/sqs.py
+
+bench-steal:
+	@$(ENV) && cargo build --release --locked && $$SPOTBATCH_PYTHON benches/steal.py
 
 bench-chaos:
 	@$(ENV) && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && \

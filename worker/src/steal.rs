@@ -648,3 +648,79 @@ pub(crate) fn serve(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_follows_the_pace_and_the_lease_timeout() {
+        let p = Pace::default();
+        // Unmeasured: the most allowed.
+        assert_eq!(p.target(8, Duration::from_secs(60)), 8);
+        p.shard_took(Duration::from_secs(1));
+        // A tenth of a 60 s lease at 1 s a shard: 6 unstarted + 1 in work.
+        assert_eq!(p.target(16, Duration::from_secs(60)), 7);
+        assert_eq!(p.target(4, Duration::from_secs(60)), 4);
+        // Short leases: at least 1 s of work ahead, at least one unstarted.
+        assert_eq!(p.target(16, Duration::from_secs(5)), 2);
+        // Long leases: at most 30 s ahead.
+        assert_eq!(p.target(64, Duration::from_secs(3600)), 31);
+        // Slow lease calls: three round trips ahead.
+        p.lease_took(Duration::from_secs(4));
+        assert_eq!(p.target(64, Duration::from_secs(5)), 13);
+        // A slower pace holds fewer.
+        let slow = Pace::default();
+        slow.shard_took(Duration::from_secs(10));
+        assert_eq!(slow.target(16, Duration::from_secs(60)), 2);
+    }
+
+    #[tokio::test]
+    async fn a_thief_gets_at_most_half_newest_first_and_owners_hear_of_it() {
+        let coordinator =
+            spotbatch_coordinator::client::connect("http://127.0.0.1:9", None, None).unwrap();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (st, _incoming) = StealState::new(Stealing {
+            coordinator,
+            worker_id: "owner".into(),
+            advertise: "http://127.0.0.1:1".into(),
+            incoming,
+            token: None,
+            handoff_timeout: Duration::from_secs(1),
+        });
+        let d = Deque::default();
+        let mut waiting: Vec<_> = (0..5u8).map(|i| d.enter(&[i], u32::from(i) + 1)).collect();
+        let taken = d.take(10, false, "thief", &st);
+        assert_eq!(taken.len(), 3, "half of five, rounded up");
+        let bodies: Vec<u8> = taken.iter().map(|h| h.task[0]).collect();
+        assert_eq!(bodies, vec![4, 3, 2], "newest first");
+        assert_eq!(taken[0].delivery_count, 5);
+        assert_eq!(d.len(), 2);
+        // The owners of the taken shards get their hand-offs; the others are still theirs.
+        for (i, (seq, rx)) in waiting.iter_mut().enumerate() {
+            if i >= 2 {
+                let g = rx.try_recv().expect("told");
+                assert_eq!(g.thief, "thief");
+                assert!(!d.leave(*seq));
+                // The thief's word reaches the owner's task.
+                assert!(st.tell(&g.id, Word::Done));
+                st.forget(&g.id);
+                assert!(!st.tell(&g.id, Word::Done), "forgotten: NOT_FOUND");
+            } else {
+                assert!(rx.try_recv().is_err());
+                assert!(d.leave(*seq));
+            }
+        }
+        assert_eq!(d.take(10, true, "thief", &st).len(), 0);
+        // `all` (a drain's offer) takes every one, up to `max`.
+        let kept: Vec<_> = (0..4u8).map(|i| d.enter(&[i], 1)).collect();
+        assert_eq!(d.take(3, true, "peer", &st).len(), 3);
+        assert_eq!(d.len(), 1);
+        // Owners' tasks that have ended (receivers gone) hand nothing over.
+        drop(kept);
+        drop(d.enter(&[9], 1));
+        assert_eq!(d.take(5, true, "peer", &st).len(), 0);
+        assert_eq!(d.len(), 0);
+    }
+}
