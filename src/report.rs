@@ -256,6 +256,8 @@ fn timeline_svg(d: &Data) -> String {
             "partial" => "#e90",
             "released" | "interrupted" => "#999",
             "skipped" => "#ccc",
+            // Leased here, worked by a peer (whose own bar says "done").
+            "handed_over" => "#9bd",
             _ => "#d33",
         };
         let _ = write!(

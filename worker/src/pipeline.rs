@@ -975,6 +975,11 @@ async fn handle_stolen(shared: &Shared, h: HandedShard, owner: PeerConn, timeout
             return;
         }
     };
+    if shared.progress.is_cancelled(&task.job) {
+        // Cancelled at the coordinator: the owner acks it unworked.
+        crate::steal::report_final(owner, &id, &me, "done", 0, 0, String::new()).await;
+        return;
+    }
     shared.progress.hold(&task);
     let started_ms = crate::cost::now_ms();
     let keeper = Keeper::handoff(owner.clone(), id.clone(), me.clone(), timeout / 4);
@@ -1000,7 +1005,7 @@ async fn handle_stolen(shared: &Shared, h: HandedShard, owner: PeerConn, timeout
             shard: task.shard.clone(),
             leased_at_ms: started_ms,
             ended_at_ms: crate::cost::now_ms(),
-            outcome: format!("stolen_{name}"),
+            outcome: name.to_string(),
             items,
             attempt: h.delivery_count,
             recovery_s: None,
