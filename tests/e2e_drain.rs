@@ -124,7 +124,13 @@ fn notice_mid_shard_releases_unstarted_writes_partial_and_next_worker_resumes() 
                 .ok()
         })
         .collect();
-    assert_eq!(after.len(), 2, "two unstarted shards released:\n{err}");
+    // The depth adapts (8 s shards, a 30 s lease: one unstarted shard once the first is
+    // measured, up to --prefetch 3 before): the queue's depth above says every unstarted shard
+    // came back; each was released within a second of the notice.
+    assert!(
+        (1..=2).contains(&after.len()),
+        "unstarted shards released:\n{err}"
+    );
     assert!(
         after.iter().all(|ms| *ms < 1000),
         "notice → release took {after:?} ms"
