@@ -370,6 +370,8 @@ pub(crate) struct Shared {
     slot_freed: tokio::sync::Notify,
     /// A drain's offers to peers are over: the drain may release what is left.
     offers_done: CancellationToken,
+    /// Items fed into the pipeline and not yet back as rows, over every shard.
+    in_pipeline: std::sync::atomic::AtomicIsize,
 }
 
 impl Shared {
@@ -457,6 +459,7 @@ pub async fn run_worker(
         tasks: TaskTracker::new(),
         slot_freed: tokio::sync::Notify::new(),
         offers_done: CancellationToken::new(),
+        in_pipeline: std::sync::atomic::AtomicIsize::new(0),
     });
     let peer_stop = CancellationToken::new();
     let peer_server = match incoming {
@@ -1291,6 +1294,8 @@ async fn process_shard(
         cost: shared.cost.clone(),
     });
     let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<FeedEnd>();
+    // This shard's items fed and not yet collected.
+    let outstanding = std::sync::atomic::AtomicIsize::new(0);
     let feed = async {
         let max_bytes = ctx.manifest.raw.input.max_bytes;
         let fetches = futures::stream::iter(todo.clone())
@@ -1311,6 +1316,9 @@ async fn process_shard(
             if work.cancel.is_cancelled() || shared.control.drain.is_cancelled() {
                 break;
             }
+            // Counted before it goes in, so its row cannot overtake the count.
+            outstanding.fetch_add(1, Ordering::Relaxed);
+            shared.in_pipeline.fetch_add(1, Ordering::Relaxed);
             match r {
                 Ok(bytes) => {
                     let item = Fetched {
@@ -1358,9 +1366,10 @@ async fn process_shard(
             if have == todo.len() {
                 return Ok(true);
             }
-            // The next shard starts feeding when this one's last two batches are in the pipeline:
-            // the model keeps busy, and a drain finds at most one shard started.
-            if fed.is_some_and(|f| f.saturating_sub(have) <= low_water) {
+            // The next shard starts feeding when the pipeline (this shard and any before it) is
+            // down to two batches: the model keeps busy, shards not needed yet stay unstarted (in
+            // the deque, where peers may take them) and a drain finds at most one shard started.
+            if fed.is_some() && shared.in_pipeline.load(Ordering::Relaxed) <= low_water as isize {
                 drop(permit.take());
             }
             // Drained and everything fed is back: a partial result. (Feeding that stopped for a
@@ -1374,6 +1383,11 @@ async fn process_shard(
                         if let Some(slot) = rows.get_mut(idx) {
                             if slot.is_none() {
                                 have += 1;
+                                if outstanding.fetch_sub(1, Ordering::Relaxed) > 0 {
+                                    shared.in_pipeline.fetch_sub(1, Ordering::Relaxed);
+                                } else {
+                                    outstanding.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                             *slot = Some(Row::New(row));
                         }
@@ -1397,6 +1411,9 @@ async fn process_shard(
         }
     };
     let (_, complete) = tokio::join!(feed, collect);
+    // Items of this shard never collected (it stopped early) are no longer in the pipeline.
+    let left = outstanding.swap(0, Ordering::Relaxed);
+    shared.in_pipeline.fetch_sub(left.max(0), Ordering::Relaxed);
     work.cancel.cancel();
     match complete {
         Ok(true) => Ok(Collected::Complete(rows.into_iter().flatten().collect())),
