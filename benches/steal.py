@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,6 @@ def free_port():
 
 
 def wait_ready(port, proc, log):
-    import urllib.request
     until = time.time() + 30
     while time.time() < until:
         if proc.poll() is not None:
@@ -80,11 +80,27 @@ def one(mode, args):
                                     stderr=open(os.path.join(d, f"{name}.log"), "w"))
         slow = worker("straggler", ["--throttle-batch-ms", str(args.throttle_ms), "--prefetch", str(args.prefetch)])
         time.sleep(1.0)
-        fast = worker("normal", ["--prefetch", "4"])
+        mport = free_port()
+        fast = worker("normal", ["--prefetch", "4", "--metrics-addr", f"127.0.0.1:{mport}",
+                                 "--metrics-linger-ms", "1500"])
+        # The normal worker's metrics, scraped until it exits (the last scrape has the totals).
+        last = ""
+        slow_exit = None
+        while fast.poll() is None:
+            if slow_exit is None and slow.poll() is not None:
+                slow_exit = time.time()
+            try:
+                last = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=1).read().decode()
+            except OSError:
+                pass
+            time.sleep(0.2)
+        fast_exit = time.time() - 1.5  # its metrics linger
+        slow.wait(timeout=600)
+        slow_exit = slow_exit or time.time()
         for p, name in ((fast, "normal"), (slow, "straggler")):
             if p.wait(timeout=600) != 0:
                 sys.exit(f"{name} failed: {open(os.path.join(d, name + '.log')).read()}")
-        wall = time.time() - t0
+        wall = max(slow_exit, fast_exit) - t0
         status = json.loads(subprocess.run([BIN, "status", job, "--json", "--coordinator", url], env=env,
                                            check=True, capture_output=True, text=True).stdout)
         if status["items"]["done"] != 540:
@@ -95,7 +111,12 @@ def one(mode, args):
         for name in ("straggler", "normal"):
             m = re.search(r": (\d+) shards done", open(os.path.join(d, f"{name}.log")).read())
             done[name] = int(m.group(1)) if m else -1
-        return wall, stolen, done
+        def metric(name):
+            m = re.search(rf"^{name} ([0-9.e+-]+)$", last, re.M)
+            return float(m.group(1)) if m else 0.0
+        n = metric("spotbatch_handoff_seconds_count")
+        handoff_ms = 1000 * metric("spotbatch_handoff_seconds_sum") / n if n else float("nan")
+        return wall, stolen, done, handoff_ms
     finally:
         coord.kill()
         coord.wait()
@@ -115,10 +136,11 @@ def main():
     walls = {"on": [], "off": []}
     for r in range(args.rounds):
         for mode in ("off", "on"):
-            wall, stolen, done = one(mode, args)
+            wall, stolen, done, handoff_ms = one(mode, args)
             walls[mode].append(wall)
             print(f"stealing {mode:3}: {wall:6.2f} s  shards done straggler {done['straggler']:2} "
-                  f"normal {done['normal']:2}  stolen {stolen}")
+                  f"normal {done['normal']:2}  stolen {stolen}"
+                  + (f"  mean hand-off {handoff_ms:.1f} ms" if stolen else ""))
     on, off = min(walls["on"]), min(walls["off"])
     print(f"wall time with one straggler: stealing off {off:.2f} s, on {on:.2f} s; off/on = {off / on:.2f}x")
 

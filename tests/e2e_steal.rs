@@ -124,6 +124,17 @@ fn setup(step: usize, shard_size: usize, batch: usize) -> (JobDir, Coord, String
     (job, coord, job_id, queue)
 }
 
+/// Six shards of 9 images in batches of 3, all held by one throttled worker ("owner", with
+/// `extra` flags): its job, coordinator, job id, queue and process.
+fn owner_holding_all(extra: &[&str]) -> (JobDir, Coord, String, String, Child) {
+    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let url = coord.url();
+    let flags = [&["--prefetch", "8"][..], extra].concat();
+    let owner = worker(&url, "owner", job.path(), free_addr(), &flags);
+    wait_holding(&url, &job_id, "owner", 6);
+    (job, coord, job_id, queue, owner)
+}
+
 /// Calls `Steal` on a worker's peer port with `token` and returns the gRPC code.
 fn steal_code(peer: SocketAddr, token: Option<&str>) -> tonic::Code {
     use spotbatch_proto::api::peer_client::PeerClient;
@@ -183,25 +194,10 @@ fn an_idle_worker_takes_over_a_stragglers_unstarted_shards() {
 
 #[test]
 fn a_thief_killed_holding_stolen_shards_loses_them_back_to_the_owner() {
-    // 6 shards of 9 images in batches of 3; the owner holds all of them; the thief is slow
-    // enough to be killed while it holds what it stole.
-    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    // The thief is slow enough to be killed while it holds what it stole.
+    let (job, coord, job_id, queue, mut owner) =
+        owner_holding_all(&["--throttle-batch-ms", "300", "--handoff-timeout-ms", "2000"]);
     let url = coord.url();
-    let mut owner = worker(
-        &url,
-        "owner",
-        job.path(),
-        free_addr(),
-        &[
-            "--throttle-batch-ms",
-            "300",
-            "--prefetch",
-            "8",
-            "--handoff-timeout-ms",
-            "2000",
-        ],
-    );
-    wait_holding(&url, &job_id, "owner", 6);
     let mut thief = worker(
         &url,
         "thief",
@@ -232,23 +228,13 @@ fn a_thief_killed_holding_stolen_shards_loses_them_back_to_the_owner() {
 fn an_owner_killed_after_handing_shards_over_leaves_no_duplicate_rows() {
     // Short leases, so the dead owner's shards come back soon; the thief finishes the stolen
     // shards after the owner is gone, then finds them done when they are redelivered.
-    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let (job, coord, job_id, queue, mut owner) = owner_holding_all(&[
+        "--throttle-batch-ms",
+        "600",
+        "--visibility-timeout-secs",
+        "4",
+    ]);
     let url = coord.url();
-    let mut owner = worker(
-        &url,
-        "owner",
-        job.path(),
-        free_addr(),
-        &[
-            "--throttle-batch-ms",
-            "600",
-            "--prefetch",
-            "8",
-            "--visibility-timeout-secs",
-            "4",
-        ],
-    );
-    wait_holding(&url, &job_id, "owner", 6);
     let mut thief = worker(
         &url,
         "thief",
@@ -288,16 +274,8 @@ fn an_owner_killed_after_handing_shards_over_leaves_no_duplicate_rows() {
 
 #[test]
 fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
-    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let (job, coord, job_id, queue, mut owner) = owner_holding_all(&["--throttle-batch-ms", "300"]);
     let url = coord.url();
-    let mut owner = worker(
-        &url,
-        "owner",
-        job.path(),
-        free_addr(),
-        &["--throttle-batch-ms", "300", "--prefetch", "8"],
-    );
-    wait_holding(&url, &job_id, "owner", 6);
     // Once the owner has measured its pace (one shard done), a slow peer joins, steals some, and
     // is busy with them (not idle) when the owner is told to drain.
     let until = Instant::now() + Duration::from_secs(30);
@@ -310,7 +288,7 @@ fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
         "peer",
         job.path(),
         free_addr(),
-        &["--throttle-batch-ms", "400", "--prefetch", "8"],
+        &["--throttle-batch-ms", "1000", "--prefetch", "8"],
     );
     wait_log(
         job.path(),

@@ -698,12 +698,7 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     let outcome = loop {
         let given = match wait_turn(shared, Some(&lease), &keeper).await {
             Turn::Feed(permit) => {
-                let t0 = Instant::now();
-                let o = run_shard(shared, &task, lease.delivery_count, &keeper, permit).await;
-                if matches!(o, Outcome::Done { .. }) {
-                    shared.pace.shard_took(t0.elapsed());
-                }
-                break o;
+                break timed_run(shared, &task, lease.delivery_count, &keeper, permit).await
             }
             Turn::Drained => break Outcome::Unstarted,
             Turn::Lost(reason) => break Outcome::LeaseLost(reason),
@@ -734,22 +729,15 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     // message again).
     drop(keeper);
     shared.progress.unhold(&task);
-    let (name, items) = outcome.summary();
-    shared.cost.shard(
-        &task.job,
-        crate::cost::ShardEvent {
-            shard: task.shard.clone(),
-            leased_at_ms,
-            ended_at_ms: crate::cost::now_ms(),
-            outcome: name.to_string(),
-            items,
-            attempt: lease.delivery_count,
-            recovery_s,
-        },
-    );
-    if let Ok(ctx) = shared.jobs.context(&task).await {
-        write_ledger(&shared.cost, &ctx).await;
-    }
+    shard_event(
+        shared,
+        &task,
+        &outcome,
+        leased_at_ms,
+        lease.delivery_count,
+        recovery_s,
+    )
+    .await;
     let job = task.job.clone();
     match outcome {
         Outcome::Done { items, errors } => {
@@ -802,6 +790,49 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
             release_for_preemption(shared, &lease).await;
             info!(worker = %shared.opts.id, shard = %task.shard, done, total, "wrote a partial result and released the shard");
         }
+    }
+}
+
+/// Runs a shard whose turn has come; a shard done is a measurement of the worker's pace.
+async fn timed_run(
+    shared: &Shared,
+    task: &ShardTask,
+    attempt: u32,
+    keeper: &Keeper,
+    permit: tokio::sync::SemaphorePermit<'_>,
+) -> Outcome {
+    let t0 = Instant::now();
+    let o = run_shard(shared, task, attempt, keeper, permit).await;
+    if matches!(o, Outcome::Done { .. }) {
+        shared.pace.shard_took(t0.elapsed());
+    }
+    o
+}
+
+/// Puts the shard's bar on the cost ledger's timeline and writes the ledger.
+async fn shard_event(
+    shared: &Shared,
+    task: &ShardTask,
+    outcome: &Outcome,
+    started_ms: u64,
+    attempt: u32,
+    recovery_s: Option<f64>,
+) {
+    let (name, items) = outcome.summary();
+    shared.cost.shard(
+        &task.job,
+        crate::cost::ShardEvent {
+            shard: task.shard.clone(),
+            leased_at_ms: started_ms,
+            ended_at_ms: crate::cost::now_ms(),
+            outcome: name.to_string(),
+            items,
+            attempt,
+            recovery_s,
+        },
+    );
+    if let Ok(ctx) = shared.jobs.context(task).await {
+        write_ledger(&shared.cost, &ctx).await;
     }
 }
 
@@ -987,36 +1018,14 @@ async fn handle_stolen(shared: &Shared, h: HandedShard, owner: PeerConn, timeout
     let started_ms = crate::cost::now_ms();
     let keeper = Keeper::handoff(owner.clone(), id.clone(), me.clone(), timeout / 4);
     let outcome = match wait_turn(shared, None, &keeper).await {
-        Turn::Feed(permit) => {
-            let t0 = Instant::now();
-            let o = run_shard(shared, &task, h.delivery_count, &keeper, permit).await;
-            if matches!(o, Outcome::Done { .. }) {
-                shared.pace.shard_took(t0.elapsed());
-            }
-            o
-        }
+        Turn::Feed(permit) => timed_run(shared, &task, h.delivery_count, &keeper, permit).await,
         Turn::Lost(reason) => Outcome::LeaseLost(reason),
         Turn::Drained | Turn::Given(_) => Outcome::Unstarted,
         Turn::Stopped => Outcome::Interrupted,
     };
     drop(keeper);
     shared.progress.unhold(&task);
-    let (name, items) = outcome.summary();
-    shared.cost.shard(
-        &task.job,
-        crate::cost::ShardEvent {
-            shard: task.shard.clone(),
-            leased_at_ms: started_ms,
-            ended_at_ms: crate::cost::now_ms(),
-            outcome: name.to_string(),
-            items,
-            attempt: h.delivery_count,
-            recovery_s: None,
-        },
-    );
-    if let Ok(ctx) = shared.jobs.context(&task).await {
-        write_ledger(&shared.cost, &ctx).await;
-    }
+    shard_event(shared, &task, &outcome, started_ms, h.delivery_count, None).await;
     let (state, items, errors, reason) = match outcome {
         Outcome::Done { items, errors } => {
             count_done(shared, &task, items, errors);
