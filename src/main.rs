@@ -121,7 +121,7 @@ struct WorkerArgs {
     /// Token from SPOTBATCH_TOKEN.
     #[arg(long, env = "SPOTBATCH_COORDINATOR")]
     coordinator: Option<String>,
-    /// CA certificate (PEM) for an https:// coordinator.
+    /// CA certificate (PEM) for an https:// coordinator and https:// peers.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:9464) for Prometheus and probes.
@@ -168,6 +168,13 @@ struct WorkerArgs {
     /// address, or the host name when listening on every interface.
     #[arg(long, env = "SPOTBATCH_PEER_ADVERTISE")]
     peer_advertise: Option<String>,
+    /// Serve peers over TLS with this PEM certificate chain (and --peer-tls-key); peers reach it
+    /// at https://… and check it against their --tls-ca.
+    #[arg(long, requires = "peer_tls_key")]
+    peer_tls_cert: Option<PathBuf>,
+    /// The PEM key for --peer-tls-cert.
+    #[arg(long, requires = "peer_tls_cert")]
+    peer_tls_key: Option<PathBuf>,
     /// A thief silent this long (it reports every quarter of it) loses a handed-over shard back
     /// to its owner.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..))]
@@ -653,11 +660,18 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                     let incoming = tonic::transport::server::TcpIncoming::bind(args.peer_listen)
                         .map_err(|e| anyhow::anyhow!("--peer-listen {}: {e}", args.peer_listen))?;
                     let bound = incoming.local_addr()?;
+                    let tls = match (&args.peer_tls_cert, &args.peer_tls_key) {
+                        (Some(c), Some(k)) => Some((
+                            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+                            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+                        )),
+                        _ => None,
+                    };
                     let advertise = args
                         .peer_advertise
                         .clone()
-                        .unwrap_or_else(|| default_advertise(bound));
-                    Some((incoming, advertise))
+                        .unwrap_or_else(|| default_advertise(bound, tls.is_some()));
+                    Some((incoming, advertise, tls))
                 }
                 Toggle::Off => None,
             };
@@ -677,7 +691,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 max_attempts = reg.max_attempts;
             }
             id = reg.worker_id.clone();
-            if let Some((incoming, advertise)) = peer {
+            if let Some((incoming, advertise, tls)) = peer {
+                let ca = match &args.tls_ca {
+                    Some(p) => {
+                        Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                    }
+                    None => None,
+                };
                 tracing::info!(worker = %id, peer = %advertise, "work stealing on");
                 stealing = Some(spotbatch_worker::Stealing {
                     coordinator: client.clone(),
@@ -686,6 +706,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                     incoming,
                     token: remote::token(),
                     handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
+                    tls,
+                    ca,
                 });
             }
             link = Some((
@@ -800,18 +822,19 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `http://HOST:PORT` for a peer listener: its own IP, or the host name when it listens on every
-/// interface.
-fn default_advertise(bound: std::net::SocketAddr) -> String {
+/// `http(s)://HOST:PORT` for a peer listener: its own IP, or the host name when it listens on
+/// every interface.
+fn default_advertise(bound: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if !bound.ip().is_unspecified() {
-        return format!("http://{bound}");
+        return format!("{scheme}://{bound}");
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "127.0.0.1".into());
-    format!("http://{host}:{}", bound.port())
+    format!("{scheme}://{host}:{}", bound.port())
 }
 
 async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {

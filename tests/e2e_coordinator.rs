@@ -294,24 +294,7 @@ fn the_api_requires_the_token_and_limits_requests() {
 fn the_api_over_tls() {
     let job = JobDir::digits(30);
     let d = job.path();
-    // A CA and a server certificate for 127.0.0.1 (the openssl command line).
-    let sh = |args: &str| {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(args)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem");
-    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr");
-    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem");
+    make_tls(d);
     let queue = format!("sqlite://{}", d.join("q.db").display());
     let (grpc, http) = (free_addr(), free_addr());
     let mut child = sb(Some(TOKEN))

@@ -141,7 +141,9 @@ fn steal_code(peer: SocketAddr, token: Option<&str>) -> tonic::Code {
     use spotbatch_proto::api::StealRequest;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut c = PeerClient::connect(format!("http://{peer}")).await.unwrap();
+        let Ok(mut c) = PeerClient::connect(format!("http://{peer}")).await else {
+            return tonic::Code::Unavailable;
+        };
         let mut req = tonic::Request::new(StealRequest {
             thief_id: "intruder".into(),
             thief_address: String::new(),
@@ -323,6 +325,42 @@ fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
         "{peer_log}"
     );
     // The owner acked what the peer finished before its deadline, and released nothing it gave.
+    assert!(
+        owner_log.contains("a peer finished a shard handed to it; acking"),
+        "{owner_log}"
+    );
+}
+
+#[test]
+fn peers_steal_over_tls_and_refuse_plain_text() {
+    let (job, coord, job_id, queue) = setup(10, 9, 3);
+    let url = coord.url();
+    let d = job.path();
+    make_tls(d);
+    let file = |name: &str| d.join(name).to_string_lossy().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let tls = [
+        "--peer-tls-cert",
+        &cert,
+        "--peer-tls-key",
+        &key,
+        "--tls-ca",
+        &ca,
+    ];
+    let owner_peer = free_addr();
+    let flags = [&tls[..], &["--throttle-batch-ms", "300", "--prefetch", "8"]].concat();
+    let mut owner = worker(&url, "owner", d, owner_peer, &flags);
+    wait_holding(&url, &job_id, "owner", 6);
+    // Plain text to the TLS port gets nowhere, token or not.
+    assert_ne!(steal_code(owner_peer, Some(TOKEN)), tonic::Code::Ok);
+    let flags = [&tls[..], &["--prefetch", "2"]].concat();
+    let mut thief = worker(&url, "thief", d, free_addr(), &flags);
+    wait_ok(&mut thief, "thief", d);
+    wait_ok(&mut owner, "owner", d);
+    check_complete(&url, &job_id, &job, &queue);
+    let (owner_log, thief_log) = (log(d, "owner"), log(d, "thief"));
+    assert!(owner_log.contains("peer=https://127.0.0.1:"), "{owner_log}");
+    assert!(thief_log.contains("stole unstarted shards"), "{thief_log}");
     assert!(
         owner_log.contains("a peer finished a shard handed to it; acking"),
         "{owner_log}"

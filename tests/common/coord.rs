@@ -103,3 +103,25 @@ pub fn status_json(coord: &str, job: &str) -> serde_json::Value {
     let out = run_ok(sb(Some(TOKEN)).args(["status", job, "--json", "--coordinator", coord]));
     serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
+
+/// Makes a CA (`ca.pem`) and a server certificate for 127.0.0.1 (`server.pem`, `server.key`) in
+/// `dir` with the openssl command line.
+pub fn make_tls(dir: &Path) {
+    let sh = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr");
+    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem");
+}

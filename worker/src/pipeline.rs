@@ -465,10 +465,12 @@ pub async fn run_worker(
     let peer_server = match incoming {
         Some(incoming) => {
             let token = shared.steal.as_ref().and_then(|s| s.token.clone());
+            let tls = shared.steal.as_ref().and_then(|s| s.tls.clone());
             Some(crate::steal::serve(
                 Arc::clone(&shared),
                 incoming,
                 token,
+                tls,
                 peer_stop.clone(),
             ))
         }

@@ -53,6 +53,10 @@ pub struct Stealing {
     pub token: Option<String>,
     /// A thief silent this long loses the shard back to its owner.
     pub handoff_timeout: Duration,
+    /// PEM certificate chain and key: serve `Peer` over TLS (`https://` peer addresses).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// PEM CA certificate that peers' `https://` certificates are checked against.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Stealing's settings and connections, shared by a worker's tasks.
@@ -62,6 +66,8 @@ pub(crate) struct StealState {
     advertise: String,
     pub(crate) token: Option<String>,
     pub(crate) handoff_timeout: Duration,
+    pub(crate) tls: Option<(Vec<u8>, Vec<u8>)>,
+    ca: Option<Vec<u8>>,
     conns: Mutex<HashMap<String, PeerConn>>,
     /// Hand-offs this worker gave, by id: the owner's task listens on the other end.
     handoffs: Mutex<HashMap<String, mpsc::UnboundedSender<Word>>>,
@@ -77,6 +83,8 @@ impl StealState {
                 advertise: s.advertise,
                 token: s.token,
                 handoff_timeout: s.handoff_timeout,
+                tls: s.tls,
+                ca: s.ca,
                 conns: Mutex::new(HashMap::new()),
                 handoffs: Mutex::new(HashMap::new()),
             },
@@ -89,8 +97,11 @@ impl StealState {
         if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(address).cloned()) {
             return Ok(c);
         }
-        let (channel, bearer) =
-            spotbatch_coordinator::client::channel(address, self.token.as_deref(), None)?;
+        let (channel, bearer) = spotbatch_coordinator::client::channel(
+            address,
+            self.token.as_deref(),
+            self.ca.as_deref(),
+        )?;
         let c = PeerClient::with_interceptor(channel, bearer);
         if let Ok(mut m) = self.conns.lock() {
             m.insert(address.to_string(), c.clone());
@@ -624,11 +635,13 @@ impl Peer for PeerApi {
     }
 }
 
-/// Serves `Peer` on `incoming` until `stop`, checking the bearer token like the coordinator.
+/// Serves `Peer` on `incoming` until `stop`, checking the bearer token like the coordinator, over
+/// TLS when given a certificate and key.
 pub(crate) fn serve(
     shared: Arc<Shared>,
     incoming: tonic::transport::server::TcpIncoming,
     token: Option<String>,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let auth = match token {
@@ -638,8 +651,19 @@ pub(crate) fn serve(
     let svc = PeerServer::new(PeerApi(shared));
     let svc = InterceptedService::new(svc, move |r| auth.check(r));
     tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
+        let mut builder = tonic::transport::Server::builder().timeout(Duration::from_secs(30));
+        if let Some((cert, key)) = tls {
+            let cfg = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            builder = match builder.tls_config(cfg) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "the peer service's TLS set-up failed; stealing is off");
+                    return;
+                }
+            };
+        }
+        let r = builder
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
             .await;
@@ -688,6 +712,8 @@ mod tests {
             incoming,
             token: None,
             handoff_timeout: Duration::from_secs(1),
+            tls: None,
+            ca: None,
         });
         let d = Deque::default();
         let mut waiting: Vec<_> = (0..5u8).map(|i| d.enter(&[i], u32::from(i) + 1)).collect();
