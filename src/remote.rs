@@ -262,7 +262,7 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
         "dead_lettered": s.dead_lettered.iter().map(|d| serde_json::json!({"shard": d.shard, "reason": d.reason, "deliveries": d.deliveries})).collect::<Vec<_>>(),
         "workers": s.workers.iter().map(|w| serde_json::json!({
             "id": w.worker_id, "alive": w.alive, "capacity": w.capacity, "device": w.device,
-            "items_per_s": w.items_per_second, "shards": w.shards,
+            "items_per_s": w.items_per_second, "shards": w.shards, "unstarted": w.unstarted,
         })).collect::<Vec<_>>(),
         "output": s.output,
     })

@@ -175,6 +175,17 @@ fn an_idle_worker_takes_over_a_stragglers_unstarted_shards() {
         &["--throttle-batch-ms", "300", "--prefetch", "24"],
     );
     wait_holding(&url, &job_id, "slow", 10);
+    // Its heartbeats tell the coordinator how many of them are unstarted (what thieves look for).
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status_json(&url, &job_id);
+        let unstarted = s["workers"][0]["unstarted"].as_u64().unwrap_or(0);
+        if unstarted >= 5 {
+            break;
+        }
+        assert!(Instant::now() < until, "no unstarted shards reported: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Peer calls need the coordinator's token.
     assert_eq!(steal_code(slow_peer, None), tonic::Code::Unauthenticated);
     assert_eq!(

@@ -525,6 +525,7 @@ impl CoordinatorService {
                 items_per_second: e.rate,
                 last_seen_unix_ms: unix_ms(e.last_seen),
                 shards: e.shards.iter().map(|(_, s)| s.clone()).collect(),
+                unstarted: e.unstarted,
             })
             .collect();
         v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
