@@ -742,18 +742,15 @@ async fn handle_lease(shared: &Shared, lease: Lease) {
     .await;
     let job = task.job.clone();
     match outcome {
-        Outcome::Done { items, errors } => {
+        Outcome::Done { .. } | Outcome::HandedOver => {
             // Acks need no retry: an un-acked shard is redelivered, found done, and acked then.
             if let Err(e) = q.ack(std::slice::from_ref(&lease)).await {
                 warn!(job = %job, shard = %task.shard, error = %e, "ack failed; the shard will be redelivered and skipped");
             }
-            count_done(shared, &task, items, errors);
-        }
-        Outcome::HandedOver => {
-            if let Err(e) = q.ack(std::slice::from_ref(&lease)).await {
-                warn!(job = %job, shard = %task.shard, error = %e, "ack failed; the shard will be redelivered and skipped");
+            match outcome {
+                Outcome::Done { items, errors } => count_done(shared, &task, items, errors),
+                _ => shared.progress.record(&task, "handed_over", 0, 0, ""),
             }
-            shared.progress.record(&task, "handed_over", 0, 0, "");
         }
         Outcome::AlreadyDone => {
             let _ = q.ack(std::slice::from_ref(&lease)).await;
@@ -890,13 +887,11 @@ enum Turn<'a> {
 /// Waits for the shard's turn to feed the pipeline. A leased shard (`lease` given) waits in the
 /// deque, where a peer may take it; a stolen one just waits.
 async fn wait_turn<'a>(shared: &'a Shared, lease: Option<&Lease>, keeper: &Keeper) -> Turn<'a> {
-    let entered = lease.map(|l| shared.deque.enter(&l.body, l.delivery_count));
+    let (seq, mut given) = lease
+        .map(|l| shared.deque.enter(&l.body, l.delivery_count))
+        .unzip();
     shared.waiting.fetch_add(1, Ordering::Relaxed);
     shared.count_unstarted();
-    let (seq, mut given) = match entered {
-        Some((seq, rx)) => (Some(seq), Some(rx)),
-        None => (None, None),
-    };
     let taken = async {
         match given.as_mut() {
             Some(rx) => rx.await.ok(),
@@ -1270,11 +1265,11 @@ async fn read_partial(
     Ok(kept)
 }
 
-/// How the feeding of a shard ended.
-enum FeedEnd<'a> {
-    /// Items handed to the pipeline (all of them unless drained), and the feed permit, which the
-    /// collector gives up once few of them are left in the pipeline.
-    Fed(usize, Option<tokio::sync::SemaphorePermit<'a>>),
+/// How the feeding of a shard ended: the items handed to the pipeline (all of them unless
+/// drained), and the feed permit, which the collector gives up once few are left in the pipeline.
+struct Fed<'a> {
+    items: usize,
+    permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// Feeds the shard's inputs (those not kept from a partial result) into the pipeline and collects
@@ -1304,7 +1299,7 @@ async fn process_shard(
         cancel,
         cost: shared.cost.clone(),
     });
-    let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<FeedEnd>();
+    let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<Fed>();
     // This shard's items fed and not yet collected.
     let outstanding = std::sync::atomic::AtomicIsize::new(0);
     let feed = async {
@@ -1363,7 +1358,7 @@ async fn process_shard(
             }
             fed += 1;
         }
-        let _ = fed_tx.send(FeedEnd::Fed(fed, Some(permit)));
+        let _ = fed_tx.send(Fed { items: fed, permit });
     };
     let low_water = 2 * ctx.runtime.batch_size;
     let collect = async {
@@ -1407,9 +1402,9 @@ async fn process_shard(
                     None => return Err(Outcome::Failed("pipeline stopped".into())),
                 },
                 end = &mut fed_rx, if fed.is_none() => match end {
-                    Ok(FeedEnd::Fed(k, p)) => {
-                        fed = Some(k);
-                        permit = p;
+                    Ok(end) => {
+                        fed = Some(end.items);
+                        permit = Some(end.permit);
                     }
                     Err(_) => return Err(Outcome::Failed("pipeline stopped".into())),
                 },
