@@ -71,14 +71,6 @@ impl Drop for Procs {
     }
 }
 
-fn sigterm(c: &Child) {
-    let st = Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
-}
-
 /// An instant query; the result vector.
 fn query(prom: &str, expr: &str) -> Vec<serde_json::Value> {
     let addr: SocketAddr = prom

@@ -84,22 +84,9 @@ fn wait_ok(c: &mut Child, id: &str, dir: &Path) {
 /// Every input exactly one row (`rows()` panics on a duplicate), every shard done, the queue
 /// empty and nothing dead-lettered.
 fn check_complete(url: &str, job_id: &str, job: &JobDir, queue: &str) {
-    let rows = job.rows();
-    assert_eq!(
-        rows.keys().cloned().collect::<Vec<_>>(),
-        job.input_keys(),
-        "every input exactly one row"
-    );
+    let rows = job.one_row_per_input();
     assert!(rows.values().all(|r| r["error"].is_null()));
-    let until = Instant::now() + Duration::from_secs(15);
-    let s = loop {
-        let s = status_json(url, job_id);
-        if s["state"] == "done" || Instant::now() > until {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(s["state"], "done", "{s}");
+    let s = wait_done(url, job_id, Duration::from_secs(15));
     assert_eq!(s["shards"]["done"], job.done_markers() as u64, "{s}");
     assert_eq!(s["dead_lettered"].as_array().map(Vec::len), Some(0), "{s}");
     let depth = run_ok(sb(None).args(["queue", "depth", queue]));
@@ -309,11 +296,7 @@ fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
         "stole unstarted shards",
         Duration::from_secs(30),
     );
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &owner.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+    sigterm(&owner);
     wait_ok(&mut owner, "owner", job.path());
     wait_ok(&mut peer, "peer", job.path());
     check_complete(&url, &job_id, &job, &queue);

@@ -125,3 +125,18 @@ pub fn make_tls(dir: &Path) {
     sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem");
 }
+
+/// Polls `status --json` until the job is done (asserting it gets there within `within`); the
+/// last status.
+pub fn wait_done(url: &str, job_id: &str, within: Duration) -> serde_json::Value {
+    let until = Instant::now() + within;
+    let s = loop {
+        let s = status_json(url, job_id);
+        if s["state"] == "done" || Instant::now() > until {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(s["state"], "done", "{s}");
+    s
+}

@@ -128,6 +128,18 @@ impl JobDir {
         rows
     }
 
+    /// Every row, keyed by input key, after checking that every input has exactly one (`rows()`
+    /// panics on a duplicate; a missing or unknown key fails here).
+    pub fn one_row_per_input(&self) -> BTreeMap<String, serde_json::Value> {
+        let rows = self.rows();
+        assert_eq!(
+            rows.keys().cloned().collect::<Vec<_>>(),
+            self.input_keys(),
+            "every input exactly one row"
+        );
+        rows
+    }
+
     /// Done markers written so far, over every job folder under `out/`.
     pub fn done_markers(&self) -> usize {
         let Ok(jobs) = std::fs::read_dir(self.path().join("out")) else {
@@ -216,4 +228,13 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         nanos % 1_000_000_000_000
     )
+}
+
+/// Sends SIGTERM to a child process (a preemption's first signal).
+pub fn sigterm(c: &std::process::Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
 }
