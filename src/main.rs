@@ -671,6 +671,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                         .peer_advertise
                         .clone()
                         .unwrap_or_else(|| default_advertise(bound, tls.is_some()));
+                    let scheme = if tls.is_some() { "https://" } else { "http://" };
+                    if !advertise.starts_with(scheme) {
+                        bail!(
+                            "--peer-advertise {advertise}: peers reach this worker at {scheme}HOST:PORT{}",
+                            if tls.is_some() { " (it serves peers over TLS)" } else { "" }
+                        );
+                    }
                     Some((incoming, advertise, tls))
                 }
                 Toggle::Off => None,

@@ -274,7 +274,10 @@ fn an_owner_killed_after_handing_shards_over_leaves_no_duplicate_rows() {
 
 #[test]
 fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
-    let (job, coord, job_id, queue, mut owner) = owner_holding_all(&["--throttle-batch-ms", "300"]);
+    // The owner is slow (about 3 s a shard), so it still has unstarted shards when a peer that
+    // is slow to start (a loaded machine) has stolen its half.
+    let (job, coord, job_id, queue, mut owner) =
+        owner_holding_all(&["--throttle-batch-ms", "1000"]);
     let url = coord.url();
     // Once the owner has measured its pace (one shard done), a slow peer joins, steals some, and
     // is busy with them (not idle) when the owner is told to drain.
@@ -359,4 +362,63 @@ fn peers_steal_over_tls_and_refuse_plain_text() {
         owner_log.contains("a peer finished a shard handed to it; acking"),
         "{owner_log}"
     );
+}
+
+#[test]
+fn steal_off_leaves_a_stragglers_shards_with_it() {
+    let (job, coord, job_id, queue, mut owner) =
+        owner_holding_all(&["--throttle-batch-ms", "300", "--steal", "off"]);
+    let url = coord.url();
+    let mut idle = worker(
+        &url,
+        "idle",
+        job.path(),
+        free_addr(),
+        &["--prefetch", "2", "--steal", "off"],
+    );
+    wait_ok(&mut idle, "idle", job.path());
+    wait_ok(&mut owner, "owner", job.path());
+    check_complete(&url, &job_id, &job, &queue);
+    let (owner_log, idle_log) = (log(job.path(), "owner"), log(job.path(), "idle"));
+    assert!(!owner_log.contains("work stealing on"), "{owner_log}");
+    assert!(!idle_log.contains("stole unstarted shards"), "{idle_log}");
+    assert!(owner_log.contains(": 6 shards done"), "{owner_log}");
+    assert!(idle_log.contains(": 0 shards done"), "{idle_log}");
+}
+
+#[test]
+fn a_peer_address_peers_cannot_use_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            vec!["--peer-advertise", "10.0.0.7:7071"],
+            "peers reach this worker at http://HOST:PORT",
+        ),
+        (
+            vec![
+                "--peer-advertise",
+                "http://10.0.0.7:7071",
+                "--peer-tls-cert",
+                "cert.pem",
+                "--peer-tls-key",
+                "missing-key.pem",
+            ],
+            "missing-key.pem",
+        ),
+    ];
+    for (flags, want) in cases {
+        if flags.contains(&"--peer-tls-cert") {
+            std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+        }
+        let out = sb(Some(TOKEN))
+            .current_dir(dir.path())
+            .args(["worker", "--coordinator", "http://127.0.0.1:9"])
+            .args(["--peer-listen", "127.0.0.1:0"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?}: {err}");
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
 }
