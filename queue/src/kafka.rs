@@ -274,10 +274,15 @@ impl ConsumerContext for Ctx {
             if commit.count() > 0 {
                 let _ = consumer.commit(&commit, CommitMode::Sync);
             }
+            // librdkafka keeps an application's pause on a partition after it is revoked: if it
+            // came back to this member later it would never be fetched. Partitions leave unpaused.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "kafka resume of revoked partitions failed");
+            }
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let Ok(mut st) = self.state.lock() else {
                 return;
@@ -292,7 +297,18 @@ impl ConsumerContext for Ctx {
                 });
             }
             st.assigned_once = true;
+            let paused = st.paused;
             drop(st);
+            // New partitions follow the buffer's pause state (and a pause left over from an
+            // earlier time this member owned them is cleared).
+            let r = if paused {
+                consumer.pause(tpl)
+            } else {
+                consumer.resume(tpl)
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, paused, "kafka pause state of assigned partitions not set");
+            }
             let parts: Vec<i32> = tpl
                 .elements_for_topic(&self.topic)
                 .iter()

@@ -56,3 +56,21 @@ async fn resumes_inside_a_batch_on_the_mock_cluster() {
         (7, 13)
     );
 }
+
+/// The pause fix proven on a second broker (see `kafka_tansu.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_revoked_while_paused_is_read_when_it_comes_back_on_the_mock_cluster() {
+    let cluster: &'static MockCluster<'static, _> =
+        Box::leak(Box::new(MockCluster::new(1).unwrap()));
+    cluster.create_topic("paused", 2, 1).unwrap();
+    cluster.create_topic("paused-dlq", 1, 1).unwrap();
+    let u = format!(
+        "kafka://{}/paused?session_timeout_ms=6000",
+        cluster.bootstrap_servers()
+    );
+    assert_eq!(
+        kafka_common::paused_partition_comes_back(&u, 300).await,
+        300,
+        "every record acked by the member that got the partition back"
+    );
+}

@@ -126,3 +126,63 @@ pub async fn batched_resume(brokers: &str, topic: &str) -> (usize, usize) {
     }
     (got.len(), rest)
 }
+
+/// A member stops fetching (pauses its partitions) while plenty of records wait in its buffer. A
+/// partition revoked from it while paused and assigned back later must be fetched again:
+/// librdkafka keeps an application's pause on a partition across revoke and assign, so a member
+/// that forgot it had paused that partition would hold it without ever reading it (the chaos test
+/// on tansu once wedged this way: every worker idle, one partition's records never read).
+/// Returns the distinct record ids the first member ended up acking.
+pub async fn paused_partition_comes_back(u: &str, records: usize) -> usize {
+    // (The mock cluster has no CreateTopics: its topics are made beforehand.)
+    kafka::create(u).await.ok();
+    let items: Vec<NewItem> = (0..records)
+        .map(|i| NewItem {
+            id: format!("r{i:03}"),
+            body: format!("{{\"n\":{i}}}").into_bytes(),
+        })
+        .collect();
+    let vis = Duration::from_secs(60);
+    let a = KafkaQueue::open_uri(u, QueueConfig::default())
+        .await
+        .unwrap();
+    a.enqueue(&items).await.unwrap();
+    // Nothing leased yet: `a` fills its buffer and pauses both partitions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A second member joins: one partition is revoked from `a` while paused. It holds it once it
+    // can lease from it.
+    let b = KafkaQueue::open_uri(u, QueueConfig::default())
+        .await
+        .unwrap();
+    let mut acked = std::collections::BTreeSet::new();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let taken = loop {
+        assert!(
+            std::time::Instant::now() < until,
+            "the second member never got a partition"
+        );
+        // Meanwhile `a` works through its buffer, so it resumes fetching what it still owns.
+        let l = a.lease(100, vis, Duration::from_millis(200)).await.unwrap();
+        a.ack(&l).await.unwrap();
+        acked.extend(l.iter().map(|l| l.id.clone()));
+        let t = b.lease(1, vis, Duration::from_millis(200)).await.unwrap();
+        if !t.is_empty() {
+            break t;
+        }
+    };
+    // `b` leaves without acking: its partition goes back to `a`, from the last commit.
+    b.release(&taken, None).await.unwrap();
+    b.close().await.unwrap();
+    drop(b);
+    let mut quiet_since = std::time::Instant::now();
+    while acked.len() < records && quiet_since.elapsed() < Duration::from_secs(20) {
+        let l = a.lease(100, vis, Duration::from_secs(1)).await.unwrap();
+        if !l.is_empty() {
+            quiet_since = std::time::Instant::now();
+        }
+        a.ack(&l).await.unwrap();
+        acked.extend(l.iter().map(|l| l.id.clone()));
+    }
+    a.close().await.unwrap();
+    acked.len()
+}
