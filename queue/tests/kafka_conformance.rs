@@ -52,7 +52,7 @@ async fn resumes_inside_a_batch_on_the_mock_cluster() {
     cluster.create_topic("batched", 1, 1).unwrap();
     cluster.create_topic("batched-dlq", 1, 1).unwrap();
     assert_eq!(
-        kafka_common::batched_resume(&cluster.bootstrap_servers(), "batched").await,
+        kafka_common::batched_resume(&cluster.bootstrap_servers(), "batched", false).await,
         (7, 13)
     );
 }
@@ -69,7 +69,7 @@ async fn a_partition_revoked_while_paused_is_read_when_it_comes_back_on_the_mock
         cluster.bootstrap_servers()
     );
     assert_eq!(
-        kafka_common::paused_partition_comes_back(&u, 300).await,
+        kafka_common::paused_partition_comes_back(&u, 300, false).await,
         300,
         "every record acked by the member that got the partition back"
     );

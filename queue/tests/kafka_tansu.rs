@@ -84,14 +84,17 @@ async fn tansu_resumes_mid_partition_with_single_record_batches() {
 /// `single_record_batches=true` for tansu. If tansu fixes it, this test says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_cannot_resume_inside_a_batch() {
-    assert_eq!(batched_resume(&brokers(), &unique("batched")).await, (7, 0));
+    assert_eq!(
+        batched_resume(&brokers(), &unique("batched"), true).await,
+        (7, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_revoked_while_paused_is_read_when_it_comes_back() {
     let u = uri(&unique("paused"), "");
     assert_eq!(
-        kafka_common::paused_partition_comes_back(&u, 300).await,
+        kafka_common::paused_partition_comes_back(&u, 300, true).await,
         300,
         "every record acked by the member that got the partition back"
     );

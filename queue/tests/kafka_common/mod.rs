@@ -63,11 +63,14 @@ pub async fn resume_mid_partition(u: &str) -> (usize, usize) {
 
 /// Produces 20 records as one batch (linger), then checks what a second group member gets after the
 /// first commits inside the batch and leaves.
-pub async fn batched_resume(brokers: &str, topic: &str) -> (usize, usize) {
+/// `create` as for `paused_partition_comes_back`.
+pub async fn batched_resume(brokers: &str, topic: &str, create: bool) -> (usize, usize) {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let u = format!("kafka://{brokers}/{topic}?partitions=1&session_timeout_ms=6000");
-    kafka::create(&u).await.ok();
+    if create {
+        kafka::create(&u).await.unwrap();
+    }
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "200")
@@ -133,9 +136,12 @@ pub async fn batched_resume(brokers: &str, topic: &str) -> (usize, usize) {
 /// that forgot it had paused that partition would hold it without ever reading it (the chaos test
 /// on tansu once wedged this way: every worker idle, one partition's records never read).
 /// Returns the distinct record ids the first member ended up acking.
-pub async fn paused_partition_comes_back(u: &str, records: usize) -> usize {
-    // (The mock cluster has no CreateTopics: its topics are made beforehand.)
-    kafka::create(u).await.ok();
+/// `create`: make the topic first (the mock cluster has no CreateTopics, and asking it takes its
+/// 60 s request timeout; its topics are made beforehand with `MockCluster::create_topic`).
+pub async fn paused_partition_comes_back(u: &str, records: usize, create: bool) -> usize {
+    if create {
+        kafka::create(u).await.unwrap();
+    }
     let items: Vec<NewItem> = (0..records)
         .map(|i| NewItem {
             id: format!("r{i:03}"),
@@ -143,6 +149,7 @@ pub async fn paused_partition_comes_back(u: &str, records: usize) -> usize {
         })
         .collect();
     let vis = Duration::from_secs(60);
+    let t0 = std::time::Instant::now();
     let a = KafkaQueue::open_uri(u, QueueConfig::default())
         .await
         .unwrap();
@@ -154,6 +161,7 @@ pub async fn paused_partition_comes_back(u: &str, records: usize) -> usize {
     let b = KafkaQueue::open_uri(u, QueueConfig::default())
         .await
         .unwrap();
+    println!("second member joined after {:?}", t0.elapsed());
     let mut acked = std::collections::BTreeSet::new();
     let until = std::time::Instant::now() + Duration::from_secs(60);
     let taken = loop {
@@ -170,6 +178,10 @@ pub async fn paused_partition_comes_back(u: &str, records: usize) -> usize {
             break t;
         }
     };
+    println!(
+        "second member leased from its partition after {:?}",
+        t0.elapsed()
+    );
     // `b` leaves without acking: its partition goes back to `a`, from the last commit.
     b.release(&taken, None).await.unwrap();
     b.close().await.unwrap();
@@ -183,6 +195,8 @@ pub async fn paused_partition_comes_back(u: &str, records: usize) -> usize {
         a.ack(&l).await.unwrap();
         acked.extend(l.iter().map(|l| l.id.clone()));
     }
+    println!("{} records acked after {:?}", acked.len(), t0.elapsed());
     a.close().await.unwrap();
+    println!("closed after {:?}", t0.elapsed());
     acked.len()
 }
