@@ -660,25 +660,29 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                     let incoming = tonic::transport::server::TcpIncoming::bind(args.peer_listen)
                         .map_err(|e| anyhow::anyhow!("--peer-listen {}: {e}", args.peer_listen))?;
                     let bound = incoming.local_addr()?;
-                    let tls = match (&args.peer_tls_cert, &args.peer_tls_key) {
-                        (Some(c), Some(k)) => Some((
-                            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
-                            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
-                        )),
-                        _ => None,
-                    };
+                    let tls = remote::read_identity(
+                        args.peer_tls_cert.as_deref(),
+                        args.peer_tls_key.as_deref(),
+                    )?;
+                    let over_tls = tls.is_some();
                     let advertise = args
                         .peer_advertise
                         .clone()
-                        .unwrap_or_else(|| default_advertise(bound, tls.is_some()));
-                    let scheme = if tls.is_some() { "https://" } else { "http://" };
+                        .unwrap_or_else(|| default_advertise(bound, over_tls));
+                    let scheme = if over_tls { "https://" } else { "http://" };
                     if !advertise.starts_with(scheme) {
                         bail!(
                             "--peer-advertise {advertise}: peers reach this worker at {scheme}HOST:PORT{}",
-                            if tls.is_some() { " (it serves peers over TLS)" } else { "" }
+                            if over_tls { " (it serves peers over TLS)" } else { "" }
                         );
                     }
-                    Some((incoming, advertise, tls))
+                    let server = spotbatch_worker::steal::peer_server(tls).map_err(|e| {
+                        anyhow::anyhow!(
+                            "--peer-tls-cert/--peer-tls-key: not a usable certificate and key: {:#}",
+                            anyhow::Error::new(e)
+                        )
+                    })?;
+                    Some((incoming, advertise, server))
                 }
                 Toggle::Off => None,
             };
@@ -698,13 +702,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 max_attempts = reg.max_attempts;
             }
             id = reg.worker_id.clone();
-            if let Some((incoming, advertise, tls)) = peer {
-                let ca = match &args.tls_ca {
-                    Some(p) => {
-                        Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-                    }
-                    None => None,
-                };
+            if let Some((incoming, advertise, server)) = peer {
+                let ca = remote::read_ca(args.tls_ca.as_deref())?;
                 tracing::info!(worker = %id, peer = %advertise, "work stealing on");
                 stealing = Some(spotbatch_worker::Stealing {
                     coordinator: client.clone(),
@@ -713,7 +712,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                     incoming,
                     token: remote::token(),
                     handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
-                    tls,
+                    server,
                     ca,
                 });
             }

@@ -94,12 +94,29 @@ pub fn token() -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The CA certificate (PEM) of `--tls-ca`, if given.
+pub fn read_ca(ca: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    ca.map(read_pem).transpose()
+}
+
+/// A PEM certificate chain and key given as a pair of flags (clap makes each require the other).
+pub fn read_identity(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((read_pem(c)?, read_pem(k)?))),
+        _ => Ok(None),
+    }
+}
+
+fn read_pem(p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
 /// A client for `url`, with the token from SPOTBATCH_TOKEN.
 pub fn client(url: &str, ca: Option<&Path>) -> anyhow::Result<Client> {
-    let ca = match ca {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-        None => None,
-    };
+    let ca = read_ca(ca)?;
     Ok(spotbatch_coordinator::client::connect(
         url,
         token().as_deref(),
@@ -153,13 +170,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         &state,
     )
     .await?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some((
-            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
-            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
-        )),
-        _ => None,
-    };
+    let tls = read_identity(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let stop = CancellationToken::new();
     {
         let stop = stop.clone();

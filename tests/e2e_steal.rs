@@ -405,11 +405,21 @@ fn a_peer_address_peers_cannot_use_is_refused_at_start() {
             ],
             "missing-key.pem",
         ),
+        (
+            vec![
+                "--peer-advertise",
+                "https://10.0.0.7:7071",
+                "--peer-tls-cert",
+                "cert.pem",
+                "--peer-tls-key",
+                "key.pem",
+            ],
+            "--peer-tls-cert/--peer-tls-key: not a usable certificate and key",
+        ),
     ];
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
     for (flags, want) in cases {
-        if flags.contains(&"--peer-tls-cert") {
-            std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
-        }
         let out = sb(Some(TOKEN))
             .current_dir(dir.path())
             .args(["worker", "--coordinator", "http://127.0.0.1:9"])

@@ -436,10 +436,10 @@ pub async fn run_worker(
 
     // Always on: without prices it keeps the shard timeline that `spotbatch report` charts.
     let cost = Arc::new(CostMeter::new(&opts.id, opts.prices.clone()));
-    let (steal, incoming) = match steal {
+    let (steal, listener) = match steal {
         Some(s) => {
-            let (st, incoming) = StealState::new(s);
-            (Some(st), Some(incoming))
+            let (st, listener) = StealState::new(s);
+            (Some(st), Some(listener))
         }
         None => (None, None),
     };
@@ -462,15 +462,13 @@ pub async fn run_worker(
         in_pipeline: std::sync::atomic::AtomicIsize::new(0),
     });
     let peer_stop = CancellationToken::new();
-    let peer_server = match incoming {
-        Some(incoming) => {
+    let peer_server = match listener {
+        Some(listener) => {
             let token = shared.steal.as_ref().and_then(|s| s.token.clone());
-            let tls = shared.steal.as_ref().and_then(|s| s.tls.clone());
             Some(crate::steal::serve(
                 Arc::clone(&shared),
-                incoming,
+                listener,
                 token,
-                tls,
                 peer_stop.clone(),
             ))
         }

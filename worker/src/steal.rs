@@ -53,8 +53,8 @@ pub struct Stealing {
     pub token: Option<String>,
     /// A thief silent this long loses the shard back to its owner.
     pub handoff_timeout: Duration,
-    /// PEM certificate chain and key: serve `Peer` over TLS (`https://` peer addresses).
-    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// The server `Peer` is served with (from [`peer_server`]: over TLS or not).
+    pub server: tonic::transport::Server,
     /// PEM CA certificate that peers' `https://` certificates are checked against.
     pub ca: Option<Vec<u8>>,
 }
@@ -66,7 +66,6 @@ pub(crate) struct StealState {
     advertise: String,
     pub(crate) token: Option<String>,
     pub(crate) handoff_timeout: Duration,
-    pub(crate) tls: Option<(Vec<u8>, Vec<u8>)>,
     ca: Option<Vec<u8>>,
     conns: Mutex<HashMap<String, PeerConn>>,
     /// Hand-offs this worker gave, by id: the owner's task listens on the other end.
@@ -74,8 +73,16 @@ pub(crate) struct StealState {
 }
 
 impl StealState {
-    /// Splits the listener off (served by [`serve`]).
-    pub(crate) fn new(s: Stealing) -> (Self, tonic::transport::server::TcpIncoming) {
+    /// Splits the listener and its server off (for [`serve`]).
+    pub(crate) fn new(
+        s: Stealing,
+    ) -> (
+        Self,
+        (
+            tonic::transport::server::TcpIncoming,
+            tonic::transport::Server,
+        ),
+    ) {
         (
             Self {
                 coordinator: s.coordinator,
@@ -83,12 +90,11 @@ impl StealState {
                 advertise: s.advertise,
                 token: s.token,
                 handoff_timeout: s.handoff_timeout,
-                tls: s.tls,
                 ca: s.ca,
                 conns: Mutex::new(HashMap::new()),
                 handoffs: Mutex::new(HashMap::new()),
             },
-            s.incoming,
+            (s.incoming, s.server),
         )
     }
 
@@ -635,13 +641,30 @@ impl Peer for PeerApi {
     }
 }
 
-/// Serves `Peer` on `incoming` until `stop`, checking the bearer token like the coordinator, over
-/// TLS when given a certificate and key.
+/// The server for the `Peer` service: over TLS when given a PEM certificate chain and key, which
+/// are checked here (so a bad pair stops the worker at start, not the first thief).
+pub fn peer_server(
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let server = tonic::transport::Server::builder().timeout(Duration::from_secs(30));
+    match tls {
+        Some((cert, key)) => server.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        ),
+        None => Ok(server),
+    }
+}
+
+/// Serves `Peer` on `incoming` with `server` (see [`peer_server`]) until `stop`, checking the
+/// bearer token like the coordinator.
 pub(crate) fn serve(
     shared: Arc<Shared>,
-    incoming: tonic::transport::server::TcpIncoming,
+    (incoming, mut server): (
+        tonic::transport::server::TcpIncoming,
+        tonic::transport::Server,
+    ),
     token: Option<String>,
-    tls: Option<(Vec<u8>, Vec<u8>)>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let auth = match token {
@@ -651,19 +674,7 @@ pub(crate) fn serve(
     let svc = PeerServer::new(PeerApi(shared));
     let svc = InterceptedService::new(svc, move |r| auth.check(r));
     tokio::spawn(async move {
-        let mut builder = tonic::transport::Server::builder().timeout(Duration::from_secs(30));
-        if let Some((cert, key)) = tls {
-            let cfg = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert, key));
-            builder = match builder.tls_config(cfg) {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(error = %e, "the peer service's TLS set-up failed; stealing is off");
-                    return;
-                }
-            };
-        }
-        let r = builder
+        let r = server
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
             .await;
@@ -712,7 +723,7 @@ mod tests {
             incoming,
             token: None,
             handoff_timeout: Duration::from_secs(1),
-            tls: None,
+            server: peer_server(None).unwrap(),
             ca: None,
         });
         let d = Deque::default();
