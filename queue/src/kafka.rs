@@ -274,11 +274,6 @@ impl ConsumerContext for Ctx {
             if commit.count() > 0 {
                 let _ = consumer.commit(&commit, CommitMode::Sync);
             }
-            // librdkafka keeps an application's pause on a partition after it is revoked: if it
-            // came back to this member later it would never be fetched. Partitions leave unpaused.
-            if let Err(e) = consumer.resume(tpl) {
-                tracing::warn!(error = %e, "kafka resume of revoked partitions failed");
-            }
         }
     }
 
@@ -299,8 +294,9 @@ impl ConsumerContext for Ctx {
             st.assigned_once = true;
             let paused = st.paused;
             drop(st);
-            // New partitions follow the buffer's pause state (and a pause left over from an
-            // earlier time this member owned them is cleared).
+            // New partitions follow the buffer's pause state. librdkafka keeps an application's
+            // pause on a partition across revoke and assign, so this also clears a pause left from
+            // an earlier time this member owned it (else it would never be fetched again).
             let r = if paused {
                 consumer.pause(tpl)
             } else {

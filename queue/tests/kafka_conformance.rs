@@ -20,15 +20,10 @@ struct Mock;
 #[async_trait]
 impl QueueFactory for Mock {
     async fn fresh(&self, config: QueueConfig) -> Box<dyn LeaseQueue> {
-        // The cluster lives as long as the test process.
-        let cluster: &'static MockCluster<'static, _> =
-            Box::leak(Box::new(MockCluster::new(1).expect("mock cluster")));
         let topic = format!("conf-{}", NEXT.fetch_add(1, Ordering::SeqCst));
-        cluster.create_topic(&topic, 2, 1).unwrap();
-        cluster.create_topic(&format!("{topic}-dlq"), 1, 1).unwrap();
         let uri = format!(
             "kafka://{}/{topic}?session_timeout_ms=6000",
-            cluster.bootstrap_servers()
+            mock_with(&topic, 2)
         );
         Box::new(KafkaQueue::open_uri(&uri, config).await.unwrap())
     }
@@ -43,16 +38,22 @@ impl QueueFactory for Mock {
 
 spotbatch_queue::conformance_tests!(Mock);
 
+/// A mock cluster of its own (it lives as long as the test process) with `topic` (`partitions`)
+/// and its dead-letter topic; returns its bootstrap servers.
+fn mock_with(topic: &str, partitions: i32) -> String {
+    let cluster: &'static MockCluster<'static, _> =
+        Box::leak(Box::new(MockCluster::new(1).expect("mock cluster")));
+    cluster.create_topic(topic, partitions, 1).unwrap();
+    cluster.create_topic(&format!("{topic}-dlq"), 1, 1).unwrap();
+    cluster.bootstrap_servers()
+}
+
 /// Resuming a partition in the middle of a multi-record batch: a member commits at 7 of a 20-record
 /// batch and leaves; the next member gets exactly the other 13.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_inside_a_batch_on_the_mock_cluster() {
-    let cluster: &'static MockCluster<'static, _> =
-        Box::leak(Box::new(MockCluster::new(1).unwrap()));
-    cluster.create_topic("batched", 1, 1).unwrap();
-    cluster.create_topic("batched-dlq", 1, 1).unwrap();
     assert_eq!(
-        kafka_common::batched_resume(&cluster.bootstrap_servers(), "batched", false).await,
+        kafka_common::batched_resume(&mock_with("batched", 1), "batched", false).await,
         (7, 13)
     );
 }
@@ -60,13 +61,9 @@ async fn resumes_inside_a_batch_on_the_mock_cluster() {
 /// The pause fix proven on a second broker (see `kafka_tansu.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_revoked_while_paused_is_read_when_it_comes_back_on_the_mock_cluster() {
-    let cluster: &'static MockCluster<'static, _> =
-        Box::leak(Box::new(MockCluster::new(1).unwrap()));
-    cluster.create_topic("paused", 2, 1).unwrap();
-    cluster.create_topic("paused-dlq", 1, 1).unwrap();
     let u = format!(
         "kafka://{}/paused?session_timeout_ms=6000",
-        cluster.bootstrap_servers()
+        mock_with("paused", 2)
     );
     assert_eq!(
         kafka_common::paused_partition_comes_back(&u, 300, false).await,

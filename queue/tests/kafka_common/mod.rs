@@ -6,16 +6,21 @@ use std::time::Duration;
 use spotbatch_queue::kafka::{self, KafkaQueue};
 use spotbatch_queue::{LeaseQueue, NewItem, QueueConfig};
 
+/// `n` records, ids `r000`….
+fn records(n: usize) -> Vec<NewItem> {
+    (0..n)
+        .map(|i| NewItem {
+            id: format!("r{i:03}"),
+            body: format!("{{\"n\":{i}}}").into_bytes(),
+        })
+        .collect()
+}
+
 /// A member takes 7 of 20 records, acks them (commit at 7) and leaves; the next member of the group
 /// gets exactly the other 13.
 pub async fn resume_mid_partition(u: &str) -> (usize, usize) {
     kafka::create(u).await.unwrap();
-    let items: Vec<NewItem> = (0..20)
-        .map(|i| NewItem {
-            id: format!("r{i:02}"),
-            body: format!("{{\"n\":{i}}}").into_bytes(),
-        })
-        .collect();
+    let items = records(20);
     let first = KafkaQueue::open_uri(u, QueueConfig::default())
         .await
         .unwrap();
@@ -135,19 +140,14 @@ pub async fn batched_resume(brokers: &str, topic: &str, create: bool) -> (usize,
 /// librdkafka keeps an application's pause on a partition across revoke and assign, so a member
 /// that forgot it had paused that partition would hold it without ever reading it (the chaos test
 /// on tansu once wedged this way: every worker idle, one partition's records never read).
-/// Returns the distinct record ids the first member ended up acking.
+/// Enqueues `n` records; returns how many distinct ones the first member ended up acking.
 /// `create`: make the topic first (the mock cluster has no CreateTopics, and asking it takes its
 /// 60 s request timeout; its topics are made beforehand with `MockCluster::create_topic`).
-pub async fn paused_partition_comes_back(u: &str, records: usize, create: bool) -> usize {
+pub async fn paused_partition_comes_back(u: &str, n: usize, create: bool) -> usize {
     if create {
         kafka::create(u).await.unwrap();
     }
-    let items: Vec<NewItem> = (0..records)
-        .map(|i| NewItem {
-            id: format!("r{i:03}"),
-            body: format!("{{\"n\":{i}}}").into_bytes(),
-        })
-        .collect();
+    let items = records(n);
     let vis = Duration::from_secs(60);
     let t0 = std::time::Instant::now();
     let a = KafkaQueue::open_uri(u, QueueConfig::default())
@@ -187,7 +187,7 @@ pub async fn paused_partition_comes_back(u: &str, records: usize, create: bool) 
     b.close().await.unwrap();
     drop(b);
     let mut quiet_since = std::time::Instant::now();
-    while acked.len() < records && quiet_since.elapsed() < Duration::from_secs(20) {
+    while acked.len() < n && quiet_since.elapsed() < Duration::from_secs(20) {
         let l = a.lease(100, vis, Duration::from_secs(1)).await.unwrap();
         if !l.is_empty() {
             quiet_since = std::time::Instant::now();
@@ -197,6 +197,5 @@ pub async fn paused_partition_comes_back(u: &str, records: usize, create: bool) 
     }
     println!("{} records acked after {:?}", acked.len(), t0.elapsed());
     a.close().await.unwrap();
-    println!("closed after {:?}", t0.elapsed());
     acked.len()
 }
