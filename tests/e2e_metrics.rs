@@ -76,10 +76,13 @@ fn a_worker_serves_its_metrics_while_it_works() {
         )),
         "{body}"
     );
-    assert!(
-        body.contains("spotbatch_stage_seconds_bucket{stage=\""),
-        "{body}"
-    );
+    // Every stage a CPU job goes through is timed.
+    for stage in ["fetch", "decode", "postprocess", "write"] {
+        assert!(
+            body.contains(&format!("spotbatch_stage_seconds_bucket{{stage=\"{stage}\"")),
+            "stage {stage} in\n{body}"
+        );
+    }
     assert!(
         body.contains("spotbatch_inference_seconds_bucket{le=\"0.005\"}"),
         "{body}"

@@ -1528,12 +1528,23 @@ fn engine_loop(
     throttle: Option<Duration>,
     mut processed_log: Option<std::fs::File>,
 ) {
+    // Rows are made on their own thread, so the model's thread goes straight on to the next
+    // batch. Should the thread not start, the sends fail and run_batch makes the rows itself.
+    let (post_tx, post_rx) = crossbeam_channel::bounded::<Ran>(2);
+    let post = std::thread::Builder::new()
+        .name("post".into())
+        .spawn(move || {
+            while let Ok(r) = post_rx.recv() {
+                send_rows(r);
+            }
+        });
     let (gpu_tx, gpu_rx) = crossbeam_channel::bounded::<InFlight>(1);
+    let infer_post = post_tx.clone();
     let infer = std::thread::Builder::new()
         .name("infer".into())
         .spawn(move || {
             while let Ok(f) = gpu_rx.recv() {
-                finish_gpu(f);
+                finish_gpu(f, &infer_post);
             }
         });
     let mut filling: Vec<Filling> = Vec::new();
@@ -1576,10 +1587,10 @@ fn engine_loop(
                     prepared,
                 };
                 if let Err(crossbeam_channel::SendError(f)) = gpu_tx.send(next) {
-                    finish_gpu(f);
+                    finish_gpu(f, &post_tx);
                 }
             }
-            _ => run_batch(&batch.rt, items, None),
+            _ => run_batch(&batch.rt, items, None, &post_tx),
         }
         if let Some(pause) = throttle {
             std::thread::sleep(pause);
@@ -1633,6 +1644,10 @@ fn engine_loop(
     if let Ok(t) = infer {
         let _ = t.join();
     }
+    drop(post_tx);
+    if let Ok(t) = post {
+        let _ = t.join();
+    }
 }
 
 /// Allocates the batch's input tensor on the GPU and starts writing it there.
@@ -1672,22 +1687,40 @@ fn prepare_on_gpu(
     Ok((tensor, prepared))
 }
 
-fn finish_gpu(f: InFlight) {
+fn finish_gpu(f: InFlight, post: &crossbeam_channel::Sender<Ran>) {
     let prepared = f.prepared;
     if let Err(e) = &prepared {
         warn!(error = %e, "GPU preprocessing failed for a batch");
     }
     debug!(items = f.items.len(), "running a GPU-preprocessed batch");
-    run_batch(&f.rt, f.items, Some(prepared));
+    run_batch(&f.rt, f.items, Some(prepared), post);
 }
 
-/// Runs one batch and sends each item's row. If the batch fails, each item is run alone: items
-/// that fail alone get error rows; if every item fails, their shards fail (the model is broken).
-/// `prepared` is the batch's input on the GPU when it was preprocessed there.
+/// A batch the model has run, on its way to the post thread for its rows.
+struct Ran {
+    out: BatchOutput,
+    batch: Vec<Decoded>,
+}
+
+/// Post-processes each item of a batch the model ran and sends its row.
+fn send_rows(r: Ran) {
+    let t0 = Instant::now();
+    for (i, d) in r.batch.into_iter().enumerate() {
+        send_row(&r.out, i, d);
+    }
+    metrics::histogram!("spotbatch_stage_seconds", "stage" => "postprocess")
+        .record(t0.elapsed().as_secs_f64());
+}
+
+/// Runs one batch; its rows are made on the post thread (`post`). If the batch fails, each item
+/// is run alone: items that fail alone get error rows; if every item fails, their shards fail
+/// (the model is broken). `prepared` is the batch's input on the GPU when it was preprocessed
+/// there.
 fn run_batch(
     rt: &ModelRuntime,
     batch: Vec<Decoded>,
     prepared: Option<Result<(DeviceTensor, Prepared), String>>,
+    post: &crossbeam_channel::Sender<Ran>,
 ) {
     let Ok(mut engine) = rt.engine.lock() else {
         for d in &batch {
@@ -1705,17 +1738,8 @@ fn run_batch(
             metrics::histogram!("spotbatch_inference_seconds").record(t0.elapsed().as_secs_f64());
             metrics::histogram!("spotbatch_batch_size").record(batch.len() as f64);
             charge_items(&batch);
-            for (i, d) in batch.into_iter().enumerate() {
-                let row = match item_row(&out, i, &d) {
-                    Ok(value) => OutputRow {
-                        key: d.key,
-                        kind: d.work.ctx.post.kind(),
-                        value: Some(value),
-                        error: None,
-                    },
-                    Err(reason) => OutputRow::failed(d.key, d.work.ctx.post.kind(), reason),
-                };
-                d.work.send(ToShard::Row(d.idx, row));
+            if let Err(crossbeam_channel::SendError(r)) = post.send(Ran { out, batch }) {
+                send_rows(r);
             }
         }
         Err(batch_err) if batch.len() == 1 => {
@@ -1744,18 +1768,7 @@ fn run_batch(
                         let row = OutputRow::failed(d.key, d.work.ctx.post.kind(), e);
                         d.work.send(ToShard::Row(d.idx, row));
                     }
-                    (Ok(out), _) => {
-                        let row = match item_row(&out, 0, &d) {
-                            Ok(value) => OutputRow {
-                                key: d.key,
-                                kind: d.work.ctx.post.kind(),
-                                value: Some(value),
-                                error: None,
-                            },
-                            Err(reason) => OutputRow::failed(d.key, d.work.ctx.post.kind(), reason),
-                        };
-                        d.work.send(ToShard::Row(d.idx, row));
-                    }
+                    (Ok(out), _) => send_row(&out, 0, d),
                 }
             }
         }
@@ -1786,6 +1799,12 @@ fn input_shape(rt: &ModelRuntime, run_n: usize) -> Vec<i64> {
     shape
 }
 
+thread_local! {
+    /// The batch input of CPU-preprocessed items, kept between batches: a batch is tens of MB,
+    /// and a fresh buffer each time costs a page fault per 4 KiB as it is written.
+    static BATCH_INPUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Runs CPU-preprocessed items (padding to a fixed batch size).
 fn infer_cpu(
     engine: &mut dyn crate::engine::InferenceEngine,
@@ -1794,18 +1813,20 @@ fn infer_cpu(
 ) -> Result<BatchOutput, String> {
     let n = items.len();
     let run_n = rt.run_size(n);
-    let mut input = Vec::with_capacity(rt.plan.item_len * run_n);
-    for d in items {
-        match &d.input {
-            Input::Values(v) => input.extend_from_slice(v),
-            Input::Pixels(_) => return Err("CPU inference got GPU-bound pixels".into()),
+    BATCH_INPUT.with_borrow_mut(|input| {
+        input.clear();
+        for d in items {
+            match &d.input {
+                Input::Values(v) => input.extend_from_slice(v),
+                Input::Pixels(_) => return Err("CPU inference got GPU-bound pixels".into()),
+            }
         }
-    }
-    input.resize(run_n * rt.plan.item_len, 0.0);
-    let out = engine
-        .run(&input, &input_shape(rt, run_n))
-        .map_err(|e| e.to_string())?;
-    check_batch(out, run_n)
+        input.resize(run_n * rt.plan.item_len, 0.0);
+        let out = engine
+            .run(input, &input_shape(rt, run_n))
+            .map_err(|e| e.to_string())?;
+        check_batch(out, run_n)
+    })
 }
 
 /// Runs a batch whose input was written on the GPU.
@@ -1851,8 +1872,27 @@ fn check_batch(out: BatchOutput, run_n: usize) -> Result<BatchOutput, String> {
     Ok(out)
 }
 
+/// Sends item `i`'s row: its output post-processed by its own job, or the error.
+fn send_row(out: &BatchOutput, i: usize, d: Decoded) {
+    let kind = d.work.ctx.post.kind();
+    let row = match item_value(out, i, &d) {
+        Ok(value) => OutputRow {
+            key: d.key,
+            kind,
+            value: Some(value),
+            error: None,
+        },
+        Err(reason) => OutputRow::failed(d.key, kind, reason),
+    };
+    d.work.send(ToShard::Row(d.idx, row));
+}
+
 /// Item `i`'s output, post-processed by its own job.
-fn item_row(out: &BatchOutput, i: usize, d: &Decoded) -> Result<spotbatch_proto::RowValue, String> {
+fn item_value(
+    out: &BatchOutput,
+    i: usize,
+    d: &Decoded,
+) -> Result<spotbatch_proto::RowValue, String> {
     let run_n = out.shape.first().copied().unwrap_or(1).max(1);
     let per = out.data.len() / run_n;
     let values = out
