@@ -23,6 +23,15 @@ done
 # The KEDA and Karpenter CRD schemas for tests/deploy.rs (kubernetes-validate has none), pinned by
 # scripts/crds/package-lock.json.
 if [ ! -d scripts/crds/node_modules ]; then npm ci --prefix scripts/crds --silent --no-audit --no-fund; fi
+# NVRTC, CUDA 13's run-time compiler (from NVIDIA's PyPI wheel; it needs no GPU), so that every
+# test run compiles the GPU preprocessing kernels' source; SPOTBATCH_TEST_NVRTC makes that check
+# required rather than skipped.
+NVRTC_LIB=$("$SPOTBATCH_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/lib
+if [ ! -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
+  "$SPOTBATCH_PYTHON" -m pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc==13.5.37'
+fi
+export LD_LIBRARY_PATH=$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export SPOTBATCH_TEST_NVRTC=1
 cargo build --workspace --all-targets --locked
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"

@@ -79,7 +79,9 @@ fn a_worker_serves_its_metrics_while_it_works() {
     // Every stage a CPU job goes through is timed.
     for stage in ["fetch", "decode", "postprocess", "write"] {
         assert!(
-            body.contains(&format!("spotbatch_stage_seconds_bucket{{stage=\"{stage}\"")),
+            body.contains(&format!(
+                "spotbatch_stage_seconds_bucket{{stage=\"{stage}\""
+            )),
             "stage {stage} in\n{body}"
         );
     }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cudarc::driver::{
@@ -309,6 +309,49 @@ impl std::fmt::Debug for GpuPreprocessor {
     }
 }
 
+/// The kernels as NVRTC compiled them: once per process, shared by every GPU preprocessor.
+static KERNELS_PTX: OnceLock<Result<cudarc::nvrtc::Ptx, String>> = OnceLock::new();
+
+/// The compiled kernels; compiles them on first use (or waits for [`compile_kernels_early`]'s
+/// compile to finish). Needs NVRTC, not a GPU.
+pub fn kernels_ptx() -> Result<cudarc::nvrtc::Ptx, String> {
+    KERNELS_PTX
+        .get_or_init(|| {
+            // SAFETY: only tries to open the library.
+            if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                return Err(
+                    "GPU preprocessing needs NVRTC (libnvrtc.so from CUDA 13) on LD_LIBRARY_PATH"
+                        .into(),
+                );
+            }
+            let t0 = std::time::Instant::now();
+            let ptx = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx(KERNELS))
+                .map_err(|_| "GPU preprocessing: NVRTC could not be loaded".to_string())?
+                .map_err(|e| {
+                    format!("GPU preprocessing: NVRTC could not compile the kernels: {e}")
+                })?;
+            tracing::debug!(
+                ms = t0.elapsed().as_millis() as u64,
+                "NVRTC compiled the GPU kernels"
+            );
+            Ok(ptx)
+        })
+        .clone()
+}
+
+/// Starts compiling the kernels on a thread of their own when this machine has a CUDA driver,
+/// so that the compile (a tenth of a second or more) overlaps loading the model instead of
+/// following it. [`kernels_ptx`] then waits for it.
+pub fn compile_kernels_early() {
+    // SAFETY: only tries to open the driver library.
+    if KERNELS_PTX.get().is_some() || !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("nvrtc".into())
+        .spawn(|| drop(kernels_ptx()));
+}
+
 /// Batches in flight per GPU preprocessor.
 const SLOTS: usize = 3;
 
@@ -321,19 +364,11 @@ impl GpuPreprocessor {
     }
 
     fn new_inner(gpu: u32, spec: TensorSpec) -> Result<Self, String> {
-        // SAFETY: only tries to open the library.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(
-                "GPU preprocessing needs NVRTC (libnvrtc.so from CUDA 13) on LD_LIBRARY_PATH"
-                    .into(),
-            );
-        }
+        let ptx = kernels_ptx()?;
         let ctx = CudaContext::new(gpu as usize).map_err(gpu_err("opening the GPU"))?;
         // Buffers are synchronised by hand (a slot's stream is waited on before reuse).
         // SAFETY: no cudarc-managed buffer is shared between streams without that wait.
         unsafe { ctx.disable_event_tracking() };
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS)
-            .map_err(|e| format!("GPU preprocessing: NVRTC could not compile the kernels: {e}"))?;
         let module = ctx
             .load_module(ptx)
             .map_err(gpu_err("loading the kernels"))?;
@@ -639,6 +674,30 @@ pub fn spawn_nvml_metrics(every: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel source compiles: NVRTC needs no GPU, so this runs wherever libnvrtc is found
+    /// (`make test` installs it and sets `SPOTBATCH_TEST_NVRTC=1`, which makes it required).
+    #[test]
+    fn the_kernels_compile_with_nvrtc() {
+        let required = std::env::var_os("SPOTBATCH_TEST_NVRTC").is_some();
+        // SAFETY: only tries to open the library.
+        if !required && !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!(
+                "SKIPPED the_kernels_compile_with_nvrtc: no libnvrtc on LD_LIBRARY_PATH \
+                 (make test provides one)"
+            );
+            return;
+        }
+        let ptx = kernels_ptx().expect("NVRTC compiles the kernels").to_src();
+        for kernel in ["sb_vertical", "sb_horizontal"] {
+            assert!(
+                ptx.contains(&format!(".entry {kernel}(")),
+                "{kernel} is not in the PTX:\n{ptx}"
+            );
+        }
+        // Compiled once per process: the second call is the first's result.
+        assert_eq!(kernels_ptx().map(|p| p.to_src()), Ok(ptx));
+    }
 
     /// The coefficients drive fast_image_resize to the same bytes as its own resize: applying
     /// them the way the kernels do (vertical then horizontal, fixed point) reproduces the CPU path.

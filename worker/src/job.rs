@@ -102,6 +102,9 @@ impl ModelRuntime {
             intra_op_threads: intra_op_threads.unwrap_or(manifest.raw.model.intra_op_threads),
             device,
         };
+        if device != DeviceSpec::Cpu && manifest.raw.preprocess.device != PreprocessDevice::Cpu {
+            crate::gpu::compile_kernels_early();
+        }
         let mut engine = OrtEngine::load(model_bytes, &opts)?;
         let plan = plan_input(manifest, engine.info())?;
         let pre = Preprocessor::new(manifest, &plan);
