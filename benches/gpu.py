@@ -75,7 +75,7 @@ shard_size = {args.shard}
 """)
     env = dict(os.environ, **(extra_env or {}))
     cmd = [args.spotbatch, "run", os.path.join(job, "job.toml"), "--progress", "none", "--device", device,
-           "--prefetch", "4"]
+           "--prefetch", "4", "--timings"]
     if device != "cpu":
         cmd += ["--decode-threads", str(max(1, (os.cpu_count() or 2) - 1))]
     t0 = time.perf_counter()
@@ -177,7 +177,11 @@ def main() -> int:
         tag = "fp16" if fp16 else "fp32"
         best = {}
         for r in range(a.repeat):
-            v, _, _ = run_spotbatch(a, models[fp16], images, f"bench-{tag}", "cuda")
+            v, _, log = run_spotbatch(a, models[fp16], images, f"bench-{tag}", "cuda")
+            # Where spotbatch's time went (`--timings`): which stage holds the model up.
+            timings = log[log.find("timings ("):] if "timings (" in log else "(no timings)\n"
+            best.setdefault("timings", []).append(timings)
+            print(timings, end="", flush=True)
             c = ceiling(models[fp16], x, a.batch, fp16, iobinding=False)
             cb = ceiling(models[fp16], x, a.batch, fp16, iobinding=True)
             for k, val in (("spotbatch", v), ("ceiling", c), ("ceiling_iobinding", cb)):

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 mod cost;
 mod remote;
 mod report;
+mod timings;
 
 #[derive(Parser)]
 #[command(
@@ -286,6 +287,11 @@ struct RunArgs {
     /// Testing knob: pause this many milliseconds after every inference batch.
     #[arg(long, hide = true)]
     throttle_batch_ms: Option<u64>,
+    /// At the end, print where the time went (on stderr): per stage (fetch, decode, GPU
+    /// preprocessing, inference, post-processing, writing) how often it ran, its mean and its
+    /// total, and how busy the model was.
+    #[arg(long)]
+    timings: bool,
     #[command(flatten)]
     cost: cost::CostArgs,
 }
@@ -463,6 +469,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let prices = args.cost.prices()?;
+    let timings = if args.timings {
+        Some(timings::Timings::install()?)
+    } else {
+        None
+    };
     // Without ONNX Runtime every shard would fail; say so once instead.
     spotbatch_worker::engine::ort_environment()?;
     let queue = open_local_queue(&m).await?;
@@ -570,6 +581,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plan.shards.len(),
         m.output
     );
+    if let Some(t) = &timings {
+        eprint!("{}", t.report(elapsed, usize::from(args.workers)));
+    }
     if !dead.is_empty() {
         for d in &dead {
             let (index, keys) = match ShardTask::from_bytes(&d.body) {

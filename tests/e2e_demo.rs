@@ -12,17 +12,19 @@ const DOCUMENTED_CORRECT: usize = 528;
 fn demo_rows_accuracy_and_parity_with_python_onnxruntime() {
     let job = JobDir::digits(1);
     let manifest = job.manifest(&[]);
-    let out = run_ok(
-        spotbatch()
-            .arg("run")
-            .arg(&manifest)
-            .args(["--progress", "none"]),
-    );
+    let out =
+        run_ok(
+            spotbatch()
+                .arg("run")
+                .arg(&manifest)
+                .args(["--progress", "none", "--timings"]),
+        );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("540 of 540 items in 9/9 shards, 0 error rows"),
         "{stdout}"
     );
+    check_timings(&String::from_utf8_lossy(&out.stderr));
 
     let rows = job.rows();
     let keys = job.input_keys();
@@ -106,4 +108,42 @@ fn validate_accepts_the_demo() {
     assert!(stdout.contains(": ok — job digits-"), "{stdout}");
     assert!(stdout.contains("54 inputs in 1 shards"), "{stdout}");
     assert!(stdout.contains("\"pixels\" [1, 8, 8]"), "{stdout}");
+}
+
+/// `--timings` accounts for every item, batch and shard of the run: each input fetched and
+/// decoded once, every batch the model ran post-processed, each of the 9 shards written.
+fn check_timings(stderr: &str) {
+    let stage = |name: &str| -> (u64, f64, f64) {
+        let line = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} line in\n{stderr}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // name, count, unit, ×, mean, ms, =, total, s
+        assert_eq!(
+            (f.len(), f[3], f[5], f[6], f[8]),
+            (9, "×", "ms", "=", "s"),
+            "{line}"
+        );
+        let n: u64 = f[1].parse().unwrap();
+        let mean: f64 = f[4].parse().unwrap();
+        let total: f64 = f[7].parse().unwrap();
+        assert!(
+            (mean * n as f64 / 1e3 - total).abs() <= 1e-3 + total * 1e-3,
+            "mean × count is not the total: {line}"
+        );
+        (n, mean, total)
+    };
+    assert_eq!(stage("fetch").0, 540, "{stderr}");
+    assert_eq!(stage("decode").0, 540, "{stderr}");
+    assert_eq!(stage("write").0, 9, "{stderr}");
+    let batches = stage("inference").0;
+    assert!(batches > 0 && stage("inference").2 > 0.0, "{stderr}");
+    assert_eq!(stage("postprocess").0, batches, "{stderr}");
+    assert!(
+        stderr.contains(&format!("540 items in {batches} batches")),
+        "{stderr}"
+    );
+    // The demo is preprocessed on the CPU: no GPU stage.
+    assert!(!stderr.contains("gpu_preprocess"), "{stderr}");
 }

@@ -1302,24 +1302,35 @@ async fn process_shard(
     let outstanding = std::sync::atomic::AtomicIsize::new(0);
     let feed = async {
         let max_bytes = ctx.manifest.raw.input.max_bytes;
+        // Each fetch is a task of its own: it goes on while the pipeline has no room for its
+        // result yet (an object store's request needs polling to progress), and its time is the
+        // store's alone, not the wait for room. Dropped unfinished (a drain), it is aborted.
         let fetches = futures::stream::iter(todo.clone())
             .map(|(idx, key)| {
                 let ctx = Arc::clone(ctx);
-                async move {
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                     let t0 = Instant::now();
                     let r = ctx.input.get(&key, max_bytes).await;
                     metrics::histogram!("spotbatch_stage_seconds", "stage" => "fetch")
                         .record(t0.elapsed().as_secs_f64());
                     (idx, key, r)
-                }
+                }))
             })
             .buffered(shared.opts.fetch_concurrency.max(1));
         futures::pin_mut!(fetches);
         let mut fed = 0;
-        while let Some((idx, key, r)) = fetches.next().await {
+        while let Some(fetched) = fetches.next().await {
             if work.cancel.is_cancelled() || shared.control.drain.is_cancelled() {
                 break;
             }
+            let (idx, key, r) = match fetched {
+                Ok(f) => f,
+                // A fetch that panicked: the attempt fails and is retried.
+                Err(e) => {
+                    work.send(ToShard::Fail(format!("reading an input failed: {e}")));
+                    break;
+                }
+            };
             // Counted before it goes in, so its row cannot overtake the count.
             outstanding.fetch_add(1, Ordering::Relaxed);
             shared.in_pipeline.fetch_add(1, Ordering::Relaxed);
