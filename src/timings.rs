@@ -100,6 +100,7 @@ impl Timings {
             ("fetch", "items"),
             ("decode", "items"),
             ("gpu_preprocess", "batches"),
+            ("gpu_wait", "batches"),
         ] {
             line(
                 stage,

@@ -1739,9 +1739,9 @@ fn run_batch(
         }
         return;
     };
-    let t0 = Instant::now();
+    let mut t0 = Instant::now();
     let result = match prepared {
-        Some(p) => p.and_then(|(t, p)| infer_gpu(engine.as_mut(), rt, t, &p, batch.len())),
+        Some(p) => p.and_then(|(t, p)| infer_gpu(engine.as_mut(), rt, t, &p, batch.len(), &mut t0)),
         None => infer_cpu(engine.as_mut(), rt, &batch),
     };
     match result {
@@ -1840,13 +1840,15 @@ fn infer_cpu(
     })
 }
 
-/// Runs a batch whose input was written on the GPU.
+/// Runs a batch whose input was written on the GPU. The wait for that writing to finish is
+/// timed as the `gpu_wait` stage, and `started` moves past it (the model's time starts after).
 fn infer_gpu(
     engine: &mut dyn crate::engine::InferenceEngine,
     rt: &ModelRuntime,
     tensor: DeviceTensor,
     p: &Prepared,
     n: usize,
+    started: &mut Instant,
 ) -> Result<BatchOutput, String> {
     let run_n = rt.run_size(n);
     if let Some((gpu, _)) = &rt.gpu {
@@ -1854,6 +1856,9 @@ fn infer_gpu(
             .map_err(|_| "GPU preprocessor lock poisoned".to_string())?
             .wait(p)?;
     }
+    metrics::histogram!("spotbatch_stage_seconds", "stage" => "gpu_wait")
+        .record(started.elapsed().as_secs_f64());
+    *started = Instant::now();
     let out = engine.run_device(tensor).map_err(|e| e.to_string())?;
     check_batch(out, run_n)
 }
@@ -1867,7 +1872,7 @@ fn infer_one(
     match (&d.input, &rt.gpu) {
         (Input::Pixels(_), Some(gpu)) => {
             let (t, p) = prepare_on_gpu(rt, gpu, std::slice::from_ref(d))?;
-            infer_gpu(engine, rt, t, &p, 1)
+            infer_gpu(engine, rt, t, &p, 1, &mut Instant::now())
         }
         _ => infer_cpu(engine, rt, std::slice::from_ref(d)),
     }
