@@ -143,11 +143,6 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let coord = format!("http://{grpc}");
-    let out = run_ok(
-        sb().args(["submit", "--coordinator", &coord])
-            .arg(&manifest),
-    );
-    let job_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
 
     let spot = [
         "--price-per-hour",
@@ -192,6 +187,13 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Only now the job: the workers must not have worked through it while Prometheus was still
+    // finding them (the preemption below must catch w1 holding shards of its own).
+    let out = run_ok(
+        sb().args(["submit", "--coordinator", &coord])
+            .arg(&manifest),
+    );
+    let job_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     // Preempt w1 once it has finished a shard and holds more.
     let until = Instant::now() + Duration::from_secs(60);
     while job

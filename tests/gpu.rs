@@ -242,12 +242,16 @@ fn gpu_preprocessing_equals_the_cpu_reference() {
     }
 }
 
-/// Runs the demo job on `device` with preprocessing on `pre_device`; returns its rows.
+/// Runs the demo job on `device` with preprocessing on `pre_device`; returns its rows and its
+/// `--timings` report.
 fn demo_rows(
     device: &str,
     pre_device: &str,
     batch: usize,
-) -> std::collections::BTreeMap<String, serde_json::Value> {
+) -> (
+    std::collections::BTreeMap<String, serde_json::Value>,
+    String,
+) {
     let job = JobDir::digits(1);
     let manifest = job.manifest(&[
         ("batch_size = 32", &format!("batch_size = {batch}")),
@@ -256,13 +260,25 @@ fn demo_rows(
             &format!("layout = \"nchw\"\ndevice = \"{pre_device}\""),
         ),
     ]);
-    run_bounded(
+    let out = run_bounded(
         spotbatch()
-            .args(["run", "--progress", "none", "--device", device])
+            .args(["run", "--progress", "none", "--timings", "--device", device])
             .arg(&manifest)
             .env("SPOTBATCH_LOG", "info"),
     );
-    job.rows()
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let timings = stderr[stderr.find("timings (").unwrap_or(0)..].to_string();
+    (job.rows(), timings)
+}
+
+/// How many times `stage` ran, from a `--timings` report (0 when it did not run).
+fn stage_count(timings: &str, stage: &str) -> u64 {
+    timings
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -270,10 +286,16 @@ fn cuda_gives_the_cpu_rows_on_the_demo() {
     if !gpu_or_skip("cuda_gives_the_cpu_rows_on_the_demo") {
         return;
     }
-    let cpu = demo_rows("cpu", "cpu", 32);
+    let (cpu, _) = demo_rows("cpu", "cpu", 32);
     for (pre, batch) in [("cpu", 32), ("gpu", 32), ("gpu", 1), ("gpu", 128)] {
-        let gpu = demo_rows("cuda", pre, batch);
+        let (gpu, timings) = demo_rows("cuda", pre, batch);
         assert_eq!(cpu.len(), gpu.len());
+        // Every batch the model ran was preprocessed on the GPU (and waited for) when asked.
+        let batches = stage_count(&timings, "inference");
+        assert!(batches > 0, "{timings}");
+        let on_gpu = if pre == "gpu" { batches } else { 0 };
+        assert_eq!(stage_count(&timings, "gpu_preprocess"), on_gpu, "{timings}");
+        assert_eq!(stage_count(&timings, "gpu_wait"), on_gpu, "{timings}");
         let mut max = 0f64;
         for (key, want) in &cpu {
             let got = &gpu[key];
