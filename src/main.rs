@@ -710,7 +710,10 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             let reg = spotbatch_worker::link::register(&mut client, &me, Duration::from_secs(60))
                 .await
                 .map_err(|s| {
-                    anyhow::anyhow!("registering with the coordinator at {url}: {}", s.message())
+                    anyhow::anyhow!(
+                        "registering with the coordinator at {url}: {}",
+                        spotbatch_coordinator::client::describe(&s)
+                    )
                 })?;
             if args.max_attempts.is_none() {
                 max_attempts = reg.max_attempts;

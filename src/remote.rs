@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spotbatch_coordinator::client::Client;
+use spotbatch_coordinator::client::{describe, Client};
 use spotbatch_coordinator::server::{serve, ServeOptions};
 use spotbatch_coordinator::service::{Auth, CoordinatorConfig, CoordinatorService};
 use spotbatch_proto::api::{
@@ -129,8 +129,8 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
         tonic::Code::Unauthenticated => {
             anyhow::anyhow!("the coordinator refused the token (set SPOTBATCH_TOKEN)")
         }
-        tonic::Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {}", s.message()),
-        _ => anyhow::anyhow!("{}", s.message()),
+        tonic::Code::Unavailable => anyhow::anyhow!("coordinator unavailable: {}", describe(&s)),
+        _ => anyhow::anyhow!("{}", describe(&s)),
     }
 }
 

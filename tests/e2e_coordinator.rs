@@ -320,6 +320,14 @@ fn the_api_over_tls() {
         .args(["jobs", "--coordinator", &https])
         .output()
         .unwrap();
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_tls(&other);
+    let wrong_ca = sb(Some(TOKEN))
+        .args(["jobs", "--coordinator", &https, "--tls-ca"])
+        .arg(other.join("ca.pem"))
+        .output()
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -328,9 +336,21 @@ fn the_api_over_tls() {
         String::from_utf8_lossy(&ok.stderr),
         std::fs::read_to_string(d.join("coordinator.log")).unwrap_or_default()
     );
-    assert!(!plain.status.success());
+    // Each failure says what to check.
+    assert!(!plain.status.success() && !wrong_ca.status.success());
+    let plain = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        plain.contains("use an https:// URL and --tls-ca"),
+        "{plain}"
+    );
     assert!(!no_ca.status.success());
     assert!(String::from_utf8_lossy(&no_ca.stderr).contains("--tls-ca"));
+    let wrong_ca = String::from_utf8_lossy(&wrong_ca.stderr);
+    assert!(
+        wrong_ca.contains("invalid peer certificate")
+            && wrong_ca.contains("is --tls-ca the CA that signed the server's certificate?"),
+        "{wrong_ca}"
+    );
 }
 
 #[test]

@@ -45,6 +45,40 @@ pub enum ConnectError {
     },
 }
 
+/// A failed call in words for a person: the status message with its causes, and what to check
+/// when it looks like a TLS mismatch: plain text sent to a TLS port gets the connection closed or
+/// garbage back (which error depends on timing), and a server certificate the given CA did not
+/// sign is refused.
+pub fn describe(s: &tonic::Status) -> String {
+    // A transport failure's message is only "transport error"; the why is in its sources.
+    let mut msg = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text != "transport error" && !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        source = e.source();
+    }
+    const NOT_GRPC: [&str; 5] = [
+        "operation was canceled",
+        "h2 protocol error",
+        "broken pipe",
+        "connection reset",
+        "frame with invalid size",
+    ];
+    if msg.contains("certificate") {
+        format!("{msg} (is --tls-ca the CA that signed the server's certificate?)")
+    } else if s.code() == tonic::Code::Cancelled || NOT_GRPC.iter().any(|p| msg.contains(p)) {
+        format!(
+            "{msg}: the server did not answer as a plain-text gRPC server would (if it serves \
+             TLS, use an https:// URL and --tls-ca)"
+        )
+    } else {
+        msg
+    }
+}
+
 /// Connects lazily (the first call connects; a coordinator that is down is retried on each call).
 pub fn connect(
     url: &str,

@@ -47,7 +47,7 @@ pub async fn register(
         match r {
             Ok(reply) => return Ok(reply.into_inner()),
             Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
-                tracing::warn!(error = %s.message(), "coordinator unavailable; retrying registration");
+                tracing::warn!(error = %spotbatch_coordinator::client::describe(&s), "coordinator unavailable; retrying registration");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(s) => return Err(s),
@@ -153,7 +153,7 @@ pub async fn heartbeat_loop(
                         Err(e) => tracing::warn!(error = %e.message(), "registering again failed"),
                     }
                 } else if !away {
-                    tracing::warn!(error = %s.message(), "coordinator unreachable; working on from the queue");
+                    tracing::warn!(error = %spotbatch_coordinator::client::describe(&s), "coordinator unreachable; working on from the queue");
                     away = true;
                 }
             }
