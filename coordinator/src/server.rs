@@ -46,6 +46,21 @@ pub struct ServeOptions {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
+/// `builder` serving over TLS when given a PEM certificate chain and key (checked here, so a bad
+/// pair is an error before anything is served), as it is otherwise. The coordinator and a
+/// worker's peer service both set up their servers with it.
+pub fn with_tls(
+    builder: Server,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Server, tonic::transport::Error> {
+    match tls {
+        Some((cert, key)) => {
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        }
+        None => Ok(builder),
+    }
+}
+
 /// Serves until `stop` is cancelled. Progress is refreshed from storage every two seconds.
 pub async fn serve(
     svc: Arc<CoordinatorService>,
@@ -77,17 +92,16 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(16 * MAX_MESSAGE_BYTES);
     let api = tonic::service::interceptor::InterceptedService::new(api, move |r| auth.check(r));
-    let mut builder = Server::builder()
-        .timeout(Duration::from_secs(60))
-        .concurrency_limit_per_connection(64);
-    if let Some((cert, key)) = opts.tls {
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .map_err(|source| ServeError::Grpc {
-                addr: opts.listen,
-                source,
-            })?;
-    }
+    let mut builder = with_tls(
+        Server::builder()
+            .timeout(Duration::from_secs(60))
+            .concurrency_limit_per_connection(64),
+        opts.tls,
+    )
+    .map_err(|source| ServeError::Grpc {
+        addr: opts.listen,
+        source,
+    })?;
     tracing::info!(addr = %opts.listen, "gRPC listening");
     let r = builder
         .add_service(api)

@@ -646,14 +646,10 @@ impl Peer for PeerApi {
 pub fn peer_server(
     tls: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<tonic::transport::Server, tonic::transport::Error> {
-    let server = tonic::transport::Server::builder().timeout(Duration::from_secs(30));
-    match tls {
-        Some((cert, key)) => server.tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert, key)),
-        ),
-        None => Ok(server),
-    }
+    spotbatch_coordinator::server::with_tls(
+        tonic::transport::Server::builder().timeout(Duration::from_secs(30)),
+        tls,
+    )
 }
 
 /// Serves `Peer` on `incoming` with `server` (see [`peer_server`]) until `stop`, checking the
