@@ -114,23 +114,11 @@ fn validate_accepts_the_demo() {
 /// decoded once, every batch the model ran post-processed, each of the 9 shards written.
 fn check_timings(stderr: &str) {
     let stage = |name: &str| -> (u64, f64, f64) {
-        let line = stderr
-            .lines()
-            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} line in\n{stderr}"));
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // name, count, unit, ×, mean, ms, =, total, s
-        assert_eq!(
-            (f.len(), f[3], f[5], f[6], f[8]),
-            (9, "×", "ms", "=", "s"),
-            "{line}"
-        );
-        let n: u64 = f[1].parse().unwrap();
-        let mean: f64 = f[4].parse().unwrap();
-        let total: f64 = f[7].parse().unwrap();
+        let (n, mean, total) =
+            timing(stderr, name).unwrap_or_else(|| panic!("no {name} line in\n{stderr}"));
         assert!(
             (mean * n as f64 / 1e3 - total).abs() <= 1e-3 + total * 1e-3,
-            "mean × count is not the total: {line}"
+            "{name}: mean × count is not the total in\n{stderr}"
         );
         (n, mean, total)
     };

@@ -273,12 +273,7 @@ fn demo_rows(
 
 /// How many times `stage` ran, from a `--timings` report (0 when it did not run).
 fn stage_count(timings: &str, stage: &str) -> u64 {
-    timings
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    timing(timings, stage).map_or(0, |(n, _, _)| n)
 }
 
 #[test]

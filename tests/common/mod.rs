@@ -238,3 +238,17 @@ pub fn sigterm(c: &std::process::Child) {
         .expect("kill");
     assert!(st.success());
 }
+
+/// One stage's line of a `spotbatch run --timings` report as (count, mean ms, total s); `None`
+/// when the stage did not run. A line that is there but not in the report's format fails.
+pub fn timing(report: &str, stage: &str) -> Option<(u64, f64, f64)> {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{stage} ")))?;
+    // name, count, unit, ×, mean, ms, =, total, s
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f.len(), 9, "{line}");
+    assert_eq!((f[3], f[5], f[6], f[8]), ("×", "ms", "=", "s"), "{line}");
+    let number = |s: &str| -> f64 { s.parse().unwrap_or_else(|_| panic!("{s} in {line}")) };
+    Some((number(f[1]) as u64, number(f[4]), number(f[7])))
+}
