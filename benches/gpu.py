@@ -114,9 +114,9 @@ def job_images(work, n, unique):
     """N JPEGs for a spotbatch run: `unique` generated ones, then hard links to them under new
     names up to N (decoding the same bytes again is the same work; generating 50k distinct images
     would take minutes)."""
-    base = make_images(work, unique)
     if n <= unique:
         return make_images(work, n)
+    base = make_images(work, unique)
     images = os.path.join(work, f"images-{n}-of-{unique}")
     if not os.path.isdir(images):
         tmp = images + ".tmp"

@@ -96,33 +96,25 @@ impl Timings {
                 ));
             }
         };
-        for (stage, per) in [
-            ("fetch", "items"),
-            ("decode", "items"),
-            ("gpu_preprocess", "batches"),
-            ("gpu_wait", "batches"),
+        let stage = |name: &str| format!("spotbatch_stage_seconds{{stage=\"{name}\"}}");
+        let inference = "spotbatch_inference_seconds".to_string();
+        for (name, series, per) in [
+            ("fetch", stage("fetch"), "items"),
+            ("decode", stage("decode"), "items"),
+            ("gpu_preprocess", stage("gpu_preprocess"), "batches"),
+            ("gpu_wait", stage("gpu_wait"), "batches"),
+            ("inference", inference.clone(), "batches"),
+            ("postprocess", stage("postprocess"), "batches"),
+            ("write", stage("write"), "shards"),
         ] {
-            line(
-                stage,
-                per,
-                self.get(&format!("spotbatch_stage_seconds{{stage=\"{stage}\"}}")),
-            );
-        }
-        let inference = self.get("spotbatch_inference_seconds");
-        line("inference", "batches", inference);
-        for (stage, per) in [("postprocess", "batches"), ("write", "shards")] {
-            line(
-                stage,
-                per,
-                self.get(&format!("spotbatch_stage_seconds{{stage=\"{stage}\"}}")),
-            );
+            line(name, per, self.get(&series));
         }
         let (batches, items) = self.get("spotbatch_batch_size");
         if batches > 0 && wall > 0.0 {
             out.push_str(&format!(
                 "  {items:.0} items in {batches} batches ({:.1} per batch); the model ran {:.0} % of the wall time{}\n",
                 items / batches as f64,
-                100.0 * inference.1 / wall,
+                100.0 * self.get(&inference).1 / wall,
                 if sessions > 1 {
                     format!(" (summed over {sessions} model sessions)")
                 } else {

@@ -150,7 +150,9 @@ pub async fn heartbeat_loop(
                             tracing::info!(worker = %r.worker_id, "registered again with the coordinator");
                             worker_id = r.worker_id;
                         }
-                        Err(e) => tracing::warn!(error = %e.message(), "registering again failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %spotbatch_coordinator::client::describe(&e), "registering again failed")
+                        }
                     }
                 } else if !away {
                     tracing::warn!(error = %spotbatch_coordinator::client::describe(&s), "coordinator unreachable; working on from the queue");

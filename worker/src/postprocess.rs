@@ -71,11 +71,11 @@ impl Postprocessor {
 /// deterministic. Selects before it sorts: linear in the number of classes, not n log n (this
 /// runs for every item on the thread that makes the rows).
 fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
-    let better = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
-    let mut order: Vec<usize> = (0..scores.len()).collect();
     if k == 0 {
         return Vec::new();
     }
+    let better = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..scores.len()).collect();
     if k < order.len() {
         order.select_nth_unstable_by(k - 1, better);
         order.truncate(k);
