@@ -38,11 +38,27 @@ eval "$(scripts/services.sh start)"
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT; tansu (Kafka): $SPOTBATCH_TEST_KAFKA_BROKERS"
 args() { for t in "$@"; do printf -- '--test %s ' "$t"; done; }
-if ! { cargo test --workspace --exclude spotbatch --locked -- --test-threads=2 &&
-       cargo test -p spotbatch --locked $(args "${PARALLEL[@]}") -- --test-threads=2 &&
-       cargo test -p spotbatch --locked $(args "${GPU[@]}") -- --test-threads=1 --nocapture &&
-       cargo test -p spotbatch --locked $(args "${SERIAL[@]}") -- --test-threads=1; }; then
+# Everything the tests print also goes to a log, so that a failure's own report (which test, its
+# panic message and output) can be printed again last, after the service logs: CI shows the tail.
+TEST_LOG=.cache/test-output.log
+mkdir -p .cache
+: > "$TEST_LOG"
+# Every group runs even after a failure (and every test binary in it: --no-fail-fast), so one
+# run reports every failing test, not just the first.
+failed=0
+run() { cargo test --no-fail-fast --locked "$@" 2>&1 | tee -a "$TEST_LOG" || failed=1; }
+run --workspace --exclude spotbatch -- --test-threads=2
+run -p spotbatch $(args "${PARALLEL[@]}") -- --test-threads=2
+run -p spotbatch $(args "${GPU[@]}") -- --test-threads=1 --nocapture
+run -p spotbatch $(args "${SERIAL[@]}") -- --test-threads=1
+if [ "$failed" != 0 ]; then
   echo "--- service logs (tail) ---"
   tail -n 50 .cache/services/*.log || true
+  echo "--- what failed (from $TEST_LOG) ---"
+  # libtest's report (from "failures:" to "test result"), then, last, the failed tests' names and
+  # cargo's lines naming the test binaries.
+  awk '/^failures:$/ {on = 1} on {print} /^test result: FAILED/ {on = 0}' "$TEST_LOG" | tail -n 300
+  echo "--- failed ---"
+  grep -E '^test .* FAILED$|^error: ' "$TEST_LOG" || true
   exit 1
 fi
