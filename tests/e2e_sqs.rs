@@ -1,7 +1,9 @@
 //! Distributed mode on SQS and S3 (moto's server, started by `make test`): inputs, model and
 //! outputs on S3, shards on SQS, `enqueue` plus two `worker` processes, one `kill -9`-ed part-way.
 //! Its shards come back after the visibility timeout and the job completes exactly once; foreign
-//! messages land in the dead-letter queue with their reason.
+//! messages land in the dead-letter queue with their reason. A worker whose SQS goes away (a relay
+//! in front of moto, cut and restored) keeps trying, less and less often, finishes the work that
+//! arrived meanwhile when the queue is back, and still stops at once when told to.
 
 mod common;
 
@@ -251,4 +253,201 @@ fn missing_credentials_are_a_clear_error() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A TCP relay in front of moto that can be cut (its connections closed, new ones dropped) and
+/// restored: an SQS outage as a worker sees one.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: &str) -> Self {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let (Ok(i2), Ok(o2)) = (inbound.try_clone(), outbound.try_clone()) else {
+                    continue;
+                };
+                conns2.lock().unwrap().extend([i2, o2]);
+                if !up2.load(Ordering::SeqCst) {
+                    // Cut while this one was being connected.
+                    let _ = inbound.shutdown(Shutdown::Both);
+                    continue;
+                }
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { addr, up, conns }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `spotbatch_lease_errors_total` on a worker's metrics endpoint.
+fn lease_errors(addr: std::net::SocketAddr) -> Option<f64> {
+    let (200, body) = http_get(addr, "/metrics")? else {
+        return None;
+    };
+    body.lines()
+        .find_map(|l| l.strip_prefix("spotbatch_lease_errors_total "))
+        .map(|v| v.trim().parse().expect("a counter's value"))
+}
+
+/// Waits until the worker has counted at least `n` failed leases.
+fn wait_lease_errors(addr: std::net::SocketAddr, n: f64, w: &mut std::process::Child) -> f64 {
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "the worker gave up on the queue"
+        );
+        let seen = lease_errors(addr).unwrap_or(0.0);
+        if seen >= n {
+            return seen;
+        }
+        assert!(Instant::now() < until, "{seen} failed leases, {n} awaited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_waits_out_an_sqs_outage_and_still_stops_at_once() {
+    let job = JobDir::digits(10);
+    let manifest = job.manifest(&[("shard_size = 64", "shard_size = 10")]);
+    let name = unique("outage");
+    let direct = format!("sqs://{name}?region=us-east-1&endpoint={}", endpoint());
+    run_ok(sb().args(["queue", "create", &direct, "--dlq"]));
+    let relay = Relay::start(&endpoint());
+    let relayed = format!(
+        "sqs://{name}?region=us-east-1&endpoint={}",
+        relay.endpoint()
+    );
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut w = sb()
+        .args(["worker", "--queue", &relayed])
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--metrics-addr")
+        .arg(metrics.to_string())
+        .env("SPOTBATCH_LOG", "spotbatch_worker=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Up and leasing (nothing there yet), then the queue goes away.
+    let ready = Instant::now() + Duration::from_secs(30);
+    while http_get(metrics, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < ready, "the worker never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lease_errors(metrics), Some(0.0), "registered at zero");
+    relay.cut();
+    wait_lease_errors(metrics, 3.0, &mut w);
+    // Work arrives during the outage; when the queue is back the worker does it all.
+    let out = run_ok(
+        sb().arg("enqueue")
+            .arg(&manifest)
+            .args(["--queue", &direct]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": 6 shards enqueued on"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    relay.restore();
+    let done = Instant::now() + Duration::from_secs(90);
+    while job.done_markers() < 6 {
+        assert!(w.try_wait().unwrap().is_none(), "the worker ended early");
+        assert!(
+            Instant::now() < done,
+            "the job did not finish after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rows = job.one_row_per_input();
+    assert!(rows.values().all(|r| r["error"].is_null()));
+
+    // A second outage: the tries back off (here to several seconds apart), yet a stop is obeyed
+    // at once rather than after the current wait.
+    let before = lease_errors(metrics).expect("metrics");
+    relay.cut();
+    wait_lease_errors(metrics, before + 5.0, &mut w);
+    sigterm(&w);
+    let stopped = Instant::now();
+    let status = wait_bounded(&mut w, Duration::from_secs(30)).expect("the worker exits");
+    let took = stopped.elapsed();
+    let mut err = String::new();
+    use std::io::Read;
+    w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped {took:?} after SIGTERM:\n{err}"
+    );
+    let waits: Vec<u64> = err
+        .lines()
+        .filter(|l| l.contains("lease failed; retrying"))
+        .filter_map(|l| {
+            l.split("retry_in_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        waits.iter().any(|&ms| ms >= 3200),
+        "the waits between tries grow: {waits:?}"
+    );
+    assert!(
+        waits.iter().all(|&ms| ms < 10_100),
+        "and stop growing at 10 s: {waits:?}"
+    );
 }

@@ -47,26 +47,35 @@ pub trait NoticeSource: Send + Sync {
     async fn acknowledge(&self, _notice: &Notice) {}
 }
 
-/// Retries with exponential backoff, capped, for metadata polling.
-struct Backoff {
+/// Exponential backoff, capped at 10 s, with up to 100 ms of jitter: for metadata polling and for
+/// a queue that fails to lease.
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    const FIRST: Duration = Duration::from_millis(200);
+
+    pub(crate) fn new() -> Self {
         Self {
-            next: Duration::from_millis(200),
+            next: Self::FIRST,
             max: Duration::from_secs(10),
         }
     }
-    async fn wait(&mut self) {
+    /// How long to wait before the next try; each call doubles the one after, up to the cap.
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let jitter = Duration::from_millis(rand::random::<u64>() % 100);
-        tokio::time::sleep(self.next + jitter).await;
+        let delay = self.next + jitter;
         self.next = (self.next * 2).min(self.max);
+        delay
     }
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(200);
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+    /// After a success: the next failure waits the shortest time again.
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
     }
 }
 
@@ -557,6 +566,20 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_again_after_a_success() {
+        let mut b = Backoff::new();
+        for base in [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000] {
+            let ms = b.next_delay().as_millis();
+            assert!(
+                (base..base + 100).contains(&ms),
+                "{ms} ms, {base} ms + jitter expected"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(300));
+    }
 
     #[test]
     fn times_parse() {

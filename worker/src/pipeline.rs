@@ -95,6 +95,7 @@ pub fn register_metrics() {
     }
     metrics::counter!("spotbatch_redeliveries_total").increment(0);
     metrics::counter!("spotbatch_items_redone_total").increment(0);
+    metrics::counter!("spotbatch_lease_errors_total").increment(0);
     for h in [
         "spotbatch_recovery_seconds",
         "spotbatch_notice_to_release_seconds",
@@ -544,6 +545,9 @@ fn spawn_err(queue: &Arc<dyn LeaseQueue>, e: std::io::Error) -> QueueError {
 
 async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
     let mut next_steal = Instant::now();
+    // A queue that cannot be reached is tried again and again (the machine may outlive the
+    // outage), but less often the longer it lasts, and never in the way of a stop.
+    let mut lease_backoff = crate::notice::Backoff::new();
     let result = loop {
         if shared.control.stop_leasing.is_cancelled() {
             break Ok(());
@@ -580,10 +584,18 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
             _ = shared.control.stop_leasing.cancelled() => break Ok(()),
         };
         let leases = match leases {
-            Ok(l) => l,
+            Ok(l) => {
+                lease_backoff.reset();
+                l
+            }
             Err(e) => {
-                warn!(worker = %shared.opts.id, error = %e, "lease failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let delay = lease_backoff.next_delay();
+                warn!(worker = %shared.opts.id, error = %e, retry_in_ms = delay.as_millis() as u64, "lease failed; retrying");
+                metrics::counter!("spotbatch_lease_errors_total").increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shared.control.stop_leasing.cancelled() => break Ok(()),
+                }
                 continue;
             }
         };
