@@ -112,18 +112,11 @@ fn notice_mid_shard_releases_unstarted_writes_partial_and_next_worker_resumes() 
         "exited {exited:?} after a 5 s notice"
     );
     assert!(err.contains("aws notice (terminate): draining"), "{err}");
-    let after: Vec<u64> = err
-        .lines()
-        .filter(|l| l.contains("released an unstarted shard after the notice"))
-        .filter_map(|l| {
-            l.split("after_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let after = log_numbers(
+        &err,
+        "released an unstarted shard after the notice",
+        "after_ms",
+    );
     // The depth adapts (8 s shards, a 30 s lease: one unstarted shard once the first is
     // measured, up to --prefetch 3 before): the queue's depth above says every unstarted shard
     // came back; each was released within a second of the notice.
@@ -163,15 +156,9 @@ fn notice_mid_shard_releases_unstarted_writes_partial_and_next_worker_resumes() 
         .lines()
         .find(|l| l.contains("resuming a shard from its partial result"))
         .unwrap_or_else(|| panic!("{err2}"));
-    let kept: usize = resumed
-        .split("kept=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let kept = *log_numbers(resumed, "", "kept")
+        .first()
+        .unwrap_or_else(|| panic!("no kept= in {resumed}"));
     assert!(kept > 0 && kept < 100, "{resumed}");
     assert_eq!(
         count(&partial_dir),

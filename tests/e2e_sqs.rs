@@ -430,18 +430,7 @@ fn a_worker_waits_out_an_sqs_outage_and_still_stops_at_once() {
         took < Duration::from_secs(3),
         "stopped {took:?} after SIGTERM:\n{err}"
     );
-    let waits: Vec<u64> = err
-        .lines()
-        .filter(|l| l.contains("lease failed; retrying"))
-        .filter_map(|l| {
-            l.split("retry_in_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let waits = log_numbers(&err, "lease failed; retrying", "retry_in_ms");
     assert!(
         waits.iter().any(|&ms| ms >= 3200),
         "the waits between tries grow: {waits:?}"

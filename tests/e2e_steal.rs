@@ -304,18 +304,13 @@ fn a_draining_worker_offers_its_unstarted_shards_to_an_idle_peer() {
     wait_ok(&mut peer, "peer", job.path());
     check_complete(&url, &job_id, &job, &queue);
     let (owner_log, peer_log) = (log(job.path(), "owner"), log(job.path(), "peer"));
-    let accepted: u64 = owner_log
-        .lines()
-        .filter(|l| l.contains("offered unstarted shards to an idle peer"))
-        .filter_map(|l| {
-            l.split("accepted=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let accepted: u64 = log_numbers(
+        &owner_log,
+        "offered unstarted shards to an idle peer",
+        "accepted",
+    )
+    .iter()
+    .sum();
     assert!(accepted >= 1, "the peer took offered shards:\n{owner_log}");
     assert!(
         peer_log.contains("took shards offered by a draining peer"),

@@ -239,6 +239,23 @@ pub fn sigterm(c: &std::process::Child) {
     assert!(st.success());
 }
 
+/// The numbers logged as `FIELD=N` on the log lines that contain `message`, in order (a line
+/// whose field is missing or not a number is left out).
+pub fn log_numbers(log: &str, message: &str, field: &str) -> Vec<u64> {
+    let key = format!("{field}=");
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            l.split(&key)
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// One stage's line of a `spotbatch run --timings` report as (count, mean ms, total s); `None`
 /// when the stage did not run. A line that is there but not in the report's format fails.
 pub fn timing(report: &str, stage: &str) -> Option<(u64, f64, f64)> {
