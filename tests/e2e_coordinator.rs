@@ -300,11 +300,7 @@ fn the_api_over_tls() {
         .stderr(std::fs::File::create(d.join("coordinator.log")).unwrap())
         .spawn()
         .unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    while http_get(http, "/readyz").map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < until, "TLS coordinator not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(http, || "TLS coordinator".into());
     let https = format!("https://{grpc}");
     let ok = sb(Some(TOKEN))
         .args(["jobs", "--coordinator", &https, "--tls-ca"])

@@ -137,11 +137,7 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
         .spawn()
         .expect("spawn coordinator"),
     );
-    let ready = Instant::now() + Duration::from_secs(30);
-    while http_get(http, "/readyz").map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < ready, "coordinator not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(http, || "coordinator".into());
     let coord = format!("http://{grpc}");
 
     let spot = [

@@ -381,11 +381,7 @@ fn a_worker_waits_out_an_sqs_outage_and_still_stops_at_once() {
         .spawn()
         .unwrap();
     // Up and leasing (nothing there yet), then the queue goes away.
-    let ready = Instant::now() + Duration::from_secs(30);
-    while http_get(metrics, "/readyz").map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < ready, "the worker never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(metrics, || "the worker".into());
     assert_eq!(lease_errors(metrics), Some(0.0), "registered at zero");
     relay.cut();
     wait_lease_errors(metrics, 3.0, &mut w);

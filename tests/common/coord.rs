@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{http_get, run_ok, spotbatch};
+use super::{run_ok, spotbatch, wait_ready};
 
 pub const TOKEN: &str = "s3cret-token-for-tests";
 
@@ -64,18 +64,12 @@ impl Coord {
             .spawn()
             .unwrap();
         let c = Self { child, grpc, http };
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, _)) = http_get(http, "/readyz") {
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "coordinator not ready: {}",
+        wait_ready(http, || {
+            format!(
+                "coordinator: {}",
                 std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            )
+        });
         c
     }
 }

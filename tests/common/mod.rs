@@ -217,6 +217,16 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)>
     Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
 }
 
+/// Waits (at most 30 s) until `GET /readyz` on `addr` answers 200. `what` names the process for
+/// the failure message, with anything that helps (its log); it is only called on failure.
+pub fn wait_ready(addr: std::net::SocketAddr, what: impl Fn() -> String) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http_get(addr, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(std::time::Instant::now() < until, "{} not ready", what());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A name no other test run uses (queues, topics): `PREFIX-PID-NANOS`.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
