@@ -52,6 +52,9 @@ run -p spotbatch $(args "${PARALLEL[@]}") -- --test-threads=2
 run -p spotbatch $(args "${GPU[@]}") -- --test-threads=1 --nocapture
 run -p spotbatch $(args "${SERIAL[@]}") -- --test-threads=1
 if [ "$failed" != 0 ]; then
+  # A full disk shows up as odd failures (the linker dying with SIGBUS, SQLite I/O errors).
+  echo "--- disk ---"
+  df -h . /tmp || true
   echo "--- service logs (tail) ---"
   tail -n 50 .cache/services/*.log || true
   echo "--- what failed (from $TEST_LOG) ---"
