@@ -32,6 +32,12 @@ if [ ! -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH=$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export SPOTBATCH_TEST_NVRTC=1
+# A clean build of every target takes ~3 GB under target/; a disk that fills mid-build fails in
+# ways that do not say so (the linker dies with SIGBUS), so say it first.
+avail_kb=$(df --output=avail -k . | tail -n 1 | tr -d ' ')
+if [ "${avail_kb:-0}" -lt $((5 * 1024 * 1024)) ]; then
+  echo "scripts/test.sh: warning: only $((avail_kb / 1024)) MB free on $(df --output=target . | tail -n 1); the build and tests need ~5 GB" >&2
+fi
 cargo build --workspace --all-targets --locked
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"
