@@ -59,6 +59,11 @@ pub struct Stealing {
     pub ca: Option<Vec<u8>>,
 }
 
+/// How many peers' clients a worker keeps. Spot fleets churn: over a long-lived worker's life the
+/// peers it has talked to come and go, and a departed peer's client (its connection task) would
+/// otherwise stay for good; the least recently used one goes first.
+const MAX_PEER_CONNS: usize = 64;
+
 /// Stealing's settings and connections, shared by a worker's tasks.
 pub(crate) struct StealState {
     coordinator: Client,
@@ -67,7 +72,8 @@ pub(crate) struct StealState {
     pub(crate) token: Option<String>,
     pub(crate) handoff_timeout: Duration,
     ca: Option<Vec<u8>>,
-    conns: Mutex<HashMap<String, PeerConn>>,
+    /// Peer clients by address, with when each was last used; at most [`MAX_PEER_CONNS`].
+    conns: Mutex<HashMap<String, (PeerConn, Instant)>>,
     /// Hand-offs this worker gave, by id: the owner's task listens on the other end.
     handoffs: Mutex<HashMap<String, mpsc::UnboundedSender<Word>>>,
 }
@@ -100,8 +106,11 @@ impl StealState {
 
     /// A (cached, lazily connecting) client of the peer at `address`.
     pub(crate) fn conn(&self, address: &str) -> Result<PeerConn, ConnectError> {
-        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(address).cloned()) {
-            return Ok(c);
+        if let Ok(mut m) = self.conns.lock() {
+            if let Some((c, used)) = m.get_mut(address) {
+                *used = Instant::now();
+                return Ok(c.clone());
+            }
         }
         let (channel, bearer) = spotbatch_coordinator::client::channel(
             address,
@@ -110,7 +119,17 @@ impl StealState {
         )?;
         let c = PeerClient::with_interceptor(channel, bearer);
         if let Ok(mut m) = self.conns.lock() {
-            m.insert(address.to_string(), c.clone());
+            while m.len() >= MAX_PEER_CONNS {
+                let Some(oldest) = m
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(a, _)| a.clone())
+                else {
+                    break;
+                };
+                m.remove(&oldest);
+            }
+            m.insert(address.to_string(), (c.clone(), Instant::now()));
         }
         Ok(c)
     }
@@ -706,13 +725,13 @@ mod tests {
         assert_eq!(slow.target(16, Duration::from_secs(60)), 2);
     }
 
-    #[tokio::test]
-    async fn a_thief_gets_at_most_half_newest_first_and_owners_hear_of_it() {
+    /// A worker's stealing state whose coordinator and peers are never reached.
+    fn state() -> StealState {
         let coordinator =
             spotbatch_coordinator::client::connect("http://127.0.0.1:9", None, None).unwrap();
         let incoming =
             tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let (st, _incoming) = StealState::new(Stealing {
+        StealState::new(Stealing {
             coordinator,
             worker_id: "owner".into(),
             advertise: "http://127.0.0.1:1".into(),
@@ -721,7 +740,42 @@ mod tests {
             handoff_timeout: Duration::from_secs(1),
             server: peer_server(None).unwrap(),
             ca: None,
-        });
+        })
+        .0
+    }
+
+    #[tokio::test]
+    async fn peer_clients_are_kept_for_the_most_recently_used_peers_only() {
+        let st = state();
+        let cached = |a: &str| st.conns.lock().unwrap().contains_key(a);
+        let addr = |i: usize| format!("http://10.0.0.{i}:7070");
+        for i in 0..MAX_PEER_CONNS {
+            st.conn(&addr(i)).unwrap();
+        }
+        assert_eq!(st.conns.lock().unwrap().len(), MAX_PEER_CONNS);
+        // Peer 0 is used again, so peers 1 and 2 are now the least recently used.
+        std::thread::sleep(Duration::from_millis(2));
+        st.conn(&addr(0)).unwrap();
+        for i in MAX_PEER_CONNS..MAX_PEER_CONNS + 2 {
+            std::thread::sleep(Duration::from_millis(2));
+            st.conn(&addr(i)).unwrap();
+        }
+        assert_eq!(st.conns.lock().unwrap().len(), MAX_PEER_CONNS);
+        assert!(cached(&addr(0)), "used again: kept");
+        assert!(
+            !cached(&addr(1)) && !cached(&addr(2)),
+            "least recently used: gone"
+        );
+        assert!(cached(&addr(3)) && cached(&addr(MAX_PEER_CONNS + 1)));
+        // A bad address is an error and takes no room.
+        assert!(st.conn("ftp://10.0.0.1").is_err());
+        assert!(!cached("ftp://10.0.0.1"));
+        assert_eq!(st.conns.lock().unwrap().len(), MAX_PEER_CONNS);
+    }
+
+    #[tokio::test]
+    async fn a_thief_gets_at_most_half_newest_first_and_owners_hear_of_it() {
+        let st = state();
         let d = Deque::default();
         let mut waiting: Vec<_> = (0..5u8).map(|i| d.enter(&[i], u32::from(i) + 1)).collect();
         let taken = d.take(10, false, "thief", &st);
