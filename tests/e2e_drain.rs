@@ -103,9 +103,7 @@ fn notice_mid_shard_releases_unstarted_writes_partial_and_next_worker_resumes() 
     let status = wait_bounded(&mut w1, Duration::from_secs(30))
         .expect("a drained worker exits within its 5 s deadline");
     let exited = noticed.elapsed();
-    let mut err = String::new();
-    use std::io::Read;
-    w1.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = stderr_text(&mut w1);
     assert!(status.success(), "a drained worker exits 0:\n{err}");
     assert!(
         exited < Duration::from_secs(5),

@@ -418,9 +418,7 @@ fn a_worker_waits_out_an_sqs_outage_and_still_stops_at_once() {
     let stopped = Instant::now();
     let status = wait_bounded(&mut w, Duration::from_secs(30)).expect("the worker exits");
     let took = stopped.elapsed();
-    let mut err = String::new();
-    use std::io::Read;
-    w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = stderr_text(&mut w);
     assert!(status.success(), "{err}");
     assert!(
         took < Duration::from_secs(3),

@@ -199,6 +199,19 @@ pub fn wait_bounded(
     }
 }
 
+/// Everything a child process wrote to its piped stderr (read after it has exited).
+pub fn stderr_text(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    err
+}
+
 /// `GET path` over plain HTTP/1.1: (status, body), or `None` when nothing answers.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};

@@ -119,15 +119,15 @@ impl StealState {
         )?;
         let c = PeerClient::with_interceptor(channel, bearer);
         if let Ok(mut m) = self.conns.lock() {
-            while m.len() >= MAX_PEER_CONNS {
-                let Some(oldest) = m
+            // One client is added at a time, so one eviction keeps the bound.
+            if m.len() >= MAX_PEER_CONNS {
+                let oldest = m
                     .iter()
                     .min_by_key(|(_, (_, t))| *t)
-                    .map(|(a, _)| a.clone())
-                else {
-                    break;
-                };
-                m.remove(&oldest);
+                    .map(|(a, _)| a.clone());
+                if let Some(oldest) = oldest {
+                    m.remove(&oldest);
+                }
             }
             m.insert(address.to_string(), (c.clone(), Instant::now()));
         }
