@@ -73,6 +73,32 @@ pub struct ModelSpec {
     /// CPU with a warning; the default), `cpu`, `cuda` or `cuda:N` (an error without a GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// On CUDA, how cuDNN picks each convolution's algorithm (ONNX Runtime's
+    /// `cudnn_conv_algo_search`); unset = `exhaustive`, ONNX Runtime's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cudnn_conv_algo_search: Option<ConvAlgoSearch>,
+    /// On CUDA, whether float32 matrix products and convolutions may use TensorFloat-32 (ONNX
+    /// Runtime's `use_tf32`); unset = ONNX Runtime's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<bool>,
+    /// On CUDA, a cap on ONNX Runtime's GPU memory arena in MiB (ONNX Runtime's `gpu_mem_limit`),
+    /// e.g. for several workers on one GPU; unset = no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_mem_limit_mb: Option<u64>,
+}
+
+/// How cuDNN picks a convolution's algorithm on CUDA (`model.cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvAlgoSearch {
+    /// Times every algorithm on the first run of each input shape and keeps the fastest: the
+    /// fastest steady state, at the price of a slower first batch per shape.
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics choose without timing: a fast first batch, usually as fast later.
+    Heuristic,
+    /// cuDNN's default algorithm, untuned.
+    Default,
 }
 
 /// Where a model runs, as `model.device` and `--device` spell it.
@@ -480,6 +506,14 @@ impl Manifest {
         if let Some(d) = &raw.model.device {
             if let Err(e) = DeviceSpec::parse(d) {
                 errs.push(FieldError::new("model.device", e));
+            }
+        }
+        if let Some(mb) = raw.model.gpu_mem_limit_mb {
+            if !(1..=16_777_216).contains(&mb) {
+                errs.push(FieldError::new(
+                    "model.gpu_mem_limit_mb",
+                    format!("{mb} is out of range 1..=16777216 (leave it out for no cap)"),
+                ));
             }
         }
         if raw.model.max_batch_delay_ms > 60_000 {

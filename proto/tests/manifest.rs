@@ -259,3 +259,76 @@ fn stored_manifest_round_trips_with_its_identity() {
     assert_eq!(back.mean, m.mean);
     assert!(Manifest::from_stored(b"{\"x\":1}").is_err());
 }
+
+/// `[model]`'s CUDA provider settings: parsed, checked, kept by a stored manifest, absent from
+/// it when unset, and no part of the job's identity (they change how rows are computed).
+#[test]
+fn cuda_settings_are_parsed_checked_and_not_part_of_the_job() {
+    use spotbatch_proto::manifest::ConvAlgoSearch;
+    let plain = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    assert_eq!(plain.raw.model.cudnn_conv_algo_search, None);
+    assert_eq!(plain.raw.model.tf32, None);
+    assert_eq!(plain.raw.model.gpu_mem_limit_mb, None);
+    let stored = String::from_utf8(plain.to_stored()).unwrap();
+    for key in ["cudnn_conv_algo_search", "tf32", "gpu_mem_limit_mb"] {
+        assert!(!stored.contains(key), "{key} stored while unset: {stored}");
+    }
+
+    let text = GOOD.replace(
+        "batch_size = 32",
+        "batch_size = 32\ncudnn_conv_algo_search = \"heuristic\"\ntf32 = false\ngpu_mem_limit_mb = 2048",
+    );
+    let m = Manifest::parse(&text, Path::new("/jobs/demo")).unwrap();
+    assert_eq!(
+        m.raw.model.cudnn_conv_algo_search,
+        Some(ConvAlgoSearch::Heuristic)
+    );
+    assert_eq!(m.raw.model.tf32, Some(false));
+    assert_eq!(m.raw.model.gpu_mem_limit_mb, Some(2048));
+    assert_eq!(m.job_id, plain.job_id);
+    let back = Manifest::from_stored(&m.to_stored()).unwrap();
+    assert_eq!(
+        (
+            back.raw.model.cudnn_conv_algo_search,
+            back.raw.model.tf32,
+            back.raw.model.gpu_mem_limit_mb
+        ),
+        (Some(ConvAlgoSearch::Heuristic), Some(false), Some(2048))
+    );
+    for (value, want) in [
+        ("exhaustive", ConvAlgoSearch::Exhaustive),
+        ("default", ConvAlgoSearch::Default),
+    ] {
+        let m = Manifest::parse(
+            &GOOD.replace(
+                "batch_size = 32",
+                &format!("batch_size = 32\ncudnn_conv_algo_search = \"{value}\""),
+            ),
+            Path::new("/jobs/demo"),
+        )
+        .unwrap();
+        assert_eq!(m.raw.model.cudnn_conv_algo_search, Some(want));
+    }
+
+    let e = only(&GOOD.replace(
+        "batch_size = 32",
+        "batch_size = 32\ncudnn_conv_algo_search = \"fastest\"",
+    ));
+    assert_eq!(e.field, "model.cudnn_conv_algo_search");
+    assert!(
+        e.message.contains("fastest") && e.message.contains("heuristic"),
+        "{e}"
+    );
+    let e = only(&GOOD.replace("batch_size = 32", "batch_size = 32\ntf32 = \"no\""));
+    assert_eq!(e.field, "model.tf32");
+    for mb in ["0", "16777217"] {
+        let e = only(&GOOD.replace(
+            "batch_size = 32",
+            &format!("batch_size = 32\ngpu_mem_limit_mb = {mb}"),
+        ));
+        assert_eq!(e.field, "model.gpu_mem_limit_mb");
+        assert!(e.message.contains("out of range"), "{e}");
+    }
+    let e = only(&GOOD.replace("batch_size = 32", "batch_size = 32\ngpu_mem_limit_mb = -1"));
+    assert_eq!(e.field, "model.gpu_mem_limit_mb");
+}

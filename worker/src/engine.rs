@@ -9,7 +9,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{Shape, TensorElementType, TensorRef, ValueType};
-use spotbatch_proto::manifest::DeviceSpec;
+use spotbatch_proto::manifest::{ConvAlgoSearch, DeviceSpec};
 use tracing::warn;
 
 /// The environment variable naming ONNX Runtime's shared library.
@@ -184,6 +184,52 @@ pub struct EngineOptions {
     pub intra_op_threads: usize,
     /// Where to run it.
     pub device: DeviceSpec,
+    /// CUDA execution provider settings (ignored on the CPU).
+    pub cuda: CudaOptions,
+}
+
+/// Settings of ONNX Runtime's CUDA execution provider; `None` keeps ONNX Runtime's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// `model.cudnn_conv_algo_search`.
+    pub conv_algo_search: Option<ConvAlgoSearch>,
+    /// `model.tf32`.
+    pub tf32: Option<bool>,
+    /// `model.gpu_mem_limit_mb`, in bytes.
+    pub mem_limit_bytes: Option<usize>,
+}
+
+impl CudaOptions {
+    /// The `[model]` section's CUDA settings.
+    pub fn from_manifest(model: &spotbatch_proto::manifest::ModelSpec) -> Self {
+        Self {
+            conv_algo_search: model.cudnn_conv_algo_search,
+            tf32: model.tf32,
+            // Validated to at most 16 TiB; saturates on a 32-bit host.
+            mem_limit_bytes: model
+                .gpu_mem_limit_mb
+                .map(|mb| usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Applies the settings to a CUDA provider.
+    fn apply(&self, mut cuda: ort::ep::CUDA) -> ort::ep::CUDA {
+        use ort::ep::cuda::ConvAlgorithmSearch as Search;
+        if let Some(search) = self.conv_algo_search {
+            cuda = cuda.with_conv_algorithm_search(match search {
+                ConvAlgoSearch::Exhaustive => Search::Exhaustive,
+                ConvAlgoSearch::Heuristic => Search::Heuristic,
+                ConvAlgoSearch::Default => Search::Default,
+            });
+        }
+        if let Some(on) = self.tf32 {
+            cuda = cuda.with_tf32(on);
+        }
+        if let Some(limit) = self.mem_limit_bytes {
+            cuda = cuda.with_memory_limit(limit);
+        }
+        cuda
+    }
 }
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -279,9 +325,13 @@ impl OrtEngine {
                 .map_err(|e| bad(e.into()))?;
         }
         if let Device::Cuda(n) = device {
-            let cuda = ort::ep::CUDA::default()
-                .with_device_id(n as i32)
-                .with_conv_max_workspace(true)
+            let cuda = opts
+                .cuda
+                .apply(
+                    ort::ep::CUDA::default()
+                        .with_device_id(n as i32)
+                        .with_conv_max_workspace(true),
+                )
                 .build()
                 .error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| {
@@ -515,4 +565,54 @@ fn pick(
 
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manifest's CUDA settings become ONNX Runtime's documented CUDA provider options, and
+    /// unset ones are left to ONNX Runtime.
+    #[test]
+    fn cuda_settings_become_the_providers_options() {
+        let mut model: spotbatch_proto::manifest::ModelSpec =
+            serde_json::from_str(r#"{"uri": "m.onnx"}"#).expect("a minimal [model]");
+        let unset = format!(
+            "{:?}",
+            CudaOptions::from_manifest(&model).apply(Default::default())
+        );
+        for key in ["cudnn_conv_algo_search", "use_tf32", "gpu_mem_limit"] {
+            assert!(!unset.contains(key), "{key} set while unset: {unset}");
+        }
+        model.cudnn_conv_algo_search = Some(ConvAlgoSearch::Heuristic);
+        model.tf32 = Some(false);
+        model.gpu_mem_limit_mb = Some(2048);
+        let opts = CudaOptions::from_manifest(&model);
+        assert_eq!(opts.mem_limit_bytes, Some(2048 << 20));
+        let set = format!("{:?}", opts.apply(Default::default()));
+        for (key, value) in [
+            ("cudnn_conv_algo_search", "HEURISTIC"),
+            ("use_tf32", "false"),
+            ("gpu_mem_limit", "2147483648"),
+        ] {
+            assert!(
+                set.contains(&format!("{key:?}: {value:?}")),
+                "{key} = {value} missing from {set}"
+            );
+        }
+        for (search, name) in [
+            (ConvAlgoSearch::Exhaustive, "EXHAUSTIVE"),
+            (ConvAlgoSearch::Default, "DEFAULT"),
+        ] {
+            model.cudnn_conv_algo_search = Some(search);
+            let set = format!(
+                "{:?}",
+                CudaOptions::from_manifest(&model).apply(Default::default())
+            );
+            assert!(
+                set.contains(&format!("{name:?}")),
+                "{name} missing from {set}"
+            );
+        }
+    }
 }

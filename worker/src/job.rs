@@ -11,7 +11,7 @@ use spotbatch_proto::{sha256_hex, Manifest, ShardTask};
 use tracing::{info, warn};
 
 use crate::engine::{
-    Device, DeviceAllocator, EngineError, EngineOptions, InferenceEngine, OrtEngine,
+    CudaOptions, Device, DeviceAllocator, EngineError, EngineOptions, InferenceEngine, OrtEngine,
 };
 use crate::gpu::GpuPreprocessor;
 use crate::model::{check_output, parse_labels, plan_input, InputPlan};
@@ -101,6 +101,7 @@ impl ModelRuntime {
             output: manifest.raw.model.output.clone(),
             intra_op_threads: intra_op_threads.unwrap_or(manifest.raw.model.intra_op_threads),
             device,
+            cuda: CudaOptions::from_manifest(&manifest.raw.model),
         };
         if device != DeviceSpec::Cpu && manifest.raw.preprocess.device != PreprocessDevice::Cpu {
             crate::gpu::compile_kernels_early();
