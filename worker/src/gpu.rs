@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use spotbatch_proto::manifest::{Color, Layout};
 
@@ -286,6 +286,18 @@ struct Slot {
 #[derive(Debug)]
 pub struct Prepared {
     slot: usize,
+    /// Recorded on the slot's stream after the batch's copies and kernels.
+    done: CudaEvent,
+}
+
+impl Prepared {
+    /// Waits until the batch's tensor is written. Needs no hold on the [`GpuPreprocessor`], so
+    /// the model's thread waits for this batch while the next one is being packed.
+    pub fn wait(&self) -> Result<(), String> {
+        self.done
+            .synchronize()
+            .map_err(gpu_err("preprocessing a batch"))
+    }
 }
 
 /// Preprocesses batches on one GPU; several slots (each with a stream and buffers) keep the next
@@ -587,18 +599,13 @@ impl GpuPreprocessor {
             // SAFETY: as above.
             unsafe { hz.launch(cfg) }.map_err(gpu_err("horizontal pass"))?;
         }
-        Ok(Prepared { slot: slot_idx })
-    }
-
-    /// Waits until a prepared batch's tensor is written.
-    pub fn wait(&self, p: &Prepared) -> Result<(), String> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(gpu_err("binding the GPU to this thread"))?;
-        self.slots[p.slot]
-            .stream
-            .synchronize()
-            .map_err(gpu_err("preprocessing a batch"))
+        let done = stream
+            .record_event(None)
+            .map_err(gpu_err("marking the batch's end"))?;
+        Ok(Prepared {
+            slot: slot_idx,
+            done,
+        })
     }
 
     /// Copies a prepared batch's tensor back as float32 values (for checks against the CPU).

@@ -1863,11 +1863,7 @@ fn infer_gpu(
     started: &mut Instant,
 ) -> Result<BatchOutput, String> {
     let run_n = rt.run_size(n);
-    if let Some((gpu, _)) = &rt.gpu {
-        gpu.lock()
-            .map_err(|_| "GPU preprocessor lock poisoned".to_string())?
-            .wait(p)?;
-    }
+    p.wait()?;
     metrics::histogram!("spotbatch_stage_seconds", "stage" => "gpu_wait")
         .record(started.elapsed().as_secs_f64());
     *started = Instant::now();
