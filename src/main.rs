@@ -715,6 +715,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                         spotbatch_coordinator::client::describe(&s)
                     )
                 })?;
+            tracing::info!(worker = %reg.worker_id, queue = %reg.queue_uri, "registered with the coordinator");
             if args.max_attempts.is_none() {
                 max_attempts = reg.max_attempts;
             }

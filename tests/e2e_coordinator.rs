@@ -196,6 +196,48 @@ fn a_restarted_coordinator_rebuilds_progress_and_the_job_completes() {
     );
 }
 
+/// Workers that start before their coordinator (a fleet scaled up during its restart) keep
+/// trying to register, soon at first and then less often, and work once it answers.
+#[test]
+fn a_worker_started_before_its_coordinator_registers_when_it_comes_up() {
+    let job = JobDir::digits(1);
+    let manifest = job.manifest(&[("shard_size = 64", "shard_size = 60")]);
+    let queue = format!("sqlite://{}", job.path().join("q.db").display());
+    // The shards wait on the coordinator's queue before anything runs.
+    run_ok(sb(None).args(["enqueue", "--queue", &queue]).arg(&manifest));
+    let (grpc, http) = (free_addr(), free_addr());
+    let url = format!("http://{grpc}");
+    let mut w = worker(&url, "early", job.path(), 0);
+    let log = || std::fs::read_to_string(job.path().join("early.log")).unwrap_or_default();
+    let message = "retrying registration";
+    let until = Instant::now() + Duration::from_secs(30);
+    while log_numbers(&log(), message, "retry_in_ms").len() < 5 {
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "the worker gave up without a coordinator: {}",
+            log()
+        );
+        assert!(Instant::now() < until, "no retries logged: {}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waits = log_numbers(&log(), message, "retry_in_ms");
+    // 0.2 s doubling (plus < 100 ms of jitter), not a fixed interval.
+    assert!(waits[0] < 300, "{waits:?}");
+    assert!(waits[4] >= 3200 && waits[4] < 3300, "{waits:?}");
+    assert!(waits.windows(2).all(|p| p[1] > p[0]), "{waits:?}");
+    let _coord = Coord::start(job.path(), &queue, grpc, http);
+    wait_exit(&mut w, "early", job.path());
+    let rows = job.one_row_per_input();
+    assert_eq!(rows.len(), 540);
+    assert_eq!(job.done_markers(), 9);
+    let log = log();
+    assert_eq!(
+        log.matches("registered with the coordinator").count(),
+        1,
+        "{log}"
+    );
+}
+
 #[test]
 fn the_api_requires_the_token_and_limits_requests() {
     let job = JobDir::digits(30);

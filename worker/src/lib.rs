@@ -2,6 +2,7 @@
 //! write → ack), the inference engines, and the checks `spotbatch validate` runs against a model.
 #![warn(missing_docs)]
 
+mod backoff;
 pub mod cost;
 pub mod engine;
 pub mod gpu;

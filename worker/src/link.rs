@@ -13,6 +13,7 @@ use spotbatch_proto::api::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::pipeline::Progress;
 
 /// Who this worker is, as told to the coordinator.
@@ -28,13 +29,16 @@ pub struct Identity {
     pub peer_address: String,
 }
 
-/// Registers, retrying for up to `patience` while the coordinator is unreachable.
+/// Registers, retrying for up to `patience` while the coordinator is unreachable: soon at first
+/// (a coordinator that is just starting), then less and less often (0.2 s doubling to 10 s, with
+/// jitter), so a fleet that starts during an outage does not hammer it.
 pub async fn register(
     client: &mut Client,
     me: &Identity,
     patience: Duration,
 ) -> Result<RegisterReply, tonic::Status> {
     let until = Instant::now() + patience;
+    let mut backoff = Backoff::new();
     loop {
         let r = client
             .register(RegisterRequest {
@@ -47,8 +51,13 @@ pub async fn register(
         match r {
             Ok(reply) => return Ok(reply.into_inner()),
             Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
-                tracing::warn!(error = %spotbatch_coordinator::client::describe(&s), "coordinator unavailable; retrying registration");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let delay = backoff
+                    .next_delay()
+                    .min(until.saturating_duration_since(Instant::now()));
+                tracing::warn!(error = %spotbatch_coordinator::client::describe(&s),
+                               retry_in_ms = delay.as_millis() as u64,
+                               "coordinator unavailable; retrying registration");
+                tokio::time::sleep(delay).await;
             }
             Err(s) => return Err(s),
         }

@@ -547,7 +547,7 @@ async fn lease_loop(shared: Arc<Shared>) -> Result<(), QueueError> {
     let mut next_steal = Instant::now();
     // A queue that cannot be reached is tried again and again (the machine may outlive the
     // outage), but less often the longer it lasts, and never in the way of a stop.
-    let mut lease_backoff = crate::notice::Backoff::new();
+    let mut lease_backoff = crate::backoff::Backoff::new();
     let result = loop {
         if shared.control.stop_leasing.is_cancelled() {
             break Ok(());
