@@ -96,6 +96,12 @@ shard_size = {args.shard}
     return n / dt, rows, out.stderr
 
 
+def timings_of(log):
+    """The `--timings` report in a run's stderr: where spotbatch's time went, which stage holds
+    the model up."""
+    return log[log.find("timings ("):] if "timings (" in log else "(no timings)\n"
+
+
 def compare(a, b):
     """Top-1 agreement and the largest difference of the top-5 scores, matched by class."""
     same, max_diff, near_ties = 0, 0.0, 0
@@ -205,16 +211,14 @@ def main() -> int:
         best = {}
         for r in range(a.repeat):
             v, _, log = run_spotbatch(a, models[fp16], images, f"bench-{tag}", "cuda")
-            # Where spotbatch's time went (`--timings`): which stage holds the model up.
-            timings = log[log.find("timings ("):] if "timings (" in log else "(no timings)\n"
+            timings = timings_of(log)
             best.setdefault("timings", []).append(timings)
             print(timings, end="", flush=True)
             # cuDNN's heuristic algorithm choice instead of ONNX Runtime's exhaustive search
             # (which times every algorithm on each shape's first batch).
             vh, _, log_h = run_spotbatch(a, models[fp16], images, f"bench-{tag}-heuristic", "cuda",
                                          model_extra='cudnn_conv_algo_search = "heuristic"')
-            best.setdefault("timings_heuristic", []).append(
-                log_h[log_h.find("timings ("):] if "timings (" in log_h else "(no timings)\n")
+            best.setdefault("timings_heuristic", []).append(timings_of(log_h))
             c = ceiling(models[fp16], x, a.batch, fp16, iobinding=False, n=a.images)
             cb = ceiling(models[fp16], x, a.batch, fp16, iobinding=True, n=a.images)
             for k, val in (("spotbatch", v), ("spotbatch_heuristic", vh), ("ceiling", c), ("ceiling_iobinding", cb)):

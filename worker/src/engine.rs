@@ -577,19 +577,24 @@ mod tests {
     fn cuda_settings_become_the_providers_options() {
         let mut model: spotbatch_proto::manifest::ModelSpec =
             serde_json::from_str(r#"{"uri": "m.onnx"}"#).expect("a minimal [model]");
-        let unset = format!(
-            "{:?}",
-            CudaOptions::from_manifest(&model).apply(Default::default())
-        );
+        let provider = |model: &spotbatch_proto::manifest::ModelSpec| {
+            format!(
+                "{:?}",
+                CudaOptions::from_manifest(model).apply(Default::default())
+            )
+        };
+        let unset = provider(&model);
         for key in ["cudnn_conv_algo_search", "use_tf32", "gpu_mem_limit"] {
             assert!(!unset.contains(key), "{key} set while unset: {unset}");
         }
         model.cudnn_conv_algo_search = Some(ConvAlgoSearch::Heuristic);
         model.tf32 = Some(false);
         model.gpu_mem_limit_mb = Some(2048);
-        let opts = CudaOptions::from_manifest(&model);
-        assert_eq!(opts.mem_limit_bytes, Some(2048 << 20));
-        let set = format!("{:?}", opts.apply(Default::default()));
+        assert_eq!(
+            CudaOptions::from_manifest(&model).mem_limit_bytes,
+            Some(2048 << 20)
+        );
+        let set = provider(&model);
         for (key, value) in [
             ("cudnn_conv_algo_search", "HEURISTIC"),
             ("use_tf32", "false"),
@@ -605,10 +610,7 @@ mod tests {
             (ConvAlgoSearch::Default, "DEFAULT"),
         ] {
             model.cudnn_conv_algo_search = Some(search);
-            let set = format!(
-                "{:?}",
-                CudaOptions::from_manifest(&model).apply(Default::default())
-            );
+            let set = provider(&model);
             assert!(
                 set.contains(&format!("{name:?}")),
                 "{name} missing from {set}"
