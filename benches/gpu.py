@@ -96,6 +96,10 @@ shard_size = {args.shard}
     return n / dt, rows, out.stderr
 
 
+# cuDNN's heuristic algorithm choice, as a `[model]` line (ONNX Runtime's default is exhaustive).
+HEURISTIC = 'cudnn_conv_algo_search = "heuristic"'
+
+
 def timings_of(log):
     """The `--timings` report in a run's stderr: where spotbatch's time went, which stage holds
     the model up."""
@@ -217,7 +221,7 @@ def main() -> int:
             # cuDNN's heuristic algorithm choice instead of ONNX Runtime's exhaustive search
             # (which times every algorithm on each shape's first batch).
             vh, _, log_h = run_spotbatch(a, models[fp16], images, f"bench-{tag}-heuristic", "cuda",
-                                         model_extra='cudnn_conv_algo_search = "heuristic"')
+                                         model_extra=HEURISTIC)
             best.setdefault("timings_heuristic", []).append(timings_of(log_h))
             c = ceiling(models[fp16], x, a.batch, fp16, iobinding=False, n=a.images)
             cb = ceiling(models[fp16], x, a.batch, fp16, iobinding=True, n=a.images)
@@ -229,12 +233,13 @@ def main() -> int:
         one = os.path.join(a.work, "images-one")
         os.makedirs(one, exist_ok=True)
         shutil.copy(paths[0], one)
-        startup = min(1.0 / run_spotbatch(a, models[fp16], one, f"one-{tag}", "cuda")[0] for _ in range(2))
+        def startup_of(name, model_extra=""):
+            """Seconds a one-image job takes, best of 2."""
+            return min(1.0 / run_spotbatch(a, models[fp16], one, name, "cuda", model_extra=model_extra)[0]
+                       for _ in range(2))
+        startup = startup_of(f"one-{tag}")
         best["startup_s"] = startup
-        best["startup_heuristic_s"] = min(
-            1.0 / run_spotbatch(a, models[fp16], one, f"one-{tag}-heuristic", "cuda",
-                                model_extra='cudnn_conv_algo_search = "heuristic"')[0]
-            for _ in range(2))
+        best["startup_heuristic_s"] = startup_of(f"one-{tag}-heuristic", HEURISTIC)
         best["vs_ceiling"] = best["spotbatch"] / best["ceiling"]
         best["heuristic_vs_ceiling"] = best["spotbatch_heuristic"] / best["ceiling"]
         best["vs_ceiling_iobinding"] = best["spotbatch"] / best["ceiling_iobinding"]
