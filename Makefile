@@ -36,10 +36,10 @@ bench-chaos:
 	@$(ENV) && trap 'scripts/services.sh stop' EXIT && eval "$$(scripts/services.sh start)" && \
 	  for a in 0 12; do SPOTBATCH_CHAOS_ACTIONS=$$a cargo test --locked --test e2e_chaos -- --nocapture --test-threads=1 2>&1 | grep '^\['; done
 
-# The fleet simulation (fleet/src/bin/fleet-sim): four fleet policies on the same seeds, the
+# The fleet simulation (fleet/src/bin/fleet-sim): the fleet policies on the same seeds, the
 # targets of the deadline-aware policy, and a plot of one job's fleet (fleet/fleet-sim.svg).
 bench-fleet:
-	cargo run --release --locked -p spotbatch-fleet --bin fleet-sim -- --seeds 100 --svg fleet/fleet-sim.svg
+	cargo run --release --locked -p spotbatch-fleet --bin fleet-sim -- --seeds 200 --svg fleet/fleet-sim.svg
 
 clean:
 	rm -rf target examples/digits/out examples/digits/queue.db*

@@ -41,9 +41,10 @@
 //! `slack_fraction` · (D − job start): the time on-demand takes to arrive, the last shard, the
 //! rescue guard and a share of the window kept free. Spot costs about the same per item however
 //! many run, so a bigger spot fleet only finishes sooner; the smallest on-time one pays the
-//! fewest start-ups. It grows at once when the job falls behind, and shrinks only when the need
-//! falls by more than `spot_shrink_band` (and to the shards left: a worker without a shard
-//! idles).
+//! fewest start-ups. It grows at once when the job falls behind, and shrinks only when every
+//! spot worker asked for runs and the need has fallen below (1 − `spot_shrink_band`) of it (a
+//! wide band: the need moves with the measured rates, and a drained worker's replacement would
+//! start up again), and to the shards left (a worker without a shard idles).
 //!
 //! **On-demand, when needed.** On-demand workers are added, fewest first, until
 //!
@@ -55,6 +56,8 @@
 //!    work at least as fast as N_o on-demand workers would — so on-demand makes up what the
 //!    running spot workers lack: n_o ≥ ⌈(N_o r_o − ρ_s m_s) / r_o⌉. This covers what the
 //!    statistics do not: a burst that takes most spot machines at once and a drought after it.
+//!    It is drawn from measured rates only (before the first worker reports, a prior rate is a
+//!    guess and no spot work is at stake yet).
 //!
 //! The triggers the issue names enter through these two rules: *spot capacity that does not
 //! arrive* (desired > running for `spot_shortfall_after_s` without a worker arriving) expects
@@ -77,7 +80,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::interruption::{spike, Exposure, InterruptionPrior, Posterior};
 use crate::prices::{Capacity, Prices};
-use crate::rates::{pool_rate, PoolRate, WorkerRate};
+use crate::rates::{pool_rate, PoolRate, RateBasis, WorkerRate};
 use crate::stats::normal_cdf;
 
 /// How the policy behaves for one job. [`PolicyConfig::new`] gives the defaults.
@@ -93,7 +96,7 @@ pub struct PolicyConfig {
     pub miss_risk: f64,
     /// On-demand workers are released only below this risk (0.0025).
     pub release_risk: f64,
-    /// Share of the deadline window (job start to deadline) the spot plan keeps free (0.1).
+    /// Share of the deadline window (job start to deadline) the spot plan keeps free (0.25).
     pub slack_fraction: f64,
     /// Time a requested spot worker takes to run, seconds, until measured (300).
     pub spot_arrival_s: f64,
@@ -103,9 +106,9 @@ pub struct PolicyConfig {
     pub spot_shortfall_after_s: f64,
     /// On-demand workers stay at least this long after an increase (900 s).
     pub on_demand_hold_s: f64,
-    /// Rescue slack below which the fleet must keep pace with the rescue line (600 s).
+    /// Rescue slack below which the fleet must keep pace with the rescue line (300 s).
     pub rescue_guard_s: f64,
-    /// The spot fleet shrinks only when its need falls by more than this share (0.25).
+    /// The spot fleet shrinks only when its need falls by more than this share (0.5).
     pub spot_shrink_band: f64,
     /// A recent window is a spike below this Poisson tail probability (0.01).
     pub spike_p: f64,
@@ -115,6 +118,8 @@ pub struct PolicyConfig {
     pub rate_cv: f64,
     /// Weight of a new sample in the measured arrival delays (0.3).
     pub arrival_smoothing: f64,
+    /// Weight of a new measurement in the smoothed items/s per worker (0.1 per call).
+    pub rate_smoothing: f64,
     /// The interruption prior (from the instance type, [`InterruptionPrior::from_table`]).
     pub prior: InterruptionPrior,
     /// Items/s of one spot worker until one is measured, if known.
@@ -136,17 +141,18 @@ impl PolicyConfig {
             target_shards_per_worker: 20,
             miss_risk: 0.01,
             release_risk: 0.0025,
-            slack_fraction: 0.1,
+            slack_fraction: 0.25,
             spot_arrival_s: 300.0,
             on_demand_arrival_s: 180.0,
             spot_shortfall_after_s: 600.0,
             on_demand_hold_s: 900.0,
-            rescue_guard_s: 600.0,
-            spot_shrink_band: 0.25,
+            rescue_guard_s: 300.0,
+            spot_shrink_band: 0.5,
             spike_p: 0.01,
             spike_min_events: 3,
             rate_cv: 0.05,
             arrival_smoothing: 0.3,
+            rate_smoothing: 0.1,
             prior: InterruptionPrior::default(),
             spot_items_per_second: None,
             on_demand_items_per_second: None,
@@ -198,11 +204,12 @@ impl PolicyConfig {
             "spike_p",
             format!("{} is not a probability in (0, 1)", self.spike_p),
         );
-        check(
-            prob(self.arrival_smoothing) || self.arrival_smoothing == 1.0,
-            "arrival_smoothing",
-            format!("{} must be in (0, 1]", self.arrival_smoothing),
-        );
+        for (field, v) in [
+            ("arrival_smoothing", self.arrival_smoothing),
+            ("rate_smoothing", self.rate_smoothing),
+        ] {
+            check(prob(v) || v == 1.0, field, format!("{v} must be in (0, 1]"));
+        }
         for (field, v) in [
             ("spot_arrival_s", self.spot_arrival_s),
             ("on_demand_arrival_s", self.on_demand_arrival_s),
@@ -288,6 +295,8 @@ pub struct PolicyState {
     pub spot_arrivals: Arrivals,
     /// On-demand arrivals.
     pub on_demand_arrivals: Arrivals,
+    /// Smoothed measured items/s of one spot and one on-demand worker.
+    pub rates: Option<(f64, f64)>,
 }
 
 /// Arrivals of one capacity, measured from desired vs running over successive calls.
@@ -360,10 +369,12 @@ pub struct Triggers {
 /// The figures the decision used (for `status`, metrics and the dashboard).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
-    /// Items/s of one spot worker, and where it came from.
+    /// Items/s of one spot worker measured this call, and where it came from.
     pub spot_rate: Option<PoolRate>,
-    /// Items/s of one on-demand worker.
+    /// Items/s of one on-demand worker measured this call.
     pub on_demand_rate: Option<PoolRate>,
+    /// Items/s of one spot and one on-demand worker planned with (smoothed).
+    pub planned_rates: Option<(f64, f64)>,
     /// Spot interruptions per worker-hour planned with (posterior mean, or the spike's rate).
     pub interruptions_per_hour: f64,
     /// Share of them that are hard kills.
@@ -422,6 +433,8 @@ struct Model {
     d_o: f64,
     items_per_shard: f64,
     cv: f64,
+    /// Whether the rates are measured (not the caller's prior).
+    measured: bool,
 }
 
 /// A fleet to evaluate: workers running now and workers still to arrive, by capacity.
@@ -580,6 +593,7 @@ pub fn decide(config: &PolicyConfig, obs: &Observation, state: &mut PolicyState)
         spot_arrival_s: d_s,
         on_demand_arrival_s: d_o,
         rescue_slack_s: None,
+        planned_rates: None,
     };
     let mut triggers = Triggers {
         spot_shortfall: spot_short,
@@ -592,6 +606,26 @@ pub fn decide(config: &PolicyConfig, obs: &Observation, state: &mut PolicyState)
         (None, Some(o)) => Some((o.items_per_second, o.items_per_second)),
         (None, None) => None,
     };
+    let measured = [spot_rate, od_rate]
+        .iter()
+        .flatten()
+        .any(|r| r.basis != RateBasis::Prior);
+    // Measured rates are smoothed across calls (one heartbeat's rate is noisy); a prior is
+    // used as given.
+    let rates = match (rates, state.rates, measured) {
+        (Some((s, o)), Some((ps, po)), true) => {
+            let a = config.rate_smoothing;
+            let smoothed = (ps + a * (s - ps), po + a * (o - po));
+            state.rates = Some(smoothed);
+            Some(smoothed)
+        }
+        (Some(r), None, true) => {
+            state.rates = Some(r);
+            Some(r)
+        }
+        (r, _, _) => r,
+    };
+    estimate.planned_rates = rates;
     let model = rates.map(|(r_s, r_o)| Model {
         r_s,
         r_o,
@@ -606,13 +640,14 @@ pub fn decide(config: &PolicyConfig, obs: &Observation, state: &mut PolicyState)
             obs.items_left as f64 / obs.shards_left.max(1) as f64
         },
         cv: config.rate_cv.max(0.0),
+        measured,
     });
     let items = obs.items_left as f64;
 
     let (spot, on_demand, mode) = match (obs.deadline, &model) {
         _ if obs.items_left == 0 => (0, 0, Mode::Done),
         (Some(deadline), Some(_)) if deadline <= now => {
-            (cap_s.min(shards), cap_o.min(shards), Mode::Late)
+            (0, 0, Mode::Late)
         }
         (Some(deadline), Some(model)) => {
             let (spot, on_demand) = plan(
@@ -708,7 +743,8 @@ fn plan(
             model.work(f, plan_horizon).0 >= items
         })
         .unwrap_or(cap_s);
-    let shrink = (needed as f64) < state.spot as f64 * (1.0 - config.spot_shrink_band);
+    let shrink = obs.running_spot >= state.spot
+        && (needed as f64) < state.spot as f64 * (1.0 - config.spot_shrink_band);
     let mut spot = if needed >= state.spot || shrink {
         needed
     } else {
@@ -735,8 +771,10 @@ fn plan(
     }
     let by_risk = |eps: f64| (0..=cap_o).find(|&o| risk(spot, o) <= eps).unwrap_or(cap_o);
 
-    // The rescue line: could N_o on-demand workers still finish if spot vanished now?
-    let rescue = (cap_o > 0).then(|| left - model.d_o - tail - items / (cap_o as f64 * model.r_o));
+    // The rescue line: could N_o on-demand workers still finish if spot vanished now? Drawn
+    // from measured rates only: before the first worker reports there is nothing to lose yet.
+    let rescue = (cap_o > 0 && model.measured)
+        .then(|| left - model.d_o - tail - items / (cap_o as f64 * model.r_o));
     estimate.rescue_slack_s = rescue;
     triggers.rescue_guard = rescue.is_some_and(|s| s < config.rescue_guard_s);
     let spot_pace = model.spot_yield() * spot.min(running.0) as f64;
@@ -770,10 +808,15 @@ mod tests {
 
     const RATE: f64 = 100.0;
 
+    /// The defaults, with the figures the tests' arithmetic uses pinned.
     fn config(max_spot: u32, max_od: u32) -> PolicyConfig {
         let mut c = PolicyConfig::new(max_spot, max_od);
         c.prior.per_hour = 0.02;
         c.spot_items_per_second = Some(RATE);
+        c.slack_fraction = 0.1;
+        c.rescue_guard_s = 600.0;
+        c.spot_arrival_s = 300.0;
+        c.on_demand_arrival_s = 180.0;
         c
     }
 
@@ -1087,30 +1130,25 @@ mod tests {
     }
 
     #[test]
-    fn the_spot_fleet_shrinks_only_past_the_band() {
+    fn the_spot_fleet_shrinks_only_past_the_band_when_all_of_it_runs() {
         let c = config(50, 20);
         // Needs two workers (see the distant-deadline test).
+        let state = |spot| PolicyState {
+            spot,
+            ..PolicyState::default()
+        };
         let o = obs(0.0, Some(36_000.0), 3_600_000, 2, 0);
-        let mut state = PolicyState {
-            spot: 2,
-            ..PolicyState::default()
-        };
-        assert_eq!(decide(&c, &o, &mut state).spot, 2);
-        // Asked for 3 before: 2 is within 25 % of 3? No (2 < 2.25): it shrinks.
-        let mut state = PolicyState {
-            spot: 3,
-            ..PolicyState::default()
-        };
-        assert_eq!(decide(&c, &o, &mut state).spot, 2);
+        assert_eq!(decide(&c, &o, &mut state(2)).spot, 2);
+        // Asked for 5, all five run: 2 is below half of 5, it shrinks.
+        let o = obs(0.0, Some(36_000.0), 3_600_000, 5, 0);
+        assert_eq!(decide(&c, &o, &mut state(5)).spot, 2);
+        // Only two of the five run yet: the rest may be on their way; no shrinking.
+        let o = obs(0.0, Some(36_000.0), 3_600_000, 2, 0);
+        assert_eq!(decide(&c, &o, &mut state(5)).spot, 5);
         // Twice the work needs three; a fleet of 4 is within the band and stays.
         let o = obs(0.0, Some(36_000.0), 7_000_000, 4, 0);
-        let mut state = PolicyState {
-            spot: 4,
-            ..PolicyState::default()
-        };
-        let needed = decide(&c, &o, &mut PolicyState::default()).spot;
-        assert_eq!(needed, 3);
-        assert_eq!(decide(&c, &o, &mut state).spot, 4);
+        assert_eq!(decide(&c, &o, &mut PolicyState::default()).spot, 3);
+        assert_eq!(decide(&c, &o, &mut state(4)).spot, 4);
     }
 
     #[test]
@@ -1128,6 +1166,30 @@ mod tests {
         let d = decide(&c, &job(700.0, asked), &mut state);
         assert!((d.estimate.spot_arrival_s - (300.0 + 0.3 * (200.0 - 300.0))).abs() < 1e-9);
         assert_eq!(state.spot_arrivals.short_since, None);
+    }
+
+    #[test]
+    fn measured_rates_are_smoothed_and_priors_are_not() {
+        let c = config(10, 10);
+        let o = obs(0.0, Some(36_000.0), 3_600_000, 2, 0);
+        let mut state = PolicyState {
+            rates: Some((50.0, 50.0)),
+            ..PolicyState::default()
+        };
+        let d = decide(&c, &o, &mut state);
+        // 50 + 0.1 × (100 − 50).
+        assert_eq!(d.estimate.planned_rates, Some((55.0, 55.0)));
+        assert_eq!(state.rates, Some((55.0, 55.0)));
+        // The first measurement is taken as it is.
+        let d = decide(&c, &o, &mut PolicyState::default());
+        assert_eq!(d.estimate.planned_rates, Some((100.0, 100.0)));
+        // A prior is used as given and not remembered.
+        let mut o = obs(0.0, Some(36_000.0), 3_600_000, 0, 0);
+        o.workers.clear();
+        let mut state = PolicyState::default();
+        let d = decide(&c, &o, &mut state);
+        assert_eq!(d.estimate.planned_rates, Some((RATE, RATE)));
+        assert_eq!(state.rates, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use spotbatch_fleet::policy::{decide, Observation, PolicyConfig, PolicyState};
+use spotbatch_fleet::policy::{decide, Decision, Observation, PolicyConfig, PolicyState};
 
 use crate::scenario::Scenario;
 
@@ -65,6 +65,7 @@ pub enum Controller {
     Deadline {
         config: Box<PolicyConfig>,
         state: PolicyState,
+        last: Option<Box<Decision>>,
     },
 }
 
@@ -100,6 +101,7 @@ impl Controller {
                 Controller::Deadline {
                     config: Box::new(config),
                     state: PolicyState::default(),
+                    last: None,
                 }
             }
         }
@@ -121,10 +123,23 @@ impl Controller {
                 }
                 (window.iter().map(|w| w.1).max().unwrap_or(raw), 0)
             }
-            Controller::Deadline { config, state } => {
+            Controller::Deadline {
+                config,
+                state,
+                last,
+            } => {
                 let d = decide(config, obs, state);
+                *last = Some(Box::new(d));
                 (d.spot, d.on_demand)
             }
+        }
+    }
+
+    /// The deadline-aware policy's last decision (for `--trace`).
+    pub fn last_decision(&self) -> Option<&Decision> {
+        match self {
+            Controller::Deadline { last, .. } => last.as_deref(),
+            _ => None,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! fleet-sim: the fleet simulation behind `make bench-fleet`. Runs every scenario on the same
-//! seeds under four policies (all on-demand, a fixed spot fleet, spot scaled on queue depth as
-//! KEDA does today, and the deadline-aware policy), prints the tables and the targets, and
-//! writes a plot of one job's fleet over time.
+//! seeds under each policy (all on-demand, a fixed spot fleet, spot scaled on queue depth as
+//! KEDA does — as deployed and tuned to the job — and the deadline-aware policy), prints the
+//! tables and the targets, and writes a plot of one job's fleet over time. `--trace SEED` prints
+//! the deadline-aware decisions of one seed minute by minute instead.
 //!
 //! ```text
-//! fleet-sim [--seeds N] [--svg PATH] [--only NAME]
+//! fleet-sim [--seeds N] [--svg PATH] [--only NAME] [--trace SEED]
 //! ```
 
 mod controllers;
@@ -20,20 +21,55 @@ use report::ScenarioRuns;
 use scenario::Scenario;
 use world::{Outcome, Sample, World};
 
-/// One run of one scenario, seed and policy; with `record`, its timeline too.
-fn run(s: &Scenario, seed: u64, kind: Kind, record: bool) -> (Outcome, Vec<Sample>) {
+/// One run of one scenario, seed and policy; with `record`, its timeline too; with `trace`,
+/// the deadline-aware decisions every simulated minute on stdout.
+fn run_traced(
+    s: &Scenario,
+    seed: u64,
+    kind: Kind,
+    record: bool,
+    trace: bool,
+) -> (Outcome, Vec<Sample>) {
     let deadline = s.deadline_s();
     let horizon = 3.0 * deadline;
     let mut w = World::new(s, seed, horizon, record);
     let mut c = Controller::new(kind, s);
+    let mut step = 0u64;
     while !w.finished() && w.t < horizon {
         let obs = w.observe(Some(deadline));
         let (spot, on_demand) = c.desired(&obs);
+        if let (true, Some(d)) = (trace && step % 6 == 0, c.last_decision()) {
+            let tr = d.triggers;
+            println!(
+                "{:6.0} s  left {:>11}  running {:>2}/{:>2}  desired {:>2}/{:>2}  risk {:.4}  finish {:>7.0}  rescue {:>6.0}  λ {:.3}/h  d_s {:.0}  {}{}{}{}{}",
+                obs.now,
+                obs.items_left,
+                obs.running_spot,
+                obs.running_on_demand,
+                spot,
+                on_demand,
+                d.miss_risk.unwrap_or(f64::NAN),
+                d.projected_finish.unwrap_or(f64::NAN),
+                d.estimate.rescue_slack_s.unwrap_or(f64::NAN),
+                d.estimate.interruptions_per_hour,
+                d.estimate.spot_arrival_s,
+                if tr.deadline_risk { " risk" } else { "" },
+                if tr.spot_shortfall { " shortfall" } else { "" },
+                if tr.interruption_spike { " spike" } else { "" },
+                if tr.rescue_guard { " rescue" } else { "" },
+                if w.market.drought(obs.now) { " (drought)" } else { "" },
+            );
+        }
+        step += 1;
         w.reconcile(spot, on_demand);
         w.record((spot, on_demand));
         w.advance();
     }
     (w.outcome(), w.timeline.take().unwrap_or_default())
+}
+
+fn run(s: &Scenario, seed: u64, kind: Kind, record: bool) -> (Outcome, Vec<Sample>) {
+    run_traced(s, seed, kind, record, false)
 }
 
 /// The seed of run `i` of a scenario (the same for every policy, whatever else runs).
@@ -61,13 +97,15 @@ struct Args {
     seeds: usize,
     svg: Option<String>,
     only: Option<String>,
+    trace: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        seeds: 100,
+        seeds: 200,
         svg: None,
         only: None,
+        trace: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -83,8 +121,17 @@ fn parse_args() -> Result<Args, String> {
             }
             "--svg" => args.svg = Some(value("--svg")?),
             "--only" => args.only = Some(value("--only")?),
+            "--trace" => {
+                let v = value("--trace")?;
+                args.trace = Some(
+                    v.parse()
+                        .map_err(|_| format!("--trace: {v} is not a seed number"))?,
+                );
+            }
             "-h" | "--help" => {
-                return Err("usage: fleet-sim [--seeds N] [--svg PATH] [--only NAME]".into())
+                return Err(
+                    "usage: fleet-sim [--seeds N] [--svg PATH] [--only NAME] [--trace SEED]".into(),
+                )
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -151,7 +198,7 @@ fn plot(scenarios: &[Scenario], path: &str) -> Result<(), String> {
                 samples: &da,
             },
             svg::Panel {
-                title: format!("depth-scaled spot (KEDA): {}", describe(&depth_out)),
+                title: format!("depth-scaled spot, tuned: {}", describe(&depth_out)),
                 samples: &depth,
             },
         ],
@@ -177,6 +224,14 @@ fn main() -> ExitCode {
         eprintln!("--only: no scenario matches");
         return ExitCode::from(2);
     }
+    if let Some(i) = args.trace {
+        for s in &scenarios {
+            println!("{} seed {i}, deadline-aware:", s.name);
+            let (o, _) = run_traced(s, seed_of(s, i), Kind::DeadlineAware, false, true);
+            println!("{o:?}\n");
+        }
+        return ExitCode::SUCCESS;
+    }
     let started = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut results: Vec<Option<ScenarioRuns>> = scenarios.iter().map(|_| None).collect();
@@ -193,9 +248,10 @@ fn main() -> ExitCode {
     });
     let results: Vec<ScenarioRuns> = results.into_iter().flatten().collect();
     println!(
-        "fleet-sim: {} scenarios × {} seeds × 4 policies, {:.1} s\n",
+        "fleet-sim: {} scenarios × {} seeds × {} policies, {:.1} s\n",
         results.len(),
         args.seeds,
+        Kind::ALL.len(),
         started.elapsed().as_secs_f64()
     );
     println!(
@@ -203,6 +259,7 @@ fn main() -> ExitCode {
         report::shard_plans(&scenarios)
     );
     println!("{}", report::tables(&results));
+    println!("By scenario:\n\n{}", report::compact(&results));
     let (targets, _) = report::targets(&results);
     println!("Targets:\n\n{targets}");
     if let Some(path) = args.svg {

@@ -85,7 +85,8 @@ pub fn plot(job: &Job, panels: &[Panel]) -> String {
         }
         // Backlog, right axis.
         let mut area = format!("{:.1},{:.1}", x(0.0), yb(0.0));
-        for s in p.samples {
+        let every = (p.samples.len() / 400).max(1);
+        for s in p.samples.iter().step_by(every).chain(p.samples.last()) {
             let _ = write!(area, " {:.1},{:.1}", x(s.t), yb(s.items_left));
         }
         if let Some(last) = p.samples.last() {
@@ -167,15 +168,31 @@ pub fn plot(job: &Job, panels: &[Panel]) -> String {
             (|s| s.running.1, ON_DEMAND, ""),
         ];
         for (pick, colour, dash) in series {
+            // A step line: a corner only where the count changes.
             let mut pts = String::new();
             let mut prev: Option<u32> = None;
             for s in p.samples {
                 let v = pick(s);
-                if let Some(pv) = prev {
-                    let _ = write!(pts, " {:.1},{:.1}", x(s.t), y(pv as f64));
+                match prev {
+                    None => {
+                        let _ = write!(pts, "{:.1},{:.1}", x(s.t), y(v as f64));
+                    }
+                    Some(pv) if pv != v => {
+                        let _ = write!(
+                            pts,
+                            " {:.1},{:.1} {:.1},{:.1}",
+                            x(s.t),
+                            y(pv as f64),
+                            x(s.t),
+                            y(v as f64)
+                        );
+                    }
+                    _ => {}
                 }
-                let _ = write!(pts, " {:.1},{:.1}", x(s.t), y(v as f64));
                 prev = Some(v);
+            }
+            if let (Some(last), Some(v)) = (p.samples.last(), prev) {
+                let _ = write!(pts, " {:.1},{:.1}", x(last.t), y(v as f64));
             }
             let _ = writeln!(
                 o,
@@ -208,7 +225,7 @@ pub fn plot(job: &Job, panels: &[Panel]) -> String {
             lx + 30.0,
             ly + 4.0
         );
-        lx += 150.0;
+        lx += 44.0 + 7.0 * label.len() as f64;
     }
     let _ = writeln!(
         o,
@@ -217,7 +234,7 @@ pub fn plot(job: &Job, panels: &[Panel]) -> String {
         lx + 26.0,
         ly + 4.0
     );
-    lx += 170.0;
+    lx += 190.0;
     let _ = writeln!(
         o,
         r##"<rect x="{lx}" y="{}" width="20" height="10" fill="#f1e4c3"/><text x="{}" y="{}">spot drought</text>"##,
