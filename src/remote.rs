@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spotbatch_coordinator::client::{describe, Client};
 use spotbatch_coordinator::server::{serve, ServeOptions};
-use spotbatch_coordinator::service::{Auth, CoordinatorConfig, CoordinatorService};
+use spotbatch_coordinator::service::{CoordinatorConfig, CoordinatorService};
+use spotbatch_net::Auth;
+use spotbatch_net::{describe, Client};
 use spotbatch_proto::api::{
     CancelRequest, JobStatus, ListJobsRequest, StatusRequest, SubmitRequest,
 };
@@ -117,7 +118,7 @@ fn read_pem(p: &Path) -> anyhow::Result<Vec<u8>> {
 /// A client for `url`, with the token from SPOTBATCH_TOKEN.
 pub fn client(url: &str, ca: Option<&Path>) -> anyhow::Result<Client> {
     let ca = read_ca(ca)?;
-    Ok(spotbatch_coordinator::client::connect(
+    Ok(spotbatch_net::connect(
         url,
         token().as_deref(),
         ca.as_deref(),

@@ -909,7 +909,7 @@ pub fn resolve(s: &str, base: &Path) -> Result<Url, String> {
     }
     if let Some((scheme, _)) = s.split_once("://") {
         return match scheme {
-            "s3" | "gs" | "az" | "abfs" | "abfss" | "azure" | "http" | "https" => {
+            "s3" | "gs" | "az" | "abfs" | "abfss" | "azure" | "http" | "https" | "memory" => {
                 Url::parse(s).map_err(|e| format!("{s:?}: {e}"))
             }
             other => Err(format!(
@@ -1022,6 +1022,6 @@ fn identity_digest(raw: &RawManifest) -> String {
 }
 
 /// Collapses whitespace (newlines included) so messages stay on one line.
-pub(crate) fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

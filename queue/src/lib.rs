@@ -25,6 +25,7 @@ use async_trait::async_trait;
 
 pub mod conformance;
 pub mod kafka;
+pub mod memory;
 pub mod sqlite;
 pub mod sqs;
 

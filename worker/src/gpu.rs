@@ -1,9 +1,8 @@
-//! The GPU side: finding CUDA GPUs, preprocessing batches on the GPU, and NVML metrics.
+//! GPU preprocessing: batches of decoded images resized and normalised on the GPU. CUDA is loaded
+//! at run time (`cudarc` with dynamic loading), so the worker builds and runs on machines without
+//! a GPU or CUDA toolkit.
 //!
-//! Everything here loads CUDA at run time (`cudarc` with dynamic loading, NVML through
-//! `nvml-wrapper`), so the worker builds and runs on machines without a GPU or CUDA toolkit.
-//!
-//! GPU preprocessing: decode threads hand over decoded RGB pixels at their own size; the engine
+//! Decode threads hand over decoded RGB pixels at their own size; the engine
 //! thread packs a batch of them into a pinned host buffer, copies it up on one of several streams
 //! and runs two kernels compiled at run time with NVRTC: a vertical pass (with colour conversion
 //! for gray models) into an 8-bit intermediate, then a horizontal pass that normalises, lays out
@@ -16,7 +15,6 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -24,34 +22,7 @@ use cudarc::driver::{
 use spotbatch_proto::manifest::{Color, Layout};
 
 use crate::engine::Float;
-
-/// How many GPUs the CUDA driver sees; an error says why none can be used (no driver library,
-/// driver failure).
-pub fn cuda_device_count() -> Result<usize, String> {
-    // SAFETY: only tries to open the driver library.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("no CUDA driver (libcuda.so) on this machine".into());
-    }
-    std::panic::catch_unwind(|| {
-        cudarc::driver::result::init()
-            .map_err(|e| format!("the CUDA driver failed to start: {e}"))?;
-        CudaContext::device_count()
-            .map(|n| usize::try_from(n).unwrap_or(0))
-            .map_err(|e| format!("the CUDA driver cannot count GPUs: {e}"))
-    })
-    .unwrap_or_else(|_| Err("the CUDA driver library could not be used".into()))
-}
-
-/// One decoded image: interleaved RGB bytes at the image's own size.
-#[derive(Debug, Clone)]
-pub struct Pixels {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// `width * height * 3` bytes.
-    pub rgb: Vec<u8>,
-}
+use crate::preprocess::image::{ImagePreprocessor, Pixels};
 
 /// Resampling weights for one axis, as fast_image_resize computes them for its bilinear
 /// convolution and turns them into 16-bit fixed point (`Normalizer16`).
@@ -257,6 +228,19 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// The tensor an image preprocessor makes on the CPU, in `float`.
+    pub fn for_images(pre: &ImagePreprocessor, float: Float) -> Self {
+        Self {
+            width: pre.width,
+            height: pre.height,
+            color: pre.color,
+            layout: pre.layout,
+            mul: pre.mul.clone(),
+            add: pre.add.clone(),
+            float,
+        }
+    }
+
     fn channels(&self) -> usize {
         self.color.channels()
     }
@@ -267,9 +251,34 @@ impl TensorSpec {
     }
 }
 
-/// A GPU error, as one line.
-fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
-    move |e| format!("GPU preprocessing: {what}: {e}")
+/// Why the GPU path cannot run, or failed on a batch; each says so in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuError {
+    /// CUDA cannot be used here (no driver, no GPU, libraries missing).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A CUDA call failed.
+    #[error("GPU preprocessing: {what}: {message}")]
+    Driver {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        message: String,
+    },
+    /// NVRTC could not load or compile the kernels.
+    #[error("GPU preprocessing: {0}")]
+    Compile(String),
+    /// The batch handed in does not fit its description.
+    #[error("GPU preprocessing: {0}")]
+    Input(String),
+}
+
+/// A CUDA call's error, naming what was being done.
+fn gpu_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> GpuError {
+    move |e| GpuError::Driver {
+        what,
+        message: e.to_string(),
+    }
 }
 
 /// Device and pinned buffers for one batch in flight, with its own stream.
@@ -293,7 +302,7 @@ pub struct Prepared {
 impl Prepared {
     /// Waits until the batch's tensor is written. Needs no hold on the [`GpuPreprocessor`], so
     /// the model's thread waits for this batch while the next one is being packed.
-    pub fn wait(&self) -> Result<(), String> {
+    pub fn wait(&self) -> Result<(), GpuError> {
         self.done
             .synchronize()
             .map_err(gpu_err("preprocessing a batch"))
@@ -322,25 +331,25 @@ impl std::fmt::Debug for GpuPreprocessor {
 }
 
 /// The kernels as NVRTC compiled them: once per process, shared by every GPU preprocessor.
-static KERNELS_PTX: OnceLock<Result<cudarc::nvrtc::Ptx, String>> = OnceLock::new();
+static KERNELS_PTX: OnceLock<Result<cudarc::nvrtc::Ptx, GpuError>> = OnceLock::new();
 
 /// The compiled kernels; compiles them on first use (or waits for [`compile_kernels_early`]'s
 /// compile to finish). Needs NVRTC, not a GPU.
-pub fn kernels_ptx() -> Result<cudarc::nvrtc::Ptx, String> {
+pub fn kernels_ptx() -> Result<cudarc::nvrtc::Ptx, GpuError> {
     KERNELS_PTX
         .get_or_init(|| {
             // SAFETY: only tries to open the library.
             if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-                return Err(
+                return Err(GpuError::Unavailable(
                     "GPU preprocessing needs NVRTC (libnvrtc.so from CUDA 13) on LD_LIBRARY_PATH"
                         .into(),
-                );
+                ));
             }
             let t0 = std::time::Instant::now();
             let ptx = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx(KERNELS))
-                .map_err(|_| "GPU preprocessing: NVRTC could not be loaded".to_string())?
+                .map_err(|_| GpuError::Compile("NVRTC could not be loaded".into()))?
                 .map_err(|e| {
-                    format!("GPU preprocessing: NVRTC could not compile the kernels: {e}")
+                    GpuError::Compile(format!("NVRTC could not compile the kernels: {e}"))
                 })?;
             tracing::debug!(
                 ms = t0.elapsed().as_millis() as u64,
@@ -369,13 +378,17 @@ const SLOTS: usize = 3;
 
 impl GpuPreprocessor {
     /// Compiles the kernels for GPU `gpu` and sets up the slots.
-    pub fn new(gpu: u32, spec: TensorSpec) -> Result<Self, String> {
+    pub fn new(gpu: u32, spec: TensorSpec) -> Result<Self, GpuError> {
         std::panic::catch_unwind(AssertUnwindSafe(|| Self::new_inner(gpu, spec))).unwrap_or_else(
-            |_| Err("GPU preprocessing: the CUDA libraries could not be loaded".into()),
+            |_| {
+                Err(GpuError::Unavailable(
+                    "GPU preprocessing: the CUDA libraries could not be loaded".into(),
+                ))
+            },
         )
     }
 
-    fn new_inner(gpu: u32, spec: TensorSpec) -> Result<Self, String> {
+    fn new_inner(gpu: u32, spec: TensorSpec) -> Result<Self, GpuError> {
         let ptx = kernels_ptx()?;
         let ctx = CudaContext::new(gpu as usize).map_err(gpu_err("opening the GPU"))?;
         // Buffers are synchronised by hand (a slot's stream is waited on before reuse).
@@ -437,7 +450,7 @@ impl GpuPreprocessor {
         images: &[&Pixels],
         run_n: usize,
         into: Option<u64>,
-    ) -> Result<Prepared, String> {
+    ) -> Result<Prepared, GpuError> {
         self.ctx
             .bind_to_thread()
             .map_err(gpu_err("binding the GPU to this thread"))?;
@@ -454,7 +467,9 @@ impl GpuPreprocessor {
         let mut max_w = 0u32;
         for img in images {
             if img.rgb.len() != img.width as usize * img.height as usize * 3 {
-                return Err("GPU preprocessing: pixel buffer does not match its size".into());
+                return Err(GpuError::Input(
+                    "pixel buffer does not match its size".into(),
+                ));
             }
             let key = (img.width, img.height);
             let entry = match placed.get(&key) {
@@ -609,7 +624,7 @@ impl GpuPreprocessor {
     }
 
     /// Copies a prepared batch's tensor back as float32 values (for checks against the CPU).
-    pub fn download(&self, p: &Prepared, values: usize) -> Result<Vec<f32>, String> {
+    pub fn download(&self, p: &Prepared, values: usize) -> Result<Vec<f32>, GpuError> {
         self.ctx
             .bind_to_thread()
             .map_err(gpu_err("binding the GPU to this thread"))?;
@@ -634,48 +649,13 @@ impl GpuPreprocessor {
     }
 }
 
-fn grow(stream: &Arc<CudaStream>, buf: &mut CudaSlice<u8>, len: usize) -> Result<(), String> {
+fn grow(stream: &Arc<CudaStream>, buf: &mut CudaSlice<u8>, len: usize) -> Result<(), GpuError> {
     if buf.len() < len {
         *buf = stream
             .alloc_zeros::<u8>(len.next_power_of_two())
             .map_err(gpu_err("device memory"))?;
     }
     Ok(())
-}
-
-/// Publishes GPU utilisation and memory from NVML every `every`, when NVML is present; returns
-/// whether it is (without NVML the worker says so once and carries on).
-pub fn spawn_nvml_metrics(every: Duration) -> bool {
-    let nvml = match nvml_wrapper::Nvml::init() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::debug!(error = %e, "NVML not available: no GPU utilisation metrics");
-            return false;
-        }
-    };
-    let spawned = std::thread::Builder::new()
-        .name("nvml".into())
-        .spawn(move || loop {
-            let count = nvml.device_count().unwrap_or(0);
-            for i in 0..count {
-                let Ok(dev) = nvml.device_by_index(i) else {
-                    continue;
-                };
-                let gpu = i.to_string();
-                if let Ok(u) = dev.utilization_rates() {
-                    metrics::gauge!("spotbatch_gpu_utilization_ratio", "gpu" => gpu.clone())
-                        .set(f64::from(u.gpu) / 100.0);
-                }
-                if let Ok(m) = dev.memory_info() {
-                    metrics::gauge!("spotbatch_gpu_memory_used_bytes", "gpu" => gpu.clone())
-                        .set(m.used as f64);
-                    metrics::gauge!("spotbatch_gpu_memory_total_bytes", "gpu" => gpu)
-                        .set(m.total as f64);
-                }
-            }
-            std::thread::sleep(every);
-        });
-    spawned.is_ok()
 }
 
 #[cfg(test)]
@@ -783,15 +763,6 @@ mod tests {
         assert_eq!(c.bounds, (0..5).map(|i| (i, 1)).collect::<Vec<_>>());
         for i in 0..5 {
             assert_eq!(i32::from(c.values[i * c.window]), 1 << c.precision);
-        }
-    }
-
-    #[test]
-    fn no_gpu_here_is_an_error_not_a_panic() {
-        // On a machine with a GPU this returns the count; either way it must not panic.
-        match cuda_device_count() {
-            Ok(n) => eprintln!("CUDA sees {n} GPU(s)"),
-            Err(e) => assert!(!e.is_empty()),
         }
     }
 }

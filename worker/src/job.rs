@@ -5,18 +5,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use spotbatch_coordinator::{JobLayout, Prefix};
 use spotbatch_proto::manifest::{DeviceSpec, PreprocessDevice};
 use spotbatch_proto::{sha256_hex, Manifest, ShardTask};
+use spotbatch_store::{JobLayout, Prefix};
 use tracing::{info, warn};
 
 use crate::engine::{
-    CudaOptions, Device, DeviceAllocator, EngineError, EngineOptions, InferenceEngine, OrtEngine,
+    CudaOptions, Device, DeviceAllocator, EngineError, EngineLoader, EngineOptions,
+    InferenceEngine, OrtLoader,
 };
-use crate::gpu::GpuPreprocessor;
+use crate::gpu::{GpuPreprocessor, TensorSpec};
 use crate::model::{check_output, parse_labels, plan_input, InputPlan};
 use crate::postprocess::Postprocessor;
-use crate::preprocess::Preprocessor;
+use crate::preprocess::{ImagePreprocessor, ImageTarget, Preprocessor};
+use crate::sink::{JsonlSink, RowSink};
+use crate::source::{ItemSource, ObjectSource};
 
 /// Why a job could not be prepared on this worker (every shard of it fails the same way).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,8 +51,8 @@ const MAX_MODEL_BYTES: u64 = 4 << 30;
 /// A loaded model with its input plan and preprocessing. Jobs whose model file, model settings
 /// and preprocessing are the same share one, so their items fill the same batches.
 pub struct ModelRuntime {
-    /// Image → input values (CPU path; also decodes for the GPU path).
-    pub pre: Preprocessor,
+    /// An item's payload → its model input (run on the decode threads).
+    pub pre: Box<dyn Preprocessor>,
     /// The input's shape per item.
     pub plan: InputPlan,
     /// The loaded model (used by the engine thread only).
@@ -95,6 +98,7 @@ impl ModelRuntime {
         model_bytes: &[u8],
         intra_op_threads: Option<usize>,
         device: DeviceSpec,
+        loader: &dyn EngineLoader,
     ) -> Result<Self, JobError> {
         let opts = EngineOptions {
             input: manifest.raw.model.input.clone(),
@@ -106,9 +110,9 @@ impl ModelRuntime {
         if device != DeviceSpec::Cpu && manifest.raw.preprocess.device != PreprocessDevice::Cpu {
             crate::gpu::compile_kernels_early();
         }
-        let mut engine = OrtEngine::load(model_bytes, &opts)?;
+        let mut engine = loader.load(model_bytes, &opts)?;
         let plan = plan_input(manifest, engine.info())?;
-        let pre = Preprocessor::new(manifest, &plan);
+        let image = ImagePreprocessor::new(manifest, &plan);
         let device = engine.device();
         let float = engine
             .info()
@@ -126,29 +130,37 @@ impl ModelRuntime {
             }
             .into()),
             (Device::Cpu, PreprocessDevice::Auto) => None,
-            (Device::Cuda(n), _) => match GpuPreprocessor::new(n, pre.tensor_spec(float))
-                .and_then(|g| Ok((g, engine.device_allocator().map_err(|e| e.to_string())?)))
-            {
-                Ok((g, a)) => Some((Mutex::new(g), Mutex::new(a))),
-                Err(e) if want == PreprocessDevice::Gpu => {
-                    return Err(
-                        EngineError::Runtime(format!("preprocess.device = gpu: {e}")).into(),
-                    )
+            (Device::Cuda(n), _) => {
+                match GpuPreprocessor::new(n, TensorSpec::for_images(&image, float))
+                    .map_err(|e| e.to_string())
+                    .and_then(|g| Ok((g, engine.device_allocator().map_err(|e| e.to_string())?)))
+                {
+                    Ok((g, a)) => Some((Mutex::new(g), Mutex::new(a))),
+                    Err(e) if want == PreprocessDevice::Gpu => {
+                        return Err(
+                            EngineError::Runtime(format!("preprocess.device = gpu: {e}")).into(),
+                        )
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "preprocessing on the CPU: the GPU path is not usable");
+                        None
+                    }
                 }
-                Err(e) => {
-                    warn!(error = %e, "preprocessing on the CPU: the GPU path is not usable");
-                    None
-                }
-            },
+            }
         };
         info!(job = %manifest.job_id, device = %device, gpu_preprocess = gpu.is_some(),
               input = ?engine.info().input.element, "model loaded");
+        let target = if gpu.is_some() {
+            ImageTarget::Pixels
+        } else {
+            ImageTarget::Tensor
+        };
         Ok(Self {
             batch_size: plan.fixed_batch.unwrap_or(manifest.raw.model.batch_size),
             max_batch_delay: Duration::from_millis(manifest.raw.model.max_batch_delay_ms),
-            pre,
+            pre: Box::new(image.with_target(target)),
             plan,
-            engine: Mutex::new(Box::new(engine)),
+            engine: Mutex::new(engine),
             gpu,
             device,
         })
@@ -159,8 +171,10 @@ impl ModelRuntime {
 pub struct JobContext {
     /// The manifest.
     pub manifest: Manifest,
-    /// The input prefix.
-    pub input: Prefix,
+    /// Reads a shard's items.
+    pub source: Arc<dyn ItemSource>,
+    /// Encodes a shard's rows as its part file.
+    pub sink: Arc<dyn RowSink>,
     /// The job's output prefix.
     pub layout: JobLayout,
     /// Output values → row value.
@@ -209,8 +223,9 @@ impl JobContext {
             Some(rt) => rt,
             None => {
                 let (m, threads) = (manifest.clone(), jobs.intra_op_threads);
+                let loader = Arc::clone(&jobs.loader);
                 let rt = tokio::task::spawn_blocking(move || {
-                    ModelRuntime::load(&m, &model_bytes, threads, device)
+                    ModelRuntime::load(&m, &model_bytes, threads, device, loader.as_ref())
                 })
                 .await
                 .map_err(|e| EngineError::Runtime(format!("model loading thread failed: {e}")))??;
@@ -236,9 +251,11 @@ impl JobContext {
             field: "output.uri",
             message: e.to_string(),
         })?;
+        let source = Arc::new(ObjectSource::new(input, manifest.raw.input.max_bytes));
         Ok(Self {
             post: Postprocessor::new(manifest.raw.postprocess.clone(), labels),
-            input,
+            source,
+            sink: Arc::new(JsonlSink),
             layout,
             runtime,
             manifest,
@@ -273,20 +290,21 @@ pub async fn read_url(url: &url::Url) -> Result<bytes::Bytes, String> {
         .get(&key, MAX_MODEL_BYTES)
         .await
         .map_err(|e| match e {
-            spotbatch_coordinator::GetError::Storage(s) => s.to_string(),
+            spotbatch_store::GetError::Storage(s) => s.to_string(),
             other => format!("{url}: {other}"),
         })
 }
 
 /// The jobs a worker serves, by manifest digest, with their loaded contexts. Jobs it was not
 /// given are loaded from the stored manifest a shard refers to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Jobs {
     manifests: std::sync::Mutex<HashMap<String, Manifest>>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<JobContext>>>,
     runtimes: std::sync::Mutex<HashMap<String, Weak<ModelRuntime>>>,
     intra_op_threads: Option<usize>,
     device: Option<DeviceSpec>,
+    loader: Arc<dyn EngineLoader>,
 }
 
 impl Jobs {
@@ -306,7 +324,14 @@ impl Jobs {
             runtimes: Default::default(),
             intra_op_threads,
             device: None,
+            loader: Arc::new(OrtLoader),
         }
+    }
+
+    /// Loads models with `loader` instead of ONNX Runtime (tests load fakes).
+    pub fn with_loader(mut self, loader: Arc<dyn EngineLoader>) -> Self {
+        self.loader = loader;
+        self
     }
 
     /// Runs every job's model on `device` whatever its manifest says (`--device`).

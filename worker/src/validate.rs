@@ -1,8 +1,8 @@
 //! The checks behind `spotbatch validate` that need the files and the model: inputs exist, the
 //! model and labels are readable, and the model's input and output fit the manifest.
 
-use spotbatch_coordinator::Prefix;
 use spotbatch_proto::{FieldError, Manifest};
+use spotbatch_store::Prefix;
 
 use crate::job::{read_url, JobContext, JobError};
 
@@ -24,7 +24,7 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
     let mut errs = Vec::new();
     let mut inputs = 0;
     let mut shards = 0;
-    match spotbatch_coordinator::plan_job(m).await {
+    match spotbatch_plan::plan_job(m).await {
         Ok(plan) => {
             inputs = plan.total_items as usize;
             shards = plan.shards.len();

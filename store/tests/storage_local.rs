@@ -1,7 +1,7 @@
 //! Local-folder storage through object_store: listing, keys with any Unicode, reads and writes.
 
 use bytes::Bytes;
-use spotbatch_coordinator::{GetError, Prefix, StorageError};
+use spotbatch_store::{GetError, Prefix, StorageError};
 
 #[tokio::test]
 async fn unicode_keys_list_and_read_back() {

@@ -1,6 +1,8 @@
 //! Object storage for inputs, outputs and job state, through `object_store`: a prefix URL
-//! (`file:///…/`, later `s3://bucket/prefix/`) becomes a [`Prefix`], a store plus a root path,
-//! and keys below it are plain `/`-separated strings, any Unicode.
+//! (`file:///…/`, `s3://bucket/prefix/`, or `memory://NAME/prefix/` for a store in the process's
+//! memory, shared by every prefix of the same NAME: for embedding and tests) becomes a
+//! [`Prefix`], a store plus a root path, and keys below it are plain `/`-separated strings, any
+//! Unicode.
 
 use std::sync::Arc;
 
@@ -81,6 +83,16 @@ impl Prefix {
                 let root = Path::parse(url.path().trim_matches('/')).map_err(|e| unsupported(e.to_string()))?;
                 Ok(Self {
                     store: Arc::new(store),
+                    root,
+                    url: url.clone(),
+                })
+            }
+            "memory" => {
+                let store = memory_store(url.host_str().unwrap_or_default());
+                let root = Path::parse(url.path().trim_matches('/'))
+                    .map_err(|e| unsupported(e.to_string()))?;
+                Ok(Self {
+                    store,
                     root,
                     url: url.clone(),
                 })
@@ -232,6 +244,22 @@ impl Prefix {
     }
 }
 
+/// The in-memory store named `name`: one per name per process.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<object_store::memory::InMemory>>>,
+    > = std::sync::OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let mut stores = match stores.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let store = stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(object_store::memory::InMemory::new()));
+    Arc::clone(store) as Arc<dyn ObjectStore>
+}
+
 /// An S3 store for the bucket in `url`, configured from the standard AWS environment
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`/`AWS_DEFAULT_REGION`, and
 /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` for an S3-compatible server).
@@ -270,7 +298,7 @@ pub enum GetError {
 }
 
 /// Decodes `%XX` escapes of a URL path segment.
-pub(crate) fn url_decode(part: &str) -> String {
+pub fn url_decode(part: &str) -> String {
     let bytes = part.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

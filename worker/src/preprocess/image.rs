@@ -1,7 +1,7 @@
-//! Decode and preprocess one image on the CPU: refuse what is not a usable image (with a one-line
-//! reason that becomes the item's error row), convert colour, resize, normalise, lay out.
-//!
-//! This is the reference implementation; the GPU path must match it.
+//! Images: decode one image on the CPU, refusing what is not a usable image (with a one-line
+//! reason that becomes the item's error row), then convert colour, resize, normalise and lay it
+//! out as the model's input — or, for the GPU path, hand over the decoded pixels (the GPU resizes
+//! and normalises them, and must match this reference bit for bit).
 
 use std::io::Cursor;
 
@@ -9,23 +9,68 @@ use image::{DynamicImage, ImageReader, Limits};
 use spotbatch_proto::manifest::{Color, Layout};
 use spotbatch_proto::Manifest;
 
-use crate::model::InputPlan;
+use spotbatch_proto::manifest::one_line;
 
-/// Turns encoded image bytes into one item's input values.
+use super::{ModelInput, Preprocessor};
+use crate::error::ItemError;
+use crate::model::InputPlan;
+use crate::source::Payload;
+
+/// One decoded image: interleaved RGB bytes at the image's own size.
 #[derive(Debug, Clone)]
-pub struct Preprocessor {
-    width: u32,
-    height: u32,
-    resize: bool,
-    color: Color,
-    layout: Layout,
-    /// Per channel: value = byte * mul[c] + add[c]  (scale, mean and std folded together).
-    mul: Vec<f32>,
-    add: Vec<f32>,
-    max_pixels: u64,
+pub struct Pixels {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
 }
 
-impl Preprocessor {
+/// What the image preprocessor hands the model's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageTarget {
+    /// The finished input values (the CPU path).
+    Tensor,
+    /// The decoded pixels at the image's own size (the GPU resizes and normalises them).
+    Pixels,
+}
+
+/// Turns encoded image bytes into one item's input values (or its decoded pixels).
+#[derive(Debug, Clone)]
+pub struct ImagePreprocessor {
+    /// Target width.
+    pub width: u32,
+    /// Target height.
+    pub height: u32,
+    resize: bool,
+    /// Colour conversion.
+    pub color: Color,
+    /// Tensor layout.
+    pub layout: Layout,
+    /// Per channel: value = byte * mul[c] + add[c]  (scale, mean and std folded together).
+    pub mul: Vec<f32>,
+    /// Per channel offset (see `mul`).
+    pub add: Vec<f32>,
+    max_pixels: u64,
+    target: ImageTarget,
+}
+
+impl Preprocessor for ImagePreprocessor {
+    fn prepare(&self, payload: &Payload) -> Result<ModelInput, ItemError> {
+        let Payload::Object(bytes) = payload;
+        match self.target {
+            ImageTarget::Tensor => {
+                let mut values = Vec::with_capacity(self.item_len());
+                self.process(bytes, &mut values)?;
+                Ok(ModelInput::Values(values))
+            }
+            ImageTarget::Pixels => self.decode_pixels(bytes).map(ModelInput::Pixels),
+        }
+    }
+}
+
+impl ImagePreprocessor {
     /// The preprocessor for a manifest and the model's input plan.
     pub fn new(m: &Manifest, plan: &InputPlan) -> Self {
         let p = &m.raw.preprocess;
@@ -41,7 +86,14 @@ impl Preprocessor {
             mul,
             add,
             max_pixels: p.max_pixels,
+            target: ImageTarget::Tensor,
         }
+    }
+
+    /// The same, handing over decoded pixels for the GPU path instead of finished values.
+    pub fn with_target(mut self, target: ImageTarget) -> Self {
+        self.target = target;
+        self
     }
 
     /// Values per item.
@@ -50,7 +102,7 @@ impl Preprocessor {
     }
 
     /// Decodes `bytes` and appends one item's values to `out`. On error `out` is unchanged.
-    pub fn process(&self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+    pub fn process(&self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), ItemError> {
         let pixels = self.decode(bytes)?;
         let start = out.len();
         out.resize(start + self.item_len(), 0.0);
@@ -58,24 +110,11 @@ impl Preprocessor {
         Ok(())
     }
 
-    /// The tensor layout and normalisation, for the GPU path.
-    pub fn tensor_spec(&self, float: crate::engine::Float) -> crate::gpu::TensorSpec {
-        crate::gpu::TensorSpec {
-            width: self.width,
-            height: self.height,
-            color: self.color,
-            layout: self.layout,
-            mul: self.mul.clone(),
-            add: self.add.clone(),
-            float,
-        }
-    }
-
     /// Decodes for the GPU path: the same checks as [`Self::process`], then RGB pixels at the
     /// image's own size (the GPU converts colour and resizes).
-    pub fn decode_pixels(&self, bytes: &[u8]) -> Result<crate::gpu::Pixels, String> {
+    pub fn decode_pixels(&self, bytes: &[u8]) -> Result<Pixels, ItemError> {
         let img = self.decode_checked(bytes)?.into_rgb8();
-        Ok(crate::gpu::Pixels {
+        Ok(Pixels {
             width: img.width(),
             height: img.height(),
             rgb: img.into_raw(),
@@ -83,7 +122,7 @@ impl Preprocessor {
     }
 
     /// Decodes and converts to the target size and colour: interleaved bytes, `channels` per pixel.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, ItemError> {
         let img = self.decode_checked(bytes)?;
         match self.color {
             Color::Gray => self.resized(to_gray(img)),
@@ -92,7 +131,11 @@ impl Preprocessor {
     }
 
     /// Decodes with the size checks (pixel limit, model size when not resizing).
-    fn decode_checked(&self, bytes: &[u8]) -> Result<DynamicImage, String> {
+    fn decode_checked(&self, bytes: &[u8]) -> Result<DynamicImage, ItemError> {
+        self.decode_inner(bytes).map_err(ItemError::Input)
+    }
+
+    fn decode_inner(&self, bytes: &[u8]) -> Result<DynamicImage, String> {
         if bytes.is_empty() {
             return Err("empty file".into());
         }
@@ -106,12 +149,7 @@ impl Preprocessor {
             .with_guessed_format()
             .map_err(|e| format!("cannot read image: {e}"))?
             .into_dimensions()
-            .map_err(|e| {
-                format!(
-                    "corrupt image header: {}",
-                    crate::engine::one_line(&e.to_string())
-                )
-            })?;
+            .map_err(|e| format!("corrupt image header: {}", one_line(&e.to_string())))?;
         let pixels = u64::from(w) * u64::from(h);
         if pixels > self.max_pixels {
             return Err(format!(
@@ -129,12 +167,9 @@ impl Preprocessor {
         // Room for the decoded image at up to 16 bytes per pixel, plus the decoder's own buffers.
         limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
         reader.limits(limits);
-        let img = reader.decode().map_err(|e| {
-            format!(
-                "corrupt or truncated image: {}",
-                crate::engine::one_line(&e.to_string())
-            )
-        })?;
+        let img = reader
+            .decode()
+            .map_err(|e| format!("corrupt or truncated image: {}", one_line(&e.to_string())))?;
         if !self.resize && (img.width(), img.height()) != (self.width, self.height) {
             return Err(format!(
                 "image is {}×{}, the model takes {}×{} (set preprocess.resize to resize)",
@@ -149,7 +184,7 @@ impl Preprocessor {
 
     /// Resizes interleaved 8-bit pixels (gray or RGB) to the target size: a SIMD bilinear
     /// convolution that, like Pillow's `BILINEAR`, widens its support when downscaling.
-    fn resized(&self, img: DynamicImage) -> Result<Vec<u8>, String> {
+    fn resized(&self, img: DynamicImage) -> Result<Vec<u8>, ItemError> {
         use fast_image_resize as fir;
         let (w, h) = (img.width(), img.height());
         if (w, h) == (self.width, self.height) {
@@ -161,7 +196,7 @@ impl Preprocessor {
             fir::PixelType::U8x3
         };
         let src = fir::images::Image::from_vec_u8(w, h, img.into_bytes(), pixel)
-            .map_err(|e| format!("cannot resize: {e}"))?;
+            .map_err(|e| ItemError::Input(format!("cannot resize: {e}")))?;
         let mut dst = fir::images::Image::new(self.width, self.height, pixel);
         let options = fir::ResizeOptions::new()
             .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
@@ -170,7 +205,7 @@ impl Preprocessor {
         }
         RESIZER
             .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-            .map_err(|e| format!("cannot resize: {e}"))?;
+            .map_err(|e| ItemError::Input(format!("cannot resize: {e}")))?;
         Ok(dst.into_vec())
     }
 
@@ -230,7 +265,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn prep(extra: &str, plan: (u32, u32)) -> Preprocessor {
+    fn prep(extra: &str, plan: (u32, u32)) -> ImagePreprocessor {
         let text = format!(
             "name = \"t\"\n[input]\nuri = \"i\"\n[model]\nuri = \"m.onnx\"\n[output]\nuri = \"o\"\n[preprocess]\n{extra}\n"
         );
@@ -242,7 +277,7 @@ mod tests {
             item_len: 0,
             fixed_batch: None,
         };
-        Preprocessor::new(&m, &ip)
+        ImagePreprocessor::new(&m, &ip)
     }
 
     fn png(img: DynamicImage) -> Vec<u8> {
@@ -289,7 +324,7 @@ mod tests {
     fn bad_inputs_give_reasons_and_leave_out_untouched() {
         let p = prep("color = \"gray\"", (8, 8));
         let mut out = vec![1.0];
-        let reason = |b: &[u8], out: &mut Vec<f32>| p.process(b, out).unwrap_err();
+        let reason = |b: &[u8], out: &mut Vec<f32>| p.process(b, out).unwrap_err().to_string();
         assert_eq!(reason(b"", &mut out), "empty file");
         assert_eq!(
             reason(b"hello, I am text", &mut out),
@@ -316,5 +351,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, vec![77.0; 8]);
+    }
+
+    #[test]
+    fn passes_the_preprocessor_checks_on_both_targets() {
+        let good = png(DynamicImage::new_luma8(8, 8));
+        let truncated = &good[..good.len() / 2];
+        let bad: [&[u8]; 3] = [b"", b"hello, I am text", truncated];
+        let p = prep("color = \"gray\"", (8, 8));
+        crate::preprocess::conformance::check(&p, &good, 64, &bad);
+        let p = prep("color = \"gray\"", (8, 8)).with_target(ImageTarget::Pixels);
+        crate::preprocess::conformance::check(&p, &good, 8 * 8 * 3, &bad);
     }
 }

@@ -1,6 +1,6 @@
-//! Inference engines: the [`InferenceEngine`] trait (one batch in, one output tensor out) and its
-//! ONNX Runtime implementation, [`OrtEngine`], on the CPU or through the CUDA execution provider,
-//! loaded dynamically from `ORT_DYLIB_PATH` (the CUDA provider library sits beside it).
+//! ONNX Runtime as an [`InferenceEngine`]: loaded once per process from `ORT_DYLIB_PATH` (the
+//! PyPI wheel's `libonnxruntime.so`; the CUDA provider library sits beside it), on the CPU or a
+//! CUDA GPU (through IO binding when the input is already on the GPU).
 
 use std::sync::OnceLock;
 
@@ -8,229 +8,15 @@ use half::f16;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{Shape, TensorElementType, TensorRef, ValueType};
-use spotbatch_proto::manifest::{ConvAlgoSearch, DeviceSpec};
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use spotbatch_proto::manifest::{one_line, DeviceSpec};
 use tracing::warn;
 
-/// The environment variable naming ONNX Runtime's shared library.
-pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
-
-/// What can go wrong loading or running a model.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// ONNX Runtime's library could not be found or loaded.
-    #[error("{0}")]
-    Runtime(String),
-    /// The model file is not a model ONNX Runtime can load.
-    #[error("model.uri: not a loadable ONNX model: {0}")]
-    BadModel(String),
-    /// The model's inputs or outputs do not fit the manifest; names the manifest field.
-    #[error("{field}: {message}")]
-    Mismatch {
-        /// The manifest field to change.
-        field: &'static str,
-        /// What does not fit.
-        message: String,
-    },
-    /// A run failed.
-    #[error("inference failed: {0}")]
-    Run(String),
-}
-
-/// A tensor's static description: element type and dimensions (-1 where dynamic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorInfo {
-    /// Its name in the graph.
-    pub name: String,
-    /// Element type, as ONNX Runtime names it.
-    pub element: String,
-    /// The element type when spotbatch can feed or read it (float32 or float16).
-    pub float: Option<Float>,
-    /// Dimensions; -1 where dynamic.
-    pub dims: Vec<i64>,
-}
-
-/// The floating-point element types spotbatch feeds and reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Float {
-    /// 32-bit.
-    F32,
-    /// 16-bit (fp16 models); converted at the model's edge.
-    F16,
-}
-
-impl Float {
-    /// Bytes per value.
-    pub fn size(self) -> usize {
-        match self {
-            Float::F32 => 4,
-            Float::F16 => 2,
-        }
-    }
-}
-
-/// Where an engine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU.
-    Cpu,
-    /// CUDA GPU `N`.
-    Cuda(u32),
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-/// The chosen input and output of a loaded model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelInfo {
-    /// The input fed with the preprocessed batch.
-    pub input: TensorInfo,
-    /// The output read for rows.
-    pub output: TensorInfo,
-}
-
-/// One inference result: the output tensor for the whole batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchOutput {
-    /// The output's shape, batch dimension first.
-    pub shape: Vec<usize>,
-    /// The values, row-major.
-    pub data: Vec<f32>,
-}
-
-/// Runs a model on batches. One engine serves one model; it is used from one thread at a time.
-pub trait InferenceEngine: Send {
-    /// The model's chosen input and output.
-    fn info(&self) -> &ModelInfo;
-    /// Where it runs.
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-    /// Runs one batch. `shape` is the input's full shape, batch first; `input` holds its values.
-    fn run(&mut self, input: &[f32], shape: &[i64]) -> Result<BatchOutput, EngineError>;
-    /// An allocator of input tensors in this engine's GPU memory (the model's input element
-    /// type), to be written there by the GPU preprocessing and run with [`Self::run_device`].
-    fn device_allocator(&mut self) -> Result<DeviceAllocator, EngineError> {
-        Err(EngineError::Run(
-            "this engine takes its input from host memory only".into(),
-        ))
-    }
-    /// Runs one batch whose input lies in GPU memory (IO binding: no round trip through the host).
-    fn run_device(&mut self, input: DeviceTensor) -> Result<BatchOutput, EngineError> {
-        let _ = input;
-        Err(EngineError::Run(
-            "this engine takes its input from host memory only".into(),
-        ))
-    }
-}
-
-/// An input tensor in GPU memory, owned by ONNX Runtime's allocator for the session (so binding it
-/// needs no copy).
-pub struct DeviceTensor(ort::value::DynTensor);
-
-impl std::fmt::Debug for DeviceTensor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceTensor").finish_non_exhaustive()
-    }
-}
-
-impl DeviceTensor {
-    /// The device address of its data.
-    pub fn ptr(&mut self) -> u64 {
-        self.0.data_ptr_mut() as usize as u64
-    }
-}
-
-/// Allocates [`DeviceTensor`]s from ONNX Runtime's GPU arena for one session; usable from another
-/// thread than the one running the session.
-pub struct DeviceAllocator {
-    allocator: ort::memory::Allocator,
-    ty: TensorElementType,
-}
-
-impl std::fmt::Debug for DeviceAllocator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceAllocator")
-            .field("ty", &self.ty)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DeviceAllocator {
-    /// A new input tensor of `shape`.
-    pub fn tensor(&self, shape: &[i64]) -> Result<DeviceTensor, EngineError> {
-        ort::value::DynTensor::new(&self.allocator, self.ty, Shape::new(shape.iter().copied()))
-            .map(DeviceTensor)
-            .map_err(|e| EngineError::Run(one_line(&e.to_string())))
-    }
-}
-
-/// Options for loading a model.
-#[derive(Debug, Clone, Default)]
-pub struct EngineOptions {
-    /// `model.input`, if the manifest names one.
-    pub input: Option<String>,
-    /// `model.output`, if the manifest names one.
-    pub output: Option<String>,
-    /// Intra-op threads; 0 lets ONNX Runtime choose.
-    pub intra_op_threads: usize,
-    /// Where to run it.
-    pub device: DeviceSpec,
-    /// CUDA execution provider settings (ignored on the CPU).
-    pub cuda: CudaOptions,
-}
-
-/// Settings of ONNX Runtime's CUDA execution provider; `None` keeps ONNX Runtime's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CudaOptions {
-    /// `model.cudnn_conv_algo_search`.
-    pub conv_algo_search: Option<ConvAlgoSearch>,
-    /// `model.tf32`.
-    pub tf32: Option<bool>,
-    /// `model.gpu_mem_limit_mb`, in bytes.
-    pub mem_limit_bytes: Option<usize>,
-}
-
-impl CudaOptions {
-    /// The `[model]` section's CUDA settings.
-    pub fn from_manifest(model: &spotbatch_proto::manifest::ModelSpec) -> Self {
-        Self {
-            conv_algo_search: model.cudnn_conv_algo_search,
-            tf32: model.tf32,
-            // Validated to at most 16 TiB; saturates on a 32-bit host.
-            mem_limit_bytes: model
-                .gpu_mem_limit_mb
-                .map(|mb| usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
-        }
-    }
-
-    /// Applies the settings to a CUDA provider.
-    fn apply(&self, mut cuda: ort::ep::CUDA) -> ort::ep::CUDA {
-        use ort::ep::cuda::ConvAlgorithmSearch as Search;
-        if let Some(search) = self.conv_algo_search {
-            cuda = cuda.with_conv_algorithm_search(match search {
-                ConvAlgoSearch::Exhaustive => Search::Exhaustive,
-                ConvAlgoSearch::Heuristic => Search::Heuristic,
-                ConvAlgoSearch::Default => Search::Default,
-            });
-        }
-        if let Some(on) = self.tf32 {
-            cuda = cuda.with_tf32(on);
-        }
-        if let Some(limit) = self.mem_limit_bytes {
-            cuda = cuda.with_memory_limit(limit);
-        }
-        cuda
-    }
-}
+use super::{
+    BatchOutput, Device, DeviceAllocator, DeviceTensor, EngineError, EngineLoader, EngineOptions,
+    Float, InferenceEngine, ModelInfo, TensorInfo, ORT_DYLIB_ENV,
+};
+use crate::device::cuda_device_count;
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
@@ -281,7 +67,7 @@ impl OrtEngine {
         let device = match opts.device {
             DeviceSpec::Cpu => Device::Cpu,
             DeviceSpec::Cuda(n) => {
-                let count = crate::gpu::cuda_device_count()
+                let count = cuda_device_count()
                     .map_err(|e| EngineError::Runtime(format!("device cuda:{n}: {e}")))?;
                 if n as usize >= count {
                     return Err(EngineError::Runtime(format!(
@@ -291,14 +77,14 @@ impl OrtEngine {
                 }
                 Device::Cuda(n)
             }
-            DeviceSpec::Auto => match crate::gpu::cuda_device_count() {
+            DeviceSpec::Auto => match cuda_device_count() {
                 Ok(n) if n > 0 => Device::Cuda(0),
                 Ok(_) => {
                     warn_cpu_fallback("no GPU found");
                     Device::Cpu
                 }
                 Err(e) => {
-                    warn_cpu_fallback(&e);
+                    warn_cpu_fallback(&e.to_string());
                     Device::Cpu
                 }
             },
@@ -495,7 +281,7 @@ impl InferenceEngine for OrtEngine {
         let mut binding = self.session.create_binding().map_err(run_err)?;
         // An owned tensor: ONNX Runtime binds it as it is (a borrowed one would be copied first).
         binding
-            .bind_input(&self.info.input.name, &input.0)
+            .bind_input(&self.info.input.name, input.tensor())
             .map_err(run_err)?;
         binding
             .bind_output_to_device(&self.info.output.name, &on_host)
@@ -563,58 +349,16 @@ fn pick(
     }
 }
 
-pub(crate) fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+/// Loads models with ONNX Runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrtLoader;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The manifest's CUDA settings become ONNX Runtime's documented CUDA provider options, and
-    /// unset ones are left to ONNX Runtime.
-    #[test]
-    fn cuda_settings_become_the_providers_options() {
-        let mut model: spotbatch_proto::manifest::ModelSpec =
-            serde_json::from_str(r#"{"uri": "m.onnx"}"#).expect("a minimal [model]");
-        let provider = |model: &spotbatch_proto::manifest::ModelSpec| {
-            format!(
-                "{:?}",
-                CudaOptions::from_manifest(model).apply(Default::default())
-            )
-        };
-        let unset = provider(&model);
-        for key in ["cudnn_conv_algo_search", "use_tf32", "gpu_mem_limit"] {
-            assert!(!unset.contains(key), "{key} set while unset: {unset}");
-        }
-        model.cudnn_conv_algo_search = Some(ConvAlgoSearch::Heuristic);
-        model.tf32 = Some(false);
-        model.gpu_mem_limit_mb = Some(2048);
-        assert_eq!(
-            CudaOptions::from_manifest(&model).mem_limit_bytes,
-            Some(2048 << 20)
-        );
-        let set = provider(&model);
-        for (key, value) in [
-            ("cudnn_conv_algo_search", "HEURISTIC"),
-            ("use_tf32", "false"),
-            ("gpu_mem_limit", "2147483648"),
-        ] {
-            assert!(
-                set.contains(&format!("{key:?}: {value:?}")),
-                "{key} = {value} missing from {set}"
-            );
-        }
-        for (search, name) in [
-            (ConvAlgoSearch::Exhaustive, "EXHAUSTIVE"),
-            (ConvAlgoSearch::Default, "DEFAULT"),
-        ] {
-            model.cudnn_conv_algo_search = Some(search);
-            let set = provider(&model);
-            assert!(
-                set.contains(&format!("{name:?}")),
-                "{name} missing from {set}"
-            );
-        }
+impl EngineLoader for OrtLoader {
+    fn load(
+        &self,
+        model: &[u8],
+        opts: &EngineOptions,
+    ) -> Result<Box<dyn InferenceEngine>, EngineError> {
+        Ok(Box::new(OrtEngine::load(model, opts)?))
     }
 }

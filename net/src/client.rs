@@ -8,6 +8,10 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Largest gRPC message a spotbatch server accepts (requests above it get `OUT_OF_RANGE` /
+/// `RESOURCE_EXHAUSTED`); clients accept replies up to 16 times this.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// Adds `authorization: Bearer TOKEN`.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -87,7 +91,7 @@ pub fn connect(
 ) -> Result<Client, ConnectError> {
     let (channel, bearer) = channel(url, token, ca_pem)?;
     Ok(CoordinatorClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(16 * crate::service::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(16 * MAX_MESSAGE_BYTES))
 }
 
 /// A lazily connecting channel to a spotbatch gRPC server (the coordinator, or a worker's `Peer`

@@ -1,12 +1,15 @@
-//! From a manifest to shards on the queue.
+//! From a manifest to shards on the queue: list the job's inputs through object storage, cut them
+//! into deterministic shards (a shard's id is a hash of the job and its keys, so the same
+//! manifest over the same inputs always yields the same shards), and enqueue the shards whose
+//! done marker does not exist yet.
+#![warn(missing_docs)]
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
 use spotbatch_proto::{shard_id, DoneMarker, Manifest, ShardTask, TASK_VERSION};
 use spotbatch_queue::{LeaseQueue, NewItem, QueueError};
 
-use crate::storage::{Prefix, StorageError};
+use spotbatch_store::{JobLayout, Prefix, StorageError};
 
 /// What can go wrong while planning or enqueueing.
 #[derive(Debug, thiserror::Error)]
@@ -42,66 +45,6 @@ pub struct Plan {
     pub total_items: u64,
 }
 
-/// Where a job's results and state live.
-#[derive(Debug, Clone)]
-pub struct JobLayout {
-    /// The job's output prefix (`output.uri/JOB_ID/`).
-    pub prefix: Prefix,
-}
-
-impl JobLayout {
-    /// The layout for a manifest.
-    pub fn for_manifest(m: &Manifest) -> Result<Self, StorageError> {
-        Ok(Self {
-            prefix: Prefix::open(&m.output)?,
-        })
-    }
-
-    /// Key of a shard's part file.
-    pub fn part_key(shard: &str) -> String {
-        format!("part-{shard}.jsonl")
-    }
-
-    /// Key of a shard's done marker.
-    pub fn done_key(shard: &str) -> String {
-        format!("_done/{shard}.json")
-    }
-
-    /// Reads every done marker of the job. Markers that do not parse are reported as not done
-    /// (the shard will be redone and the marker rewritten).
-    pub async fn done_markers(&self) -> Result<Vec<DoneMarker>, StorageError> {
-        let mut out = Vec::new();
-        for listed in self.prefix.list().await? {
-            let Some(rest) = listed.key.strip_prefix("_done/") else {
-                continue;
-            };
-            if !rest.ends_with(".json") {
-                continue;
-            }
-            if let Some(bytes) = self.prefix.get_opt(&listed.key).await? {
-                match serde_json::from_slice::<DoneMarker>(&bytes) {
-                    Ok(m) => out.push(m),
-                    Err(e) => {
-                        tracing::warn!(key = %listed.key, error = %e, "ignoring unreadable done marker")
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Key of the stored manifest.
-    pub const MANIFEST_KEY: &'static str = "_manifest.json";
-
-    /// Stores the manifest beside the results (same content each time), for workers that find the
-    /// job through a shard's reference.
-    pub async fn store_manifest(&self, m: &Manifest) -> Result<(), StorageError> {
-        self.prefix
-            .put(Self::MANIFEST_KEY, Bytes::from(m.to_stored()))
-            .await
-    }
-}
-
 /// Lists the job's inputs and cuts them into shards of `queue.shard_size`, in key order.
 pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
     let input = Prefix::open(&m.input)?;
@@ -119,7 +62,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         .and_then(|root| {
             root.as_str()
                 .strip_prefix(m.input.as_str())
-                .map(crate::storage::url_decode)
+                .map(spotbatch_store::storage::url_decode)
         })
         .filter(|rel| !rel.is_empty());
     let keys: Vec<String> = input
