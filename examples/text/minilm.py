@@ -82,7 +82,7 @@ def _layer_norm(x, g, b):
 
 
 def _erf_gelu(x):
-    from scipy.special import erf  # exact and vectorised (scipy comes with scikit-learn)
+    from scipy.special import erf  # exact and vectorised
 
     return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
 
