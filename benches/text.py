@@ -49,13 +49,6 @@ def session():
     return ort.InferenceSession(str(MODEL), so, providers=["CPUExecutionProvider"])
 
 
-def feeds(encodings):
-    """The three int64 [batch, seq] inputs from a batch of encodings already padded to one length."""
-    return {"input_ids": np.array([e.ids for e in encodings], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], np.int64)}
-
-
 def padding_efficiency(lengths_in_batches):
     """Real tokens / padded tokens, each batch padded to its longest item."""
     real = sum(sum(b) for b in lengths_in_batches)
@@ -83,7 +76,7 @@ def bench_python(corpus: Path, out: Path, batch: int, max_length: int):
     lengths = []
     for chunk in batches_of(order, batch):
         encs = tok.encode_batch([texts[i] for i in chunk])
-        x = feeds(encs)
+        x = minilm.batch_feeds(encs)
         hidden = sess.run(["last_hidden_state"], x)[0]
         mask = x["attention_mask"].astype(np.float32)[..., None]
         pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
@@ -102,15 +95,9 @@ def bench_ceiling(corpus: Path, batch: int, max_length: int):
     tok = minilm.load_tokenizer(TOKENIZER, max_length, pad_to_longest=False)
     with open(corpus, encoding="utf-8") as f:
         encs = tok.encode_batch([json.loads(line)["text"] for line in f])
-    pad = minilm.load_tokenizer(TOKENIZER, max_length, pad_to_longest=True)
     encs.sort(key=lambda e: len(e.ids))
-    prepared, lengths = [], []
-    for chunk in batches_of(encs, batch):
-        longest = max(len(e.ids) for e in chunk)
-        for e in chunk:
-            e.pad(longest, pad_id=pad.padding["pad_id"], pad_token=pad.padding["pad_token"])
-        prepared.append(feeds(chunk))
-        lengths.append([sum(e.attention_mask) for e in chunk])
+    prepared = [minilm.batch_feeds(chunk) for chunk in batches_of(encs, batch)]
+    lengths = [list(x["attention_mask"].sum(1)) for x in prepared]
     sess = session()
     sess.run(["last_hidden_state"], prepared[len(prepared) // 2])  # warm-up
     t0 = time.perf_counter()

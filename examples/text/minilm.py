@@ -142,23 +142,28 @@ def load_tokenizer(path, max_length: int, pad_to_longest: bool):
     return tok
 
 
+def batch_feeds(encodings, pad_id: int = 0, pad_token: str = "[PAD]") -> dict:
+    """The model's three int64 [batch, seq] inputs from `tokenizers` encodings, each padded (in
+    place) to the longest of them."""
+    longest = max(len(e.ids) for e in encodings)
+    for e in encodings:
+        e.pad(longest, pad_id=pad_id, pad_token=pad_token)
+    return {"input_ids": np.array([e.ids for e in encodings], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], np.int64)}
+
+
 def reference_embeddings(w: dict, tok, texts, batch_size: int = 64) -> np.ndarray:
     """Mean-pooled, L2-normalised float64 embeddings of `texts` ([n, 384]), batched by token length
     so the float64 pass stays affordable (padding does not change real tokens' outputs: the
     additive mask zeroes padded keys exactly in float64)."""
-    encs = [tok.encode(t) for t in texts]
+    encs = tok.encode_batch(texts)
     order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
     out = np.zeros((len(encs), HIDDEN))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        s = max(len(encs[i].ids) for i in idx)
-        ids = np.zeros((len(idx), s), np.int64)
-        mask = np.zeros((len(idx), s), np.int64)
-        types = np.zeros((len(idx), s), np.int64)
-        for r, i in enumerate(idx):
-            n = len(encs[i].ids)
-            ids[r, :n], mask[r, :n], types[r, :n] = encs[i].ids, encs[i].attention_mask, encs[i].type_ids
-        out[idx] = normalize(mean_pool(forward(w, ids, mask, types), mask))
+        x = batch_feeds([encs[i] for i in idx])
+        out[idx] = normalize(mean_pool(forward(w, **x), x["attention_mask"]))
     return out
 
 
@@ -303,10 +308,7 @@ def check(out_dir: Path, max_length: int = 128) -> float:
     import onnxruntime as ort
 
     tok = load_tokenizer(out_dir / TOKENIZER_FILE, max_length, pad_to_longest=True)
-    encs = tok.encode_batch(CHECK_TEXTS)
-    feeds = {"input_ids": np.array([e.ids for e in encs], np.int64),
-             "attention_mask": np.array([e.attention_mask for e in encs], np.int64),
-             "token_type_ids": np.array([e.type_ids for e in encs], np.int64)}
+    feeds = batch_feeds(tok.encode_batch(CHECK_TEXTS))
     w64 = load_weights(np.float64)
     ref_hidden = forward(w64, **feeds)
     ref = normalize(mean_pool(ref_hidden, feeds["attention_mask"]))

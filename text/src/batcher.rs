@@ -2,18 +2,19 @@
 //! bounded window of them is held, and batches are cut from the window sorted by length so that
 //! little of each padded batch is padding, without starving any item.
 //!
-//! The policy (padding efficiency measured on the 20k-document bench corpus, batches of 32, in
-//! file order: see `examples/padding.rs` and the crate's figures in the lead's report):
+//! The policy (`cargo run --release -p spotbatch-text --example padding -- CORPUS TOKENIZER`
+//! measures its padding efficiency on a corpus against file order and a whole-input sort):
 //! - the batcher holds at most `window` items; when it is full it emits one batch of
 //!   `batch_size`: the run of `batch_size` consecutive items of the window sorted by length with
 //!   the fewest padded tokens (ties: the run holding the oldest item);
 //! - an item is *due* once `max_wait_batches` batches have left since it arrived, or once it has
 //!   been held `max_delay`. The oldest due item is always in the next batch (the cheapest run
-//!   that contains it), and when `batch_size` or more items are due the batch is the oldest of
-//!   them. Items arrive in order, so the due items are always the oldest ones held: every batch
-//!   takes the oldest item once anything is due, and with at most `batch_size` arrivals between
-//!   batches (a full window forces that) no item waits more than
-//!   `max_wait_batches + batch_size + 1` batches;
+//!   that contains it), and when `batch_size` or more items are due the batch is the `batch_size`
+//!   oldest of them. Items arrive in order, so the due items are always the oldest ones held:
+//!   every batch takes the oldest item once anything is due, and with at most `batch_size`
+//!   arrivals between batches (a full window forces that) no item waits more than
+//!   `max_wait_batches + batch_size + 1` batches (items made due together by `max_delay` after a
+//!   stall leave oldest first, `batch_size` a batch);
 //! - `poll` emits a batch when the oldest item has been held `max_delay` although the window is
 //!   not full, and `flush` cuts the next batch from what is held whenever the caller wants one:
 //!   at the end of the input, or when the input has stalled while the model waits (a pipeline
