@@ -140,6 +140,8 @@ def write_corpus(out: Path, stem: str, rows_fn):
         write_jsonl(jsonl, rows)
         write_parquet(parquet, rows)
         print(f"{jsonl}, {parquet}: {len(rows)} docs")
+    else:
+        print(f"{jsonl}, {parquet}: up to date")
     return jsonl, parquet
 
 
@@ -156,6 +158,7 @@ def bad_corpus(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "bad.jsonl", out / "bad.parquet", out / "bad.expect.json"
     if all(p.is_file() for p in paths):
+        print(f"{paths[0]}, {paths[1]}: up to date")
         return paths
     good = [text for _, text in stdlib_docstrings()[:6]]
     good_line = lambda i, t: (json.dumps({"id": i, "text": t, "source": "good"}) + "\n").encode()  # noqa: E731
