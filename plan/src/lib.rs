@@ -153,3 +153,104 @@ pub async fn enqueue_plan(
         done_errors: done.iter().map(|d| d.errors).sum(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use spotbatch_queue::memory::MemoryQueue;
+    use spotbatch_queue::QueueConfig;
+
+    /// A manifest over `memory://NAME/`: `keys` under `in/`, output under `in/out/` (inside the
+    /// input folder, as a careless user might put it).
+    async fn setup(name: &str, keys: &[&str], extra: &str) -> Manifest {
+        let input =
+            Prefix::open(&url::Url::parse(&format!("memory://{name}/in/")).unwrap()).unwrap();
+        for k in keys {
+            input.put(k, Bytes::from_static(b"x")).await.unwrap();
+        }
+        let text = format!(
+            "name = \"{name}\"\n[input]\nuri = \"memory://{name}/in/\"\n{extra}\n[model]\nuri = \"m.onnx\"\n[output]\nuri = \"memory://{name}/in/out/\"\n[queue]\nshard_size = 2\n"
+        );
+        Manifest::parse(&text, std::path::Path::new("/")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn shards_follow_key_order_and_are_the_same_every_time() {
+        let m = setup(
+            "p-order",
+            &["c.png", "a.png", "b.png", "d/e.png", "f.png"],
+            "",
+        )
+        .await;
+        let plan = plan_job(&m).await.unwrap();
+        let keys: Vec<Vec<String>> = plan.shards.iter().map(|s| s.keys.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec!["a.png".to_string(), "b.png".into()],
+                vec!["c.png".into(), "d/e.png".into()],
+                vec!["f.png".into()]
+            ]
+        );
+        assert_eq!(plan.total_items, 5);
+        assert_eq!(plan.shards[1].index, 1);
+        let again = plan_job(&m).await.unwrap();
+        assert_eq!(
+            plan.shards.iter().map(|s| &s.shard).collect::<Vec<_>>(),
+            again.shards.iter().map(|s| &s.shard).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_glob_filters_and_outputs_inside_the_inputs_are_never_inputs() {
+        let m = setup(
+            "p-glob",
+            &["a.png", "b.jpg", "out/j/x.png", "sub/c.png"],
+            "glob = \"**/*.png\"",
+        )
+        .await;
+        // An earlier run's output below the input folder must not be read back as input.
+        let plan = plan_job(&m).await.unwrap();
+        let all: Vec<String> = plan.shards.iter().flat_map(|s| s.keys.clone()).collect();
+        assert_eq!(all, vec!["a.png".to_string(), "sub/c.png".into()]);
+        let none = setup("p-none", &["a.txt"], "glob = \"*.png\"").await;
+        let err = plan_job(&none).await.unwrap_err().to_string();
+        assert!(err.contains("no inputs") && err.contains("*.png"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn enqueue_skips_the_shards_already_done() {
+        let m = setup("p-done", &["a", "b", "c", "d"], "").await;
+        let plan = plan_job(&m).await.unwrap();
+        let layout = JobLayout::for_manifest(&m).unwrap();
+        let marker = DoneMarker {
+            job: m.job_id.clone(),
+            shard: plan.shards[0].shard.clone(),
+            items: 2,
+            errors: 1,
+            part: JobLayout::part_key(&plan.shards[0].shard),
+            sha256: String::new(),
+        };
+        layout
+            .prefix
+            .put(
+                &JobLayout::done_key(&marker.shard),
+                Bytes::from(serde_json::to_vec(&marker).unwrap()),
+            )
+            .await
+            .unwrap();
+        let q = MemoryQueue::new("p-done", QueueConfig::default());
+        let r = enqueue_plan(&q, &layout, &plan).await.unwrap();
+        assert_eq!(
+            r,
+            SubmitReport {
+                enqueued: 1,
+                already_done: 1,
+                done_items: 2,
+                done_errors: 1
+            }
+        );
+        assert_eq!(q.depth().await.unwrap().visible, 1);
+    }
+}

@@ -411,3 +411,112 @@ impl Jobs {
         Ok(ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::FakeModel;
+    use bytes::Bytes;
+
+    /// A manifest of job `name` over `memory://STORE/` with a (fake) model file there, and extra
+    /// `[preprocess]` lines.
+    async fn manifest_of(store: &str, name: &str, pre: &str) -> Manifest {
+        let root = Prefix::open(&url::Url::parse(&format!("memory://{store}/")).unwrap()).unwrap();
+        root.put("m.onnx", Bytes::from_static(b"model bytes"))
+            .await
+            .unwrap();
+        let text = format!(
+            "name = \"{name}\"\n[input]\nuri = \"memory://{store}/in/\"\n[model]\nuri = \"memory://{store}/m.onnx\"\n[preprocess]\ncolor = \"gray\"\n{pre}\n[output]\nuri = \"memory://{store}/out/\"\n"
+        );
+        Manifest::parse(&text, std::path::Path::new("/")).unwrap()
+    }
+
+    async fn manifest(name: &str, pre: &str) -> Manifest {
+        manifest_of(name, name, pre).await
+    }
+
+    fn task(m: &Manifest, stored: Option<String>) -> ShardTask {
+        ShardTask {
+            v: spotbatch_proto::TASK_VERSION,
+            job: m.job_id.clone(),
+            shard: "s".into(),
+            index: 0,
+            manifest_digest: m.digest.clone(),
+            keys: vec!["k".into()],
+            manifest: stored,
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_with_the_same_model_and_preprocessing_share_one_runtime() {
+        let a = manifest("job-share", "").await;
+        let b = manifest_of("job-share", "other", "").await;
+        assert_ne!(a.job_id, b.job_id);
+        let c = manifest_of("job-share", "third", "scale = 0.5").await;
+        let jobs = Jobs::new([a.clone(), b.clone(), c.clone()], Some(1))
+            .with_loader(Arc::new(FakeModel::new(&[1, 2, 2], 3)));
+        let (ca, cb, cc) = (
+            jobs.context(&task(&a, None)).await.unwrap(),
+            jobs.context(&task(&b, None)).await.unwrap(),
+            jobs.context(&task(&c, None)).await.unwrap(),
+        );
+        assert!(
+            Arc::ptr_eq(&ca.runtime, &cb.runtime),
+            "same model, same batches"
+        );
+        assert!(
+            !Arc::ptr_eq(&ca.runtime, &cc.runtime),
+            "other preprocessing"
+        );
+        // Loaded once per job: the same context again.
+        let again = jobs.context(&task(&a, None)).await.unwrap();
+        assert!(Arc::ptr_eq(&ca, &again));
+    }
+
+    #[tokio::test]
+    async fn a_job_not_given_is_loaded_from_its_stored_manifest_when_the_digest_matches() {
+        let m = manifest("job-stored", "").await;
+        let layout = JobLayout::for_manifest(&m).unwrap();
+        layout.store_manifest(&m).await.unwrap();
+        let stored = layout.prefix.url_of(JobLayout::MANIFEST_KEY);
+        let jobs = Jobs::new([], Some(1)).with_loader(Arc::new(FakeModel::new(&[1, 2, 2], 3)));
+        assert!(matches!(
+            jobs.context(&task(&m, None)).await,
+            Err(JobError::Unknown { .. })
+        ));
+        let ctx = jobs.context(&task(&m, Some(stored.clone()))).await.unwrap();
+        assert_eq!(ctx.manifest.job_id, m.job_id);
+        let mut wrong = task(&m, Some(stored));
+        wrong.manifest_digest = "0".repeat(64);
+        assert!(matches!(
+            jobs.context(&wrong).await,
+            Err(JobError::Unknown { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_job_that_fails_to_load_is_tried_again_by_the_next_shard() {
+        let m = manifest("job-retry", "").await;
+        let model = Prefix::open(&url::Url::parse("memory://job-retry/").unwrap()).unwrap();
+        model.delete("m.onnx").await.unwrap();
+        let jobs =
+            Jobs::new([m.clone()], Some(1)).with_loader(Arc::new(FakeModel::new(&[1, 2, 2], 3)));
+        let err = jobs.context(&task(&m, None)).await.unwrap_err().to_string();
+        assert!(err.starts_with("model.uri:"), "{err}");
+        model
+            .put("m.onnx", Bytes::from_static(b"model bytes"))
+            .await
+            .unwrap();
+        assert!(jobs.context(&task(&m, None)).await.is_ok(), "not cached");
+    }
+
+    #[tokio::test]
+    async fn a_model_that_does_not_fit_the_preprocessing_names_the_field() {
+        // A model taking three channels; the manifest makes gray images.
+        let m = manifest("job-fit", "").await;
+        let jobs =
+            Jobs::new([m.clone()], Some(1)).with_loader(Arc::new(FakeModel::new(&[3, 2, 2], 3)));
+        let err = jobs.context(&task(&m, None)).await.unwrap_err().to_string();
+        assert!(err.starts_with("preprocess.color:"), "{err}");
+    }
+}
