@@ -417,7 +417,7 @@ mod tests {
         );
         assert_eq!(
             err(br#"{"text": "x", "id": "abc"}"#),
-            r#"a.jsonl#0: column "id": expected Int64, found a string"#
+            r#"a.jsonl#0: column "id": expected Int64, found "abc""#
         );
         assert_eq!(
             err(b"[1,2]"),

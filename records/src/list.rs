@@ -156,14 +156,8 @@ pub async fn read_list(
         }
         ListFormat::Parquet { column } => {
             let url = source.url_of(key);
-            let mut reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-                source.store.clone(),
-                source.path(key),
-            )
-            .with_file_size(size);
-            use parquet::arrow::async_reader::AsyncFileReader;
-            let meta = reader
-                .get_metadata(None)
+            let meta = crate::parquet_io::StoreReader::new(source, key, size)
+                .footer()
                 .await
                 .map_err(|e| ReadError::Parquet {
                     file: url.clone(),

@@ -4,19 +4,19 @@
 //! [`ReadError`] naming the file and column; a null text is that row's error.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use futures::stream::{self, StreamExt};
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
-use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::PageIndexPolicy;
 
 use crate::error::{ReadError, RowError};
 use crate::key::RecordKey;
+use crate::parquet_io::StoreReader;
 use crate::plan::RowSplit;
 use crate::reader::RecordStream;
 use crate::record::{Column, Fields, Projection, ReadOptions, Record};
@@ -88,8 +88,7 @@ pub(crate) async fn open(
         file: url.clone(),
         reason,
     };
-    let reader = ParquetObjectReader::new(Arc::clone(&source.store), source.path(&split.key))
-        .with_file_size(split.size);
+    let reader = StoreReader::new(source, &split.key, split.size);
     let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
     let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
         .await
@@ -159,7 +158,7 @@ pub(crate) async fn open(
 }
 
 struct Batches {
-    stream: ParquetRecordBatchStream<ParquetObjectReader>,
+    stream: ParquetRecordBatchStream<StoreReader>,
     url: String,
     file: String,
     proj: Projection,

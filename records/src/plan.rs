@@ -2,10 +2,7 @@
 //! their sizes; Parquet files into row-group runs (at most `max_rows` rows, a larger row group
 //! cut into row ranges) from their footers, read with ranged GETs of the footer alone.
 
-use std::sync::Arc;
-
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use parquet::arrow::async_reader::{AsyncFileReader, ParquetObjectReader};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
@@ -204,16 +201,8 @@ async fn parquet_splits(
     f: FileMeta,
     max_rows: u64,
 ) -> Result<Vec<Split>, PlanError> {
-    if f.size == 0 {
-        return Err(PlanError::Footer {
-            file: source.url_of(&f.key),
-            source: parquet::errors::ParquetError::General("empty file".into()),
-        });
-    }
-    let mut reader = ParquetObjectReader::new(Arc::clone(&source.store), source.path(&f.key))
-        .with_file_size(f.size);
-    let meta = reader
-        .get_metadata(None)
+    let meta = crate::parquet_io::StoreReader::new(source, &f.key, f.size)
+        .footer()
         .await
         .map_err(|e| PlanError::Footer {
             file: source.url_of(&f.key),

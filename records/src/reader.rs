@@ -283,3 +283,53 @@ pub fn read_bytes(
         .filter_map(|f| decoder.decode(f))
         .collect())
 }
+
+/// Every record of a Parquet file held in `data`, planned in splits of `max_rows` rows and read
+/// through the same footer, row-group and projection code as a stored file (on an in-memory
+/// store): the Parquet entry point for fuzzing. A footer that cannot be read is
+/// [`ReadError::Parquet`].
+pub async fn read_parquet_bytes(
+    data: Bytes,
+    max_rows: u64,
+    proj: &Projection,
+    opts: &ReadOptions,
+) -> Result<Vec<Record>, ReadError> {
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let store: std::sync::Arc<dyn ObjectStore> =
+        std::sync::Arc::new(object_store::memory::InMemory::new());
+    let size = data.len() as u64;
+    let source = Source::new(store, object_store::path::Path::from("mem"), "mem://");
+    source
+        .store
+        .put(&source.path("input.parquet"), data.into())
+        .await
+        .map_err(|e| ReadError::Store {
+            file: source.url_of("input.parquet"),
+            source: e,
+        })?;
+    let files = vec![crate::source::FileMeta {
+        key: "input.parquet".into(),
+        size,
+    }];
+    let plan_opts = crate::plan::PlanOptions {
+        max_rows: max_rows.max(1),
+        ..crate::plan::PlanOptions::default()
+    };
+    let splits = crate::plan::plan_all(&source, files, crate::plan::Format::Parquet, &plan_opts)
+        .await
+        .map_err(|e| match e {
+            crate::error::PlanError::Footer { file, source } => ReadError::Parquet { file, source },
+            other => ReadError::BadSplit {
+                file: "mem://input.parquet".into(),
+                reason: other.to_string(),
+            },
+        })?;
+    let mut out = Vec::new();
+    for split in &splits {
+        let mut records = read_split(&source, split, proj, opts).await?;
+        while let Some(r) = records.next().await {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}

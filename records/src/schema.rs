@@ -19,7 +19,6 @@
 //! The resolved types go into the plan (the stored manifest), so every worker uses the same ones.
 
 use arrow_schema::DataType;
-use parquet::arrow::async_reader::{AsyncFileReader, ParquetObjectReader};
 use parquet::arrow::parquet_to_arrow_schema;
 
 use crate::error::ReadError;
@@ -44,14 +43,14 @@ pub async fn resolve(
     let mut out = proj.clone();
     match format {
         Format::Parquet => {
-            let mut reader =
-                ParquetObjectReader::new(source.store.clone(), source.path(&first.key))
-                    .with_file_size(first.size);
             let perr = |e| ReadError::Parquet {
                 file: url.clone(),
                 source: e,
             };
-            let meta = reader.get_metadata(None).await.map_err(perr)?;
+            let meta = crate::parquet_io::StoreReader::new(source, &first.key, first.size)
+                .footer()
+                .await
+                .map_err(perr)?;
             let schema = parquet_to_arrow_schema(
                 meta.file_metadata().schema_descr(),
                 meta.file_metadata().key_value_metadata(),

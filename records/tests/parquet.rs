@@ -42,7 +42,7 @@ fn parquet_file(n: usize, group: usize) -> Vec<u8> {
     let texts: Vec<Option<String>> = (0..n)
         .map(|i| (i % 7 != 3).then(|| format!("text {i}")))
         .collect();
-    let blob: Vec<String> = (0..n).map(|i| format!("{i:0>200}")).collect();
+    let blob: Vec<String> = (0..n).map(|i| format!("{i:0>5000}")).collect();
     let batch = RecordBatch::try_new(
         schema,
         vec![
@@ -110,7 +110,7 @@ async fn parquet_splits_follow_row_groups_and_read_every_row_once() {
             (90, 100)
         ]
     );
-    // Planning read only the footers: a bounded range at each file's end.
+    // Planning read only the footers: one bounded GET of 64 KiB at each file's end.
     let fetched = stats.bytes();
     assert!(
         fetched < 2 * file.len() as u64 / 4,
@@ -118,7 +118,7 @@ async fn parquet_splits_follow_row_groups_and_read_every_row_once() {
         2 * file.len()
     );
     for (_, r) in stats.gets() {
-        assert!(!matches!(r, None), "planning never GETs a whole file");
+        assert!(r.is_some(), "planning never GETs a whole file");
     }
 
     let mut rows = Vec::new();
@@ -229,6 +229,35 @@ async fn parquet_fatal_errors_name_the_file_and_column() {
             .starts_with("mem://data/bad.parquet: cannot read the Parquet footer"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn the_parquet_bytes_entry_point_reads_whole_files_and_refuses_broken_ones() {
+    let file = parquet_file(25, 10);
+    let all = spotbatch_records::read_parquet_bytes(
+        Bytes::from(file.clone()),
+        4,
+        &proj(),
+        &ReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(all.len(), 25);
+    assert_eq!(all[24].key.to_string(), "input.parquet#24");
+    for cut in [0, 1, 4, 8, file.len() / 2, file.len() - 1] {
+        let e = spotbatch_records::read_parquet_bytes(
+            Bytes::from(file[..cut].to_vec()),
+            4,
+            &proj(),
+            &ReadOptions::default(),
+        )
+        .await;
+        assert!(
+            matches!(e, Err(ReadError::Parquet { .. })),
+            "cut at {cut}: {:?}",
+            e.map(|r| r.len())
+        );
+    }
 }
 
 #[tokio::test]
@@ -413,7 +442,7 @@ async fn discover_lists_a_folder_with_a_glob_or_takes_one_file() {
     let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
     assert_eq!(keys, vec!["a/x.jsonl", "a/y.jsonl", "b/w.jsonl"]);
     assert_eq!(source.root, root);
-    let one = root.child("a").child("y.jsonl");
+    let one = root.clone().join("a").join("y.jsonl");
     let (source, files) = discover(store, one, "file:///d/a/y.jsonl", None)
         .await
         .unwrap();
@@ -489,7 +518,7 @@ async fn write_parts(dir: &std::path::Path) -> Vec<(String, PartSchema)> {
     ] {
         let mut w = PartWriter::create(
             Arc::clone(&store),
-            root.child("classify").child(shard),
+            root.clone().join("classify").join(shard),
             shard,
             &topk,
             &WriterOptions::default(),
@@ -513,7 +542,7 @@ async fn write_parts(dir: &std::path::Path) -> Vec<(String, PartSchema)> {
     let id = |i: i32| Value::Arrow(Arc::new(Int32Array::from(vec![i])) as ArrayRef);
     let mut w = PartWriter::create(
         Arc::clone(&store),
-        root.child("embed").child("part-0.parquet"),
+        root.clone().join("embed").join("part-0.parquet"),
         "embed",
         &emb,
         &WriterOptions {
@@ -557,7 +586,7 @@ async fn write_parts(dir: &std::path::Path) -> Vec<(String, PartSchema)> {
     };
     let mut w = PartWriter::create(
         Arc::clone(&store),
-        root.child("raw").child("part-0.parquet"),
+        root.clone().join("raw").join("part-0.parquet"),
         "raw",
         &raw,
         &WriterOptions::default(),
@@ -643,7 +672,7 @@ async fn parts_read_back_with_their_schema_and_values() {
     };
     let e = PartWriter::create(
         Arc::clone(&store),
-        root.child("x.parquet"),
+        root.clone().join("x.parquet"),
         "x",
         &clash,
         &WriterOptions::default(),
@@ -656,7 +685,7 @@ async fn parts_read_back_with_their_schema_and_values() {
     );
     let mut w = PartWriter::create(
         store,
-        root.child("y.parquet"),
+        root.clone().join("y.parquet"),
         "y",
         &kinds[1].1,
         &WriterOptions::default(),
@@ -741,7 +770,7 @@ print(json.dumps(out))
             "key: VARCHAR",
             "id: INTEGER",
             "day: DATE",
-            "embedding: FLOAT[3]",
+            "embedding: FLOAT[]",
             "error: VARCHAR"
         ])
     );
