@@ -370,7 +370,9 @@ fn check_key(key: &str) -> Result<Resolved, String> {
     Ok(Resolved::Key(key.to_string()))
 }
 
-fn percent_decode(part: &str) -> String {
+/// Decodes the `%XX` escapes of a URL path segment (text that does not decode to UTF-8 is kept
+/// as written).
+pub fn percent_decode(part: &str) -> String {
     let b = part.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

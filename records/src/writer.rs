@@ -13,10 +13,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, ListArray, RecordBatch,
-    StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int64Array,
+    ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
@@ -392,50 +391,24 @@ impl PartWriter {
             let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
             return arrow_select::concat::concat(&refs).map_err(arrow_err);
         }
+        let vals = conformed.iter();
         Ok(match ty {
-            DataType::Utf8 => {
-                let mut b = StringBuilder::new();
-                for v in &conformed {
-                    match v {
-                        Value::Str(s) => b.append_value(s),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int64 => {
-                let mut b = Int64Builder::new();
-                for v in &conformed {
-                    b.append_option(if let Value::Int(i) = v {
-                        Some(*i)
-                    } else {
-                        None
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Float64 => {
-                let mut b = Float64Builder::new();
-                for v in &conformed {
-                    b.append_option(if let Value::Float(f) = v {
-                        Some(*f)
-                    } else {
-                        None
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Boolean => {
-                let mut b = BooleanBuilder::new();
-                for v in &conformed {
-                    b.append_option(if let Value::Bool(x) = v {
-                        Some(*x)
-                    } else {
-                        None
-                    });
-                }
-                Arc::new(b.finish())
-            }
+            DataType::Utf8 => Arc::new(StringArray::from_iter(vals.map(|v| match v {
+                Value::Str(s) => Some(s.as_str()),
+                _ => None,
+            }))),
+            DataType::Int64 => Arc::new(Int64Array::from_iter(vals.map(|v| match v {
+                Value::Int(i) => Some(*i),
+                _ => None,
+            }))),
+            DataType::Float64 => Arc::new(Float64Array::from_iter(vals.map(|v| match v {
+                Value::Float(f) => Some(*f),
+                _ => None,
+            }))),
+            DataType::Boolean => Arc::new(BooleanArray::from_iter(vals.map(|v| match v {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            }))),
             // Only nulls (no Arrow value to take the type from): a null column of the type.
             other => arrow_array::new_null_array(other, rows.len()),
         })
