@@ -342,3 +342,52 @@ async fn jsonl_reads_are_ranged_and_never_fetch_a_whole_file() {
     }
     assert_eq!(ids, (0..i).collect::<Vec<_>>(), "every line once, in order");
 }
+
+#[tokio::test]
+async fn csv_without_quoted_newlines_splits_by_lines_and_tolerates_stray_quotes() {
+    // A stray quote inside an unquoted field breaks quote parity; with quoted_newlines off every
+    // line is a record, and each split still sees every line exactly once.
+    let data: &[u8] = b"id,text\n1,5'11\" tall\n2,\"quoted, fine\"\n3,say \"hi\n4,last\n";
+    let (source, _) = mem_source(&[("s.csv", data)]).await;
+    let size = data.len() as u64;
+    let opts = ReadOptions {
+        csv: spotbatch_records::CsvOptions {
+            quoted_newlines: false,
+            ..Default::default()
+        },
+        ..ReadOptions::default()
+    };
+    let whole = read_in_splits(
+        &source,
+        Format::Csv,
+        "s.csv",
+        size,
+        size,
+        &text_proj(),
+        &opts,
+    )
+    .await;
+    let ids: Vec<String> = whole
+        .iter()
+        .map(|r| match &r.fields {
+            Ok(f) => format!("{:?}", f.id),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(ids[1], "Some(Str(\"2\"))");
+    assert_eq!(ids[3], "Some(Str(\"4\"))");
+    for step in 1..=size {
+        let got = read_in_splits(
+            &source,
+            Format::Csv,
+            "s.csv",
+            size,
+            step,
+            &text_proj(),
+            &opts,
+        )
+        .await;
+        assert_eq!(summary(&got), summary(&whole), "split size {step}");
+    }
+}
