@@ -3,7 +3,7 @@
 //! | error | policy |
 //! | --- | --- |
 //! | [`ShardError::Item`]: one bad input (not an image, too large, missing, a malformed row, the model failing on it alone) | [`Policy::ErrorRow`]: its row carries the reason, the shard goes on |
-//! | [`ShardError::Storage`], [`ShardError::Job`], [`ShardError::Pipeline`], [`ShardError::Output`], [`ShardError::Peer`] | [`Policy::Retry`]: the attempt fails, the shard is released with the reason; the queue dead-letters it after `max_attempts` |
+//! | [`ShardError::Storage`], [`ShardError::Read`], [`ShardError::Job`], [`ShardError::Pipeline`], [`ShardError::Output`], [`ShardError::Peer`] | [`Policy::Retry`]: the attempt fails, the shard is released with the reason; the queue dead-letters it after `max_attempts` |
 //! | [`ShardError::LeaseLost`] | [`Policy::Stop`]: someone else may own the shard now; write nothing, touch nothing on the queue |
 //! | [`ShardError::Stopped`] | [`Policy::Release`]: handed back without counting an attempt |
 //! | [`ShardError::Foreign`] | [`Policy::DeadLetter`]: a message that can never succeed goes to the dead-letter queue at once |
@@ -60,6 +60,9 @@ pub enum ShardError {
     /// Reading inputs or writing outputs failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A record file could not be read (unreadable, changed, lacking a named column).
+    #[error("{0}")]
+    Read(String),
     /// The job could not be prepared on this worker (model, labels, manifest).
     #[error(transparent)]
     Job(#[from] JobError),
@@ -89,6 +92,7 @@ impl ShardError {
         match self {
             ShardError::Item { .. } => Policy::ErrorRow,
             ShardError::Storage(_)
+            | ShardError::Read(_)
             | ShardError::Job(_)
             | ShardError::Pipeline(_)
             | ShardError::Output(_)

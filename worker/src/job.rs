@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use spotbatch_proto::manifest::{DeviceSpec, PreprocessDevice};
+use spotbatch_proto::manifest::{DeviceSpec, OutputFormat, PostKind, PreprocessDevice};
 use spotbatch_proto::{sha256_hex, Manifest, ShardTask};
+use spotbatch_records::{PartSchema, ResultKind};
 use spotbatch_store::{JobLayout, Prefix};
 use tracing::{info, warn};
 
+use crate::engine::ModelInfo;
 use crate::engine::{
     CudaOptions, Device, DeviceAllocator, EngineError, EngineLoader, EngineOptions,
     InferenceEngine, OrtLoader,
@@ -17,9 +19,9 @@ use crate::engine::{
 use crate::gpu::{GpuPreprocessor, TensorSpec};
 use crate::model::{check_output, parse_labels, plan_input, InputPlan};
 use crate::postprocess::Postprocessor;
-use crate::preprocess::{ImagePreprocessor, ImageTarget, Preprocessor};
-use crate::sink::{JsonlSink, RowSink};
-use crate::source::{ItemSource, ObjectSource};
+use crate::preprocess::{ImagePreprocessor, ImageTarget, Preprocessor, TextPreprocessor};
+use crate::sink::{JsonlSink, ParquetSink, RowSink};
+use crate::source::{ItemSource, ObjectSource, RecordSource};
 
 /// Why a job could not be prepared on this worker (every shard of it fails the same way).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +62,8 @@ pub struct ModelRuntime {
     /// GPU preprocessing, when images are resized and normalised on the GPU, with the allocator
     /// of the input tensors it writes.
     pub gpu: Option<(Mutex<GpuPreprocessor>, Mutex<DeviceAllocator>)>,
+    /// A text model's tokenizer (batches are packed with its pad id); `None` for images.
+    pub tokenizer: Option<Arc<spotbatch_text::TextTokenizer>>,
     /// Items per inference call.
     pub batch_size: usize,
     /// How long a partial batch waits for more items.
@@ -95,7 +99,7 @@ impl ModelRuntime {
     /// Loads the model and fits the manifest's preprocessing to it.
     fn load(
         manifest: &Manifest,
-        model_bytes: &[u8],
+        files: &ModelFiles,
         intra_op_threads: Option<usize>,
         device: DeviceSpec,
         loader: &dyn EngineLoader,
@@ -106,7 +110,12 @@ impl ModelRuntime {
             intra_op_threads: intra_op_threads.unwrap_or(manifest.raw.model.intra_op_threads),
             device,
             cuda: CudaOptions::from_manifest(&manifest.raw.model),
+            tokens: files.tokenizer.is_some(),
         };
+        let model_bytes = &files.model;
+        if let Some(tokenizer) = &files.tokenizer {
+            return Self::load_text(manifest, model_bytes, tokenizer, &opts, loader);
+        }
         if device != DeviceSpec::Cpu && manifest.raw.preprocess.device != PreprocessDevice::Cpu {
             crate::gpu::compile_kernels_early();
         }
@@ -162,9 +171,60 @@ impl ModelRuntime {
             plan,
             engine: Mutex::new(engine),
             gpu,
+            tokenizer: None,
             device,
         })
     }
+
+    /// Loads a text model: its tokenizer (with the job's `max_length`) and the model, fed by the
+    /// token inputs' names.
+    fn load_text(
+        manifest: &Manifest,
+        model_bytes: &[u8],
+        tokenizer: &(String, bytes::Bytes),
+        opts: &EngineOptions,
+        loader: &dyn EngineLoader,
+    ) -> Result<Self, JobError> {
+        let (url, bytes) = tokenizer;
+        let tokenizer =
+            spotbatch_text::TextTokenizer::from_bytes(bytes, url.as_str(), manifest.max_length())
+                .map_err(|e| JobError::File {
+                field: "preprocess.tokenizer",
+                message: e.to_string(),
+            })?;
+        let tokenizer = Arc::new(tokenizer);
+        let engine = loader.load(model_bytes, opts)?;
+        let plan = crate::model::plan_text(manifest, engine.info())?;
+        let device = engine.device();
+        info!(job = %manifest.job_id, device = %device, inputs = ?engine.info().token_inputs,
+              "text model loaded");
+        Ok(Self {
+            batch_size: plan.fixed_batch.unwrap_or(manifest.raw.model.batch_size),
+            max_batch_delay: Duration::from_millis(manifest.raw.model.max_batch_delay_ms),
+            pre: Box::new(TextPreprocessor::new(Arc::clone(&tokenizer))),
+            plan,
+            engine: Mutex::new(engine),
+            gpu: None,
+            tokenizer: Some(tokenizer),
+            device,
+        })
+    }
+
+    /// Items of a shard in the pipeline at which the next shard starts feeding: two batches, or
+    /// for texts the length window (so it stays full across shards).
+    pub fn low_water(&self) -> usize {
+        match self.tokenizer {
+            Some(_) => crate::pipeline::policy::text_window(self.batch_size),
+            None => 2 * self.batch_size,
+        }
+    }
+}
+
+/// The files a model runtime is made from: the model's bytes, and a text model's tokenizer (its
+/// URL and bytes).
+struct ModelFiles {
+    model: bytes::Bytes,
+    tokenizer: Option<(String, bytes::Bytes)>,
 }
 
 /// Everything a worker needs to run one job's shards.
@@ -173,8 +233,10 @@ pub struct JobContext {
     pub manifest: Manifest,
     /// Reads a shard's items.
     pub source: Arc<dyn ItemSource>,
-    /// Encodes a shard's rows as its part file.
+    /// Writes a shard's rows as its part file.
     pub sink: Arc<dyn RowSink>,
+    /// A record job's carried columns' names (the id column first), as rows carry them.
+    pub carried: Vec<String>,
     /// The job's output prefix.
     pub layout: JobLayout,
     /// Output values → row value.
@@ -199,6 +261,15 @@ impl JobContext {
         let model_bytes = read_url(&manifest.model)
             .await
             .map_err(file_err("model.uri"))?;
+        let tokenizer = match &manifest.tokenizer {
+            Some(url) => Some((
+                url.to_string(),
+                read_url(url)
+                    .await
+                    .map_err(file_err("preprocess.tokenizer"))?,
+            )),
+            None => None,
+        };
         let labels = match &manifest.labels {
             Some(url) => {
                 let bytes = read_url(url)
@@ -224,8 +295,12 @@ impl JobContext {
             None => {
                 let (m, threads) = (manifest.clone(), jobs.intra_op_threads);
                 let loader = Arc::clone(&jobs.loader);
+                let files = ModelFiles {
+                    model: model_bytes,
+                    tokenizer,
+                };
                 let rt = tokio::task::spawn_blocking(move || {
-                    ModelRuntime::load(&m, &model_bytes, threads, device, loader.as_ref())
+                    ModelRuntime::load(&m, &files, threads, device, loader.as_ref())
                 })
                 .await
                 .map_err(|e| EngineError::Runtime(format!("model loading thread failed: {e}")))??;
@@ -243,24 +318,138 @@ impl JobContext {
             .map(|e| e.info().clone())
             .map_err(|_| EngineError::Runtime("engine lock poisoned".into()))?;
         check_output(&manifest, &info, labels.as_deref())?;
-        let input = Prefix::open(&manifest.input).map_err(|e| JobError::File {
-            field: "input.uri",
-            message: e.to_string(),
-        })?;
         let layout = JobLayout::for_manifest(&manifest).map_err(|e| JobError::File {
             field: "output.uri",
             message: e.to_string(),
         })?;
-        let source = Arc::new(ObjectSource::new(input, manifest.raw.input.max_bytes));
+        let planned = jobs
+            .planned
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&manifest.job_id).cloned());
+        let (source, projection) = item_source(&manifest, &layout, planned).await?;
+        let carried: Vec<String> = projection
+            .iter()
+            .flat_map(|p| p.id.iter().chain(&p.columns))
+            .map(|c| c.name.clone())
+            .collect();
+        let sink: Arc<dyn RowSink> = match manifest.raw.output.format {
+            OutputFormat::Jsonl => Arc::new(JsonlSink::new(carried.clone())),
+            OutputFormat::Parquet => Arc::new(ParquetSink::new(
+                part_schema(&manifest, &info, projection.as_ref())?,
+                manifest.raw.postprocess.kind,
+            )),
+        };
+        let mut post = Postprocessor::new(manifest.raw.postprocess.clone(), labels);
+        if runtime.tokenizer.is_some() {
+            post = post.with_pooling(manifest.pooling());
+        }
         Ok(Self {
-            post: Postprocessor::new(manifest.raw.postprocess.clone(), labels),
+            post,
             source,
-            sink: Arc::new(JsonlSink),
+            sink,
+            carried,
             layout,
             runtime,
             manifest,
         })
     }
+}
+
+/// Where a job's items come from: objects below its input prefix, or the rows of its record
+/// files (with the columns and types fixed when it was planned, `_schema.json`).
+async fn item_source(
+    m: &Manifest,
+    layout: &JobLayout,
+    planned: Option<spotbatch_records::Projection>,
+) -> Result<(Arc<dyn ItemSource>, Option<spotbatch_records::Projection>), JobError> {
+    let input_err = |e: String| JobError::File {
+        field: "input.uri",
+        message: e,
+    };
+    if !m.is_records() {
+        let input = Prefix::open(&m.input).map_err(|e| input_err(e.to_string()))?;
+        return Ok((
+            Arc::new(ObjectSource::new(input, m.raw.input.max_bytes)),
+            None,
+        ));
+    }
+    let (mut projection, opts) = spotbatch_plan::projection(m);
+    // The types planning fixed; without them (a job planned before it existed) the columns keep
+    // each value's own type, which JSON output is fine with.
+    let stored = match planned {
+        Some(p) => Some(bytes::Bytes::from(
+            serde_json::to_vec(&p).unwrap_or_default(),
+        )),
+        None => layout
+            .prefix
+            .get_opt(JobLayout::SCHEMA_KEY)
+            .await
+            .map_err(|e| input_err(e.to_string()))?,
+    };
+    match stored {
+        Some(bytes) => {
+            projection = serde_json::from_slice(&bytes).map_err(|e| JobError::File {
+                field: "output.uri",
+                message: format!("{}: not a column schema: {e}", layout.prefix.url_of(JobLayout::SCHEMA_KEY)),
+            })?;
+        }
+        None if m.raw.output.format == OutputFormat::Parquet => {
+            return Err(JobError::File {
+                field: "output.uri",
+                message: format!(
+                    "{} is missing: enqueue the job again (its columns' types are fixed when it is planned)",
+                    layout.prefix.url_of(JobLayout::SCHEMA_KEY)
+                ),
+            })
+        }
+        None => {}
+    }
+    let source = spotbatch_plan::record_source(m)
+        .await
+        .map_err(|e| input_err(e.to_string()))?;
+    Ok((
+        Arc::new(RecordSource::new(source, projection.clone(), opts)),
+        Some(projection),
+    ))
+}
+
+/// The Parquet part files' columns: the carried columns in their job types, and the result.
+fn part_schema(
+    m: &Manifest,
+    info: &ModelInfo,
+    projection: Option<&spotbatch_records::Projection>,
+) -> Result<PartSchema, JobError> {
+    let typed = |c: &spotbatch_records::Column| {
+        (
+            c.name.clone(),
+            c.ty.clone().unwrap_or(arrow_schema::DataType::Utf8),
+        )
+    };
+    let result = match m.raw.postprocess.kind {
+        PostKind::Classify => ResultKind::TopK,
+        PostKind::Raw => ResultKind::Tensor,
+        PostKind::Embedding => {
+            let dim = info.output.dims.last().copied().filter(|d| *d > 0);
+            let Some(dim) = dim else {
+                return Err(JobError::File {
+                    field: "output.format",
+                    message: format!(
+                        "parquet embeddings have a fixed size; the model's output {:?} {:?} does not say it",
+                        info.output.name, info.output.dims
+                    ),
+                });
+            };
+            ResultKind::Embedding { dim: dim as usize }
+        }
+    };
+    Ok(PartSchema {
+        id: projection.and_then(|p| p.id.as_ref()).map(typed),
+        columns: projection
+            .map(|p| p.columns.iter().map(typed).collect())
+            .unwrap_or_default(),
+        result,
+    })
 }
 
 /// What makes two jobs' models interchangeable: the model's bytes, the settings that shape the
@@ -305,6 +494,9 @@ pub struct Jobs {
     intra_op_threads: Option<usize>,
     device: Option<DeviceSpec>,
     loader: Arc<dyn EngineLoader>,
+    /// Record jobs' column types from a plan in hand (`validate`), by job id, used before the
+    /// stored `_schema.json`.
+    planned: std::sync::Mutex<HashMap<String, spotbatch_records::Projection>>,
 }
 
 impl Jobs {
@@ -325,7 +517,17 @@ impl Jobs {
             intra_op_threads,
             device: None,
             loader: Arc::new(OrtLoader),
+            planned: Default::default(),
         }
+    }
+
+    /// Uses `projection` (from a plan in hand) for the record job `job` rather than the stored
+    /// `_schema.json`.
+    pub fn with_planned_schema(self, job: &str, projection: spotbatch_records::Projection) -> Self {
+        if let Ok(mut p) = self.planned.lock() {
+            p.insert(job.to_string(), projection);
+        }
+        self
     }
 
     /// Loads models with `loader` instead of ONNX Runtime (tests load fakes).
@@ -443,6 +645,7 @@ mod tests {
             index: 0,
             manifest_digest: m.digest.clone(),
             keys: vec!["k".into()],
+            split: None,
             manifest: stored,
         }
     }

@@ -98,7 +98,7 @@ async fn work(
                 })
             }
             Collected::Partial(rows) => {
-                let w = write_partial(&ctx.layout, task, &rows).await?;
+                let w = write_partial(&ctx.layout, &ctx.carried, task, &rows).await?;
                 Ok(Outcome::Partial {
                     done: w.items as usize,
                     total: task.keys.len(),
