@@ -45,6 +45,8 @@ fi
 "$SPOTBATCH_PYTHON" examples/text/minilm.py >/dev/null
 "$SPOTBATCH_PYTHON" examples/text/make_corpus.py all >/dev/null
 cargo build --workspace --all-targets --locked
+# The embedded path alone (SQLite, files, the CPU) builds without the sqs, kafka and gpu features.
+cargo check --locked -p spotbatch --no-default-features
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"

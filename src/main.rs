@@ -708,27 +708,20 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             uri,
             dlq,
             max_attempts,
-        } => {
-            if uri.starts_with("kafka://") {
-                spotbatch_queue::kafka::create(&uri).await?;
-                let t = spotbatch_queue::kafka::parse_uri(&uri)?;
-                println!(
-                    "{}: topic with {} partitions and {}-dlq ready",
-                    t.topic, t.partitions, t.topic
-                );
-            } else if uri.starts_with("sqlite://") {
-                spotbatch_queue::open(&uri, QueueConfig { max_attempts }).await?;
-                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)");
-            } else {
-                let url = spotbatch_queue::sqs::SqsQueue::create(&uri, dlq, max_attempts).await?;
-                let extra = if dlq {
-                    format!(", dead-letter queue after {max_attempts} receives")
-                } else {
-                    String::new()
-                };
+        } => match spotbatch_queue::create(&uri, dlq, max_attempts).await? {
+            spotbatch_queue::Created::Kafka { topic, partitions } => {
+                println!("{topic}: topic with {partitions} partitions and {topic}-dlq ready")
+            }
+            spotbatch_queue::Created::Sqlite => {
+                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)")
+            }
+            spotbatch_queue::Created::Sqs { url, dlq_after } => {
+                let extra = dlq_after
+                    .map(|n| format!(", dead-letter queue after {n} receives"))
+                    .unwrap_or_default();
                 println!("{url}{extra}");
             }
-        }
+        },
         QueueCommand::Dlq { uri } => {
             let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
             let dead = q.dead_letters(10_000).await?;
@@ -779,10 +772,11 @@ fn spawn_progress(
     let quiet = mode == ProgressMode::None;
     tokio::spawn(async move {
         let started = Instant::now();
+        // Rows as the pipeline makes them (a record job's shard holds thousands).
         let counts = |p: &Progress| {
-            let ok = p.items_ok.load(Ordering::Relaxed);
-            let failed = p.items_failed.load(Ordering::Relaxed);
-            (ok + failed, errors_before + failed)
+            let made = p.rows_made.load(Ordering::Relaxed);
+            let failed = p.rows_made_failed.load(Ordering::Relaxed);
+            (made, errors_before + failed)
         };
         if bar {
             let (pb, template) = match total {

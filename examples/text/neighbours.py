@@ -46,7 +46,9 @@ def main(argv) -> int:
         texts[d["id"]] = d["text"]
     m = np.array([r["embedding"] for r in rows], dtype=np.float32)
     tok = minilm.load_tokenizer(HERE / "model" / "tokenizer.json", 128, pad_to_longest=True)
-    sess = ort.InferenceSession(str(HERE / "model" / "minilm.onnx"), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(HERE / "model" / "minilm.onnx"), so, providers=["CPUExecutionProvider"])
     enc = tok.encode_batch(questions)
     feeds = minilm.batch_feeds(enc)
     names = {i.name for i in sess.get_inputs()}

@@ -11,7 +11,7 @@
 use spotbatch_proto::TaskError;
 use spotbatch_store::{GetError, StorageError};
 
-use crate::job::JobError;
+use crate::engine::EngineError;
 
 /// What becomes of an item or a shard when something goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,4 +160,28 @@ mod tests {
         );
         assert_eq!(down.policy(), Policy::Retry);
     }
+}
+
+/// Why a job could not be prepared on this worker (every shard of it fails the same way).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// A file the job needs could not be read.
+    #[error("{field}: {message}")]
+    File {
+        /// The manifest field naming the file.
+        field: &'static str,
+        /// What went wrong, with the URL.
+        message: String,
+    },
+    /// The model could not be loaded or does not fit the manifest.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The shard names a job this worker was not given.
+    #[error("job {job} (manifest {digest}) is not known to this worker")]
+    Unknown {
+        /// The job id.
+        job: String,
+        /// Its manifest digest.
+        digest: String,
+    },
 }

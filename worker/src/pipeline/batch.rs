@@ -14,7 +14,7 @@ use super::post::{self, Ran};
 use super::{Decoded, ShardWork};
 use crate::engine::DeviceTensor;
 use crate::gpu::Prepared;
-use crate::job::ModelRuntime;
+use crate::runtime::ModelRuntime;
 
 /// A batch whose input is being written on the GPU, on its way to the infer thread.
 struct InFlight {

@@ -18,6 +18,7 @@ use crate::control::Control;
 use crate::cost::CostMeter;
 use crate::error::{Policy, ShardError};
 use crate::job::JobContext;
+use crate::progress::Progress;
 use crate::sink::Row;
 use crate::source::Payload;
 
@@ -49,6 +50,7 @@ impl Pipeline {
     pub(crate) async fn work_shard(
         &self,
         control: &Control,
+        progress: &Progress,
         cost: &Arc<CostMeter>,
         ctx: &Arc<JobContext>,
         task: &ShardTask,
@@ -186,7 +188,12 @@ impl Pipeline {
                                 .ok()
                                 .and_then(|mut c| c.remove(&idx))
                                 .unwrap_or_default();
+                            let failed = row.error.is_some();
                             if place(&mut rows, idx, Row::New(row, values)) {
+                                progress.rows_made.fetch_add(1, Ordering::Relaxed);
+                                if failed {
+                                    progress.rows_made_failed.fetch_add(1, Ordering::Relaxed);
+                                }
                                 have += 1;
                                 if outstanding.fetch_sub(1, Ordering::Relaxed) > 0 {
                                     self.in_pipeline.fetch_sub(1, Ordering::Relaxed);

@@ -15,8 +15,8 @@ use crate::cost::CostMeter;
 use crate::engine::{BatchOutput, DeviceAllocator, DeviceTensor, EngineError, InferenceEngine};
 use crate::error::{ItemError, ShardError};
 use crate::gpu::{GpuError, GpuPreprocessor, Prepared};
-use crate::job::ModelRuntime;
 use crate::preprocess::{ModelInput, Pixels};
+use crate::runtime::ModelRuntime;
 
 /// Why a batch could not run.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use std::time::Instant;
 use spotbatch_text::{BatcherConfig, LengthBatcher};
 
 use super::Decoded;
-use crate::job::ModelRuntime;
+use crate::runtime::ModelRuntime;
 
 enum Pending {
     Fill {
@@ -33,13 +33,6 @@ enum Pending {
 pub(crate) struct Batching {
     pub(crate) rt: Arc<ModelRuntime>,
     pending: Pending,
-}
-
-/// The window of a text runtime, in items: how many may be held for sorting.
-pub(crate) fn text_window(batch_size: usize) -> usize {
-    BatcherConfig::new(NonZeroUsize::new(batch_size.max(1)).unwrap_or(NonZeroUsize::MIN))
-        .window
-        .get()
 }
 
 impl Batching {

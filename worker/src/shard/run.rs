@@ -72,6 +72,7 @@ async fn work(
     let cancel = node.control.stop.child_token();
     let fed = node.pipeline.work_shard(
         &node.control,
+        &node.progress,
         &node.cost,
         &ctx,
         task,
