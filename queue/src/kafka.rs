@@ -600,8 +600,7 @@ impl Ctx {
     }
 }
 
-/// Reads partition `p` of `topic` from the start of its log with a consumer of its own (no group)
-/// and returns the log's first offset and the records found at offsets `start..end`.
+/// Reads partition `p` of `topic` from the start of its log with a consumer of its own and returns the log's first offset and the records found at offsets `start..end`.
 fn read_range(
     brokers: &str,
     topic: &str,
@@ -609,8 +608,14 @@ fn read_range(
     start: i64,
     end: i64,
 ) -> std::result::Result<(i64, Vec<(i64, Item)>), String> {
+    // A group id only because librdkafka assigns no partitions without one: it never joins the
+    // group nor commits.
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("spotbatch-read-back-{}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()
