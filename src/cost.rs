@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use spotbatch_coordinator::{JobLayout, Prefix};
-use spotbatch_proto::{DoneMarker, Manifest};
-use spotbatch_worker::cost::{self, Capacity, Ledger, Prices};
+use spotbatch_proto::Manifest;
+use spotbatch_store::cost::report;
+use spotbatch_store::ledger::{self as cost, Capacity, Ledger, Prices};
+use spotbatch_store::{JobLayout, Prefix};
 
 /// What this machine costs (for cost accounting; without prices nothing is accounted).
 #[derive(clap::Args, Debug, Clone)]
@@ -63,112 +64,15 @@ pub struct CostCmd {
     json: bool,
 }
 
-/// The cost report of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Report {
-    pub job: String,
-    pub workers: usize,
-    pub items: u64,
-    pub error_rows: u64,
-    pub machine_seconds: f64,
-    pub dollars: f64,
-    pub on_demand_dollars: f64,
-    pub saved_dollars: f64,
-    pub saved_fraction: f64,
-    pub dollars_per_1k_items: f64,
-    pub items_inferred: u64,
-    pub items_redone: u64,
-    pub redone_fraction: f64,
-    pub seconds_lost: f64,
-    pub dollars_lost: f64,
-    pub by_capacity: std::collections::BTreeMap<String, f64>,
-    pub per_worker: Vec<Ledger>,
-}
-
-/// Adds up ledgers and markers.
-pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
-    let items: u64 = markers.iter().map(|m| m.items).sum();
-    let error_rows: u64 = markers.iter().map(|m| m.errors).sum();
-    let dollars: f64 = ledgers.iter().map(|l| l.dollars).sum();
-    let on_demand: f64 = ledgers.iter().map(|l| l.on_demand_dollars).sum();
-    let seconds: f64 = ledgers.iter().map(|l| l.seconds).sum();
-    let inferred: u64 = ledgers.iter().map(|l| l.items).sum();
-    let redone: u64 = ledgers
-        .iter()
-        .map(|l| l.items_redone)
-        .sum::<u64>()
-        .min(inferred);
-    let per_item = |total: f64| {
-        if inferred > 0 {
-            total / inferred as f64
-        } else {
-            0.0
-        }
-    };
-    let mut by_capacity = std::collections::BTreeMap::new();
-    for l in ledgers {
-        *by_capacity.entry(l.capacity.clone()).or_insert(0.0) += l.dollars;
-    }
-    Report {
-        job: job.to_string(),
-        workers: ledgers.len(),
-        items,
-        error_rows,
-        machine_seconds: seconds,
-        dollars,
-        on_demand_dollars: on_demand,
-        saved_dollars: on_demand - dollars,
-        saved_fraction: if on_demand > 0.0 {
-            (on_demand - dollars) / on_demand
-        } else {
-            0.0
-        },
-        dollars_per_1k_items: if items > 0 {
-            dollars / items as f64 * 1000.0
-        } else {
-            0.0
-        },
-        items_inferred: inferred,
-        items_redone: redone,
-        redone_fraction: if items > 0 {
-            redone as f64 / items as f64
-        } else {
-            0.0
-        },
-        seconds_lost: redone as f64 * per_item(seconds),
-        dollars_lost: redone as f64 * per_item(dollars),
-        by_capacity,
-        per_worker: ledgers.to_vec(),
-    }
-}
-
 /// Reads a job's ledgers and done markers.
-pub async fn read_job(prefix: &Prefix) -> anyhow::Result<(Vec<Ledger>, Vec<DoneMarker>)> {
-    let mut ledgers = Vec::new();
-    let mut markers = Vec::new();
-    for item in prefix.list().await? {
-        let key = item.key;
-        let is_cost = key.starts_with("_cost/") && key.ends_with(".json");
-        let is_done = key.starts_with("_done/") && key.ends_with(".json");
-        if !is_cost && !is_done {
-            continue;
-        }
-        let bytes = prefix
-            .get(&key, 1 << 20)
-            .await
-            .with_context(|| format!("reading {key}"))?;
-        if is_cost {
-            ledgers.push(
-                serde_json::from_slice(&bytes).with_context(|| format!("{key}: not a ledger"))?,
-            );
-        } else {
-            markers.push(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{key}: not a done marker"))?,
-            );
-        }
-    }
-    Ok((ledgers, markers))
+pub async fn read_job(
+    prefix: &Prefix,
+) -> anyhow::Result<(Vec<Ledger>, Vec<spotbatch_proto::DoneMarker>)> {
+    let layout = JobLayout {
+        prefix: prefix.clone(),
+    };
+    let files = layout.read_files().await?;
+    Ok((files.ledgers, files.markers))
 }
 
 /// The job id and output prefix of a job named by its manifest, or by its id and `--output`.
@@ -237,4 +141,19 @@ pub async fn run(cmd: CostCmd) -> anyhow::Result<ExitCode> {
         r.dollars_lost
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_id_with_an_output_folder_names_the_jobs_prefix() {
+        let (job, prefix) = job_prefix("digits-1", Some("/tmp/some out")).unwrap();
+        assert_eq!(job, "digits-1");
+        assert_eq!(prefix.url().as_str(), "file:///tmp/some%20out/digits-1/");
+        let (_, s3) = job_prefix("j", Some("s3://bucket/results/")).unwrap();
+        assert_eq!(s3.url().as_str(), "s3://bucket/results/j/");
+        assert!(job_prefix("no-such-manifest.toml", None).is_err());
+    }
 }

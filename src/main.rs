@@ -8,16 +8,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
-use spotbatch_coordinator::{enqueue_plan, plan_job, JobLayout};
+use spotbatch_plan::{enqueue_plan, plan_job};
 use spotbatch_proto::manifest::DeviceSpec;
 use spotbatch_proto::{Manifest, ManifestError, ShardTask};
-use spotbatch_queue::sqlite::SqliteQueue;
-use spotbatch_queue::{LeaseQueue, QueueConfig};
-use spotbatch_worker::notice::{self, NoticeAction, NoticeSource};
-use spotbatch_worker::pipeline::Control;
-use spotbatch_worker::{run_worker, Jobs, Progress, WorkerOptions};
+use spotbatch_queue::QueueConfig;
+use spotbatch_store::JobLayout;
+use spotbatch_worker::notice::{self, NoticeAction};
+use spotbatch_worker::{drain, process, Control, Progress, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 mod cost;
@@ -312,24 +311,13 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     DeviceSpec::parse(s)
 }
 
-/// The device a worker reports to the coordinator: the one asked for, or what `auto` finds.
-fn device_label(asked: Option<DeviceSpec>) -> String {
-    match asked.unwrap_or_default() {
-        DeviceSpec::Auto => match spotbatch_worker::gpu::cuda_device_count() {
-            Ok(n) if n > 0 => "cuda:0".into(),
-            _ => "cpu".into(),
-        },
-        other => other.to_string(),
-    }
-}
-
 /// An explicit `--device cuda[:N]` on a machine without that GPU stops here (exit 2), before
 /// anything is leased: a CUDA request never falls back to the CPU.
 fn check_device(asked: Option<DeviceSpec>) -> Option<ExitCode> {
     let Some(DeviceSpec::Cuda(n)) = asked else {
         return None;
     };
-    let why = match spotbatch_worker::gpu::cuda_device_count() {
+    let why = match spotbatch_worker::device::cuda_device_count() {
         Ok(count) if (n as usize) < count => return None,
         Ok(count) => format!("no GPU {n} on this machine ({count} found)"),
         Err(e) => format!("no GPU: {e}"),
@@ -403,11 +391,15 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     };
     match spotbatch_worker::validate::check(&m).await {
         Ok(s) => {
+            let inputs = if s.inputs_known {
+                format!("{} inputs", s.inputs)
+            } else {
+                "rows not counted before they are read".to_string()
+            };
             println!(
-                "{}: ok — job {}, {} inputs in {} shards; model input {}, output {}",
+                "{}: ok — job {}, {inputs} in {} shards; model input {}, output {}",
                 path.display(),
                 m.job_id,
-                s.inputs,
                 s.shards,
                 s.model_input,
                 s.model_output
@@ -423,48 +415,11 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The SQLite queue for a job run locally: the manifest's file, and unless the URI names a queue,
-/// one queue per job so jobs sharing a file never take each other's shards.
-async fn open_local_queue(m: &Manifest) -> anyhow::Result<SqliteQueue> {
-    let (path, named) = spotbatch_queue::sqlite::parse_uri(&m.queue_uri)?;
-    let queue = if m.queue_uri.contains("queue=") {
-        named
-    } else {
-        m.job_id.clone()
-    };
-    let config = QueueConfig {
-        max_attempts: m.raw.queue.max_attempts,
-    };
-    Ok(SqliteQueue::open(&path, &queue, config).await?)
-}
-
-/// Holds an exclusive lock on `<queue file>.lock` while a `run` uses the queue.
-fn lock_queue_file(db: &Path) -> anyhow::Result<std::fs::File> {
-    let lock_path = PathBuf::from(format!("{}.lock", db.display()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{}: another `spotbatch run` is using this queue; wait for it or point queue.uri elsewhere",
-            db.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
-    }
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let m = match load_manifest(&args.manifest) {
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
-    if !m.queue_uri.starts_with("sqlite://") {
-        bail!("queue.uri: `spotbatch run` uses the embedded SQLite queue; {} is for distributed workers", m.queue_uri);
-    }
     if let Some(code) = check_device(args.device) {
         return Ok(code);
     }
@@ -476,144 +431,119 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Without ONNX Runtime every shard would fail; say so once instead.
     spotbatch_worker::engine::ort_environment()?;
-    let queue = open_local_queue(&m).await?;
-    let _lock = lock_queue_file(queue.path())?;
-    // We hold the file: any lease still in it belongs to a run that was killed.
-    let reclaimed = queue.reclaim_all_leases().await?;
-    if reclaimed > 0 {
-        eprintln!("resuming: {reclaimed} shard(s) left in work by an interrupted run are back on the queue");
-    }
     let started = Instant::now();
-    let plan = plan_job(&m).await?;
-    let layout = JobLayout::for_manifest(&m)?;
-    layout.store_manifest(&m).await?;
-    let report = enqueue_plan(&queue, &layout, &plan).await?;
-    if report.already_done > 0 {
+    let prepared = spotbatch_worker::local::prepare(&m).await?;
+    if prepared.reclaimed > 0 {
         eprintln!(
-            "resuming: {} of {} shards already done ({} items), skipped",
-            report.already_done,
-            plan.shards.len(),
-            report.done_items
+            "resuming: {} shard(s) left in work by an interrupted run are back on the queue",
+            prepared.reclaimed
         );
     }
-    let queue: Arc<dyn LeaseQueue> = Arc::new(queue);
+    let (total_items, shards) = (prepared.plan.total_items, prepared.plan.shards.len());
+    // JSONL/CSV rows are not counted before they are read.
+    let total = prepared.plan.items_known.then_some(total_items);
+    let of_total = total.map(|t| format!(" of {t}")).unwrap_or_default();
+    for s in &prepared.plan.skipped {
+        eprintln!("warning: input.list: {s} (left out)");
+    }
+    let submitted = prepared.submitted.clone();
+    if submitted.already_done > 0 {
+        eprintln!(
+            "resuming: {} of {shards} shards already done ({} items), skipped",
+            submitted.already_done, submitted.done_items
+        );
+    }
     let progress = Arc::new(Progress::default());
     let control = Control::default();
-    spawn_signal_handler(control.clone());
-
-    let mut workers = tokio::task::JoinSet::new();
-    for i in 0..args.workers {
-        let opts = WorkerOptions {
-            id: format!("run-{}-{i}", std::process::id()),
-            prefetch: usize::from(args.prefetch),
-            decode_threads: args
-                .decode_threads
-                .unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
-            exit_when_empty: true,
-            throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
-            prices: prices.clone(),
-            ..WorkerOptions::default()
-        };
-        let jobs = Jobs::new([m.clone()], args.ort_threads).with_device(args.device);
-        workers.spawn(run_worker(
-            Arc::clone(&queue),
-            jobs,
-            opts,
-            Arc::clone(&progress),
-            control.clone(),
-            None,
-        ));
-    }
     let finished = CancellationToken::new();
+    // Ctrl-C or SIGTERM stops at once, releasing every lease; a second exits now.
+    tokio::spawn(drain::watch(
+        vec![Box::new(notice::SignalSource::new(Duration::ZERO))],
+        control.clone(),
+        drain::FirstSignal::Stop,
+        finished.clone(),
+        |e| match e {
+            drain::DrainEvent::Stopping(_) => {
+                eprintln!("stopping: releasing leases (press Ctrl-C again to exit at once)")
+            }
+            drain::DrainEvent::Exit(_) => std::process::exit(130),
+            _ => {}
+        },
+    ));
     let display = spawn_progress(
         args.progress,
         Arc::clone(&progress),
-        plan.total_items,
-        report.done_items,
-        report.done_errors,
+        total,
+        submitted.done_items,
+        submitted.done_errors,
         finished.clone(),
     );
-    let mut worker_error = None;
-    while let Some(r) = workers.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => worker_error = Some(anyhow::Error::from(e)),
-            Err(e) => worker_error = Some(anyhow::anyhow!("a worker crashed: {e}")),
-        }
-    }
+    let opts = spotbatch_worker::local::LocalOptions {
+        workers: usize::from(args.workers),
+        prefetch: usize::from(args.prefetch),
+        decode_threads: args.decode_threads,
+        ort_threads: args.ort_threads,
+        device: args.device,
+        throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
+        prices,
+    };
+    let output = m.output.clone();
+    let result = prepared
+        .run(&opts, Arc::clone(&progress), control.clone())
+        .await;
     finished.cancel();
     let _ = display.await;
-    if let Some(e) = worker_error {
-        return Err(e);
-    }
-    let done = layout.done_markers().await?;
-    let planned: std::collections::HashSet<&str> =
-        plan.shards.iter().map(|s| s.shard.as_str()).collect();
-    let done: Vec<_> = done
-        .into_iter()
-        .filter(|d| planned.contains(d.shard.as_str()))
-        .collect();
-    let items: u64 = done.iter().map(|d| d.items).sum();
-    let errors: u64 = done.iter().map(|d| d.errors).sum();
+    let end = result?;
     let elapsed = started.elapsed().as_secs_f64();
-    let processed =
-        progress.items_ok.load(Ordering::Relaxed) + progress.items_failed.load(Ordering::Relaxed);
-    if control.stop.is_cancelled() {
+    if end.interrupted {
         eprintln!(
-            "interrupted: leases released; {items} of {} items done ({} of {} shards). Run the same command again to resume.",
-            plan.total_items,
-            done.len(),
-            plan.shards.len()
+            "interrupted: leases released; {}{of_total} items done ({} of {shards} shards). Run the same command again to resume.",
+            end.items,
+            end.done.len(),
         );
         return Ok(ExitCode::from(130));
     }
-    let dead = queue.dead_letters(1000).await?;
     let rate = if elapsed > 0.0 {
-        processed as f64 / elapsed
+        end.processed as f64 / elapsed
     } else {
         0.0
     };
     println!(
-        "{}: {items} of {} items in {}/{} shards, {errors} error rows; {processed} items processed in {elapsed:.1} s ({rate:.0} items/s) → {}",
+        "{}: {}{of_total} items in {}/{shards} shards, {} error rows; {} items processed in {elapsed:.1} s ({rate:.0} items/s) → {output}",
         m.job_id,
-        plan.total_items,
-        done.len(),
-        plan.shards.len(),
-        m.output
+        end.items,
+        end.done.len(),
+        end.errors,
+        end.processed,
     );
     if let Some(t) = &timings {
         eprint!("{}", t.report(elapsed, usize::from(args.workers)));
     }
-    if !dead.is_empty() {
-        for d in &dead {
-            let (index, keys) = match ShardTask::from_bytes(&d.body) {
-                Ok(t) => (
-                    t.index.to_string(),
-                    format!(
-                        "{}..{}",
-                        t.keys.first().cloned().unwrap_or_default(),
-                        t.keys.last().cloned().unwrap_or_default()
-                    ),
-                ),
-                Err(_) => ("?".into(), "?".into()),
-            };
+    if !end.dead.is_empty() {
+        for d in &end.dead {
+            let index = d.index.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+            let keys = d
+                .keys
+                .as_ref()
+                .map(|(a, b)| format!("{a}..{b}"))
+                .unwrap_or_else(|| "?".into());
             eprintln!(
                 "dead-lettered: shard {} (#{index}, keys {keys}) after {} deliveries: {}",
-                d.id, d.delivery_count, d.reason
+                d.id, d.deliveries, d.reason
             );
         }
         eprintln!(
             "{}: {} shard(s) dead-lettered; fix the cause and run again to retry them",
             m.job_id,
-            dead.len()
+            end.dead.len()
         );
         return Ok(ExitCode::from(1));
     }
-    if (done.len() as u64) < plan.shards.len() as u64 {
+    if end.done.len() < shards {
         bail!(
             "{}: {} shards are neither done nor dead-lettered",
             m.job_id,
-            plan.shards.len() - done.len()
+            shards - end.done.len()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -633,8 +563,11 @@ async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode>
     )
     .await?;
     let plan = plan_job(&m).await?;
+    for s in &plan.skipped {
+        eprintln!("warning: input.list: {s} (left out)");
+    }
     let layout = JobLayout::for_manifest(&m)?;
-    layout.store_manifest(&m).await?;
+    spotbatch_plan::store_plan(&layout, &m, &plan).await?;
     let report = enqueue_plan(q.as_ref(), &layout, &plan).await?;
     println!(
         "{}: {} shards enqueued on {uri}, {} already done; {} inputs → {}",
@@ -655,210 +588,118 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     spotbatch_worker::engine::ort_environment()?;
-    let mut id = args
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    let mut max_attempts = args
-        .max_attempts
-        .or_else(|| manifests.first().map(|m| m.raw.queue.max_attempts))
-        .unwrap_or(3);
-    // With a coordinator: register (it names the queue), then heartbeat in the background.
-    let mut link = None;
-    let mut stealing = None;
-    let queue_uri = match (&args.coordinator, &args.queue) {
-        (Some(url), _) => {
-            // Stealing: serve peers before registering, so the address registered answers.
-            let peer = match args.steal {
-                Toggle::On => {
-                    let incoming = tonic::transport::server::TcpIncoming::bind(args.peer_listen)
-                        .map_err(|e| anyhow::anyhow!("--peer-listen {}: {e}", args.peer_listen))?;
-                    let bound = incoming.local_addr()?;
-                    let tls = remote::read_identity(
-                        args.peer_tls_cert.as_deref(),
-                        args.peer_tls_key.as_deref(),
-                    )?;
-                    let over_tls = tls.is_some();
-                    let advertise = args
-                        .peer_advertise
-                        .clone()
-                        .unwrap_or_else(|| default_advertise(bound, over_tls));
-                    let scheme = if over_tls { "https://" } else { "http://" };
-                    if !advertise.starts_with(scheme) {
-                        bail!(
-                            "--peer-advertise {advertise}: peers reach this worker at {scheme}HOST:PORT{}",
-                            if over_tls { " (it serves peers over TLS)" } else { "" }
-                        );
-                    }
-                    let server = spotbatch_worker::steal::peer_server(tls).map_err(|e| {
-                        anyhow::anyhow!(
-                            "--peer-tls-cert/--peer-tls-key: not a usable certificate and key: {:#}",
-                            anyhow::Error::new(e)
-                        )
-                    })?;
-                    Some((incoming, advertise, server))
-                }
-                Toggle::Off => None,
-            };
-            let me = spotbatch_worker::link::Identity {
-                name: id.clone(),
-                capacity: u32::from(args.prefetch),
-                device: device_label(args.device),
-                peer_address: peer.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
-            };
-            let mut client = remote::client(url, args.tls_ca.as_deref())?;
-            let reg = spotbatch_worker::link::register(&mut client, &me, Duration::from_secs(60))
-                .await
-                .map_err(|s| {
-                    anyhow::anyhow!(
-                        "registering with the coordinator at {url}: {}",
-                        spotbatch_coordinator::client::describe(&s)
-                    )
-                })?;
-            tracing::info!(worker = %reg.worker_id, queue = %reg.queue_uri, "registered with the coordinator");
-            if args.max_attempts.is_none() {
-                max_attempts = reg.max_attempts;
-            }
-            id = reg.worker_id.clone();
-            if let Some((incoming, advertise, server)) = peer {
-                let ca = remote::read_ca(args.tls_ca.as_deref())?;
-                tracing::info!(worker = %id, peer = %advertise, "work stealing on");
-                stealing = Some(spotbatch_worker::Stealing {
-                    coordinator: client.clone(),
-                    worker_id: reg.worker_id.clone(),
-                    advertise,
-                    incoming,
-                    token: remote::token(),
-                    handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
-                    server,
-                    ca,
-                });
-            }
-            link = Some((
-                client,
-                me,
-                reg.worker_id,
-                Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(100))),
-            ));
-            reg.queue_uri
-        }
-        (None, Some(q)) => q.clone(),
-        (None, None) => bail!("give --queue or --coordinator"),
+    let coordinator = match &args.coordinator {
+        Some(url) => Some(process::CoordinatorSettings {
+            url: url.clone(),
+            client: remote::client(url, args.tls_ca.as_deref())?,
+            ca: remote::read_ca(args.tls_ca.as_deref())?,
+            token: remote::token(),
+        }),
+        None => None,
     };
-    let queue: Arc<dyn LeaseQueue> =
-        Arc::from(spotbatch_queue::open(&queue_uri, QueueConfig { max_attempts }).await?);
-    let http_stop = CancellationToken::new();
-    let _http_guard = http_stop.clone().drop_guard();
-    if let Some(addr) = args.metrics_addr {
-        let handle = remote::install_metrics()?;
-        spotbatch_worker::pipeline::register_metrics();
-        spotbatch_worker::steal::register_metrics();
-        if spotbatch_worker::gpu::spawn_nvml_metrics(Duration::from_secs(2)) {
-            tracing::info!("GPU utilisation and memory from NVML every 2 s");
-        }
-        let ready_q = Arc::clone(&queue);
-        let bound = spotbatch_coordinator::server::serve_http(
-            addr,
-            Arc::new(move || handle.render()),
-            Arc::new(move || {
-                let q = Arc::clone(&ready_q);
-                Box::pin(async move { q.depth().await.is_ok() })
-            }),
-            http_stop.clone(),
-        )
-        .await?;
-        eprintln!("{id}: metrics on http://{bound}/metrics");
-    }
-    let opts = WorkerOptions {
-        id: id.clone(),
-        prefetch: usize::from(args.prefetch),
-        decode_threads: args
-            .decode_threads
-            .unwrap_or_else(spotbatch_worker::pipeline::default_decode_threads),
-        exit_when_empty: args.exit_when_empty,
-        throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
-        visibility: args.visibility_timeout_secs.map(Duration::from_secs),
-        processed_log: args.debug_processed_log.clone(),
-        prices: args.cost.prices()?,
-        ..WorkerOptions::default()
+    let peers = match (args.steal, &coordinator) {
+        (Toggle::On, Some(_)) => Some(process::PeerSettings {
+            listen: args.peer_listen,
+            advertise: args.peer_advertise.clone(),
+            tls: remote::read_identity(
+                args.peer_tls_cert.as_deref(),
+                args.peer_tls_key.as_deref(),
+            )?,
+            handoff_timeout: Duration::from_millis(args.handoff_timeout_ms),
+        }),
+        _ => None,
     };
-    let progress = Arc::new(Progress::default());
-    let control = Control::default();
-    let finished = CancellationToken::new();
-    let sources = notice_sources(&args.notices).await?;
-    let watcher = tokio::spawn(watch_notices(sources, control.clone(), finished.clone()));
-    tracing::info!(worker = %id, queue = %queue_uri, "worker started");
-    let link_stop = CancellationToken::new();
-    let mut first_beat = None;
-    let link = link.map(|(client, me, wid, every)| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        first_beat = Some(rx);
-        tokio::spawn(spotbatch_worker::link::heartbeat_loop(
-            client,
-            me,
-            wid,
-            every,
-            Arc::clone(&progress),
-            link_stop.clone(),
-            Some(tx),
-        ))
-    });
-    if let Some(rx) = first_beat {
-        // Learn the cancelled jobs before leasing (bounded: the coordinator may be slow or gone).
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-    }
-    let started = Instant::now();
-    let result = run_worker(
-        Arc::clone(&queue),
-        Jobs::new(manifests, args.ort_threads).with_device(args.device),
-        opts,
-        Arc::clone(&progress),
-        control.clone(),
-        stealing,
-    )
-    .await;
-    finished.cancel();
-    link_stop.cancel();
-    if let Some(l) = link {
-        // One last heartbeat reports the final outcomes (bounded: the coordinator may be gone).
-        let _ = tokio::time::timeout(Duration::from_secs(5), l).await;
-    }
-    if let Ok(Some((n, source))) = watcher.await {
-        // Drained: tell the platform it may go ahead (Azure starts the event early).
-        source.acknowledge(&n).await;
-    }
-    result?;
-    if args.metrics_addr.is_some() && args.metrics_linger_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(args.metrics_linger_ms)).await;
-    }
-    let p = &progress;
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let handle = remote::install_metrics()?;
+            Some(process::MetricsSettings {
+                addr,
+                render: Arc::new(move || handle.render()),
+                linger: Duration::from_millis(args.metrics_linger_ms),
+            })
+        }
+        None => None,
+    };
+    let a = &args.notices;
+    let notices = drain::NoticeSettings {
+        cloud: match a.notices {
+            NoticeMode::None => drain::Cloud::None,
+            NoticeMode::Auto => drain::Cloud::Auto,
+            NoticeMode::Aws => drain::Cloud::Aws,
+            NoticeMode::Gcp => drain::Cloud::Gcp,
+            NoticeMode::Azure => drain::Cloud::Azure,
+        },
+        signal_grace: Duration::from_secs(a.grace_period_secs),
+        gcp_grace: Duration::from_secs(a.gcp_grace_period_secs),
+        rebalance: match a.rebalance {
+            RebalancePolicy::Ignore => None,
+            RebalancePolicy::StopLeasing => Some(NoticeAction::StopLeasing),
+            RebalancePolicy::Drain => Some(NoticeAction::Drain),
+        },
+        poll: Duration::from_millis(a.notice_poll_ms),
+        aws_url: a.aws_metadata_url.clone(),
+        gcp_url: a.gcp_metadata_url.clone(),
+        azure_url: a.azure_metadata_url.clone(),
+        azure_vm_name: a.azure_vm_name.clone(),
+    };
+    let cfg = process::ProcessConfig {
+        queue: args.queue.clone(),
+        coordinator,
+        peers,
+        metrics,
+        manifests,
+        max_attempts: args.max_attempts,
+        worker: WorkerOptions {
+            id: args.id.clone().unwrap_or_default(),
+            prefetch: usize::from(args.prefetch),
+            decode_threads: args
+                .decode_threads
+                .unwrap_or_else(spotbatch_worker::default_decode_threads),
+            exit_when_empty: args.exit_when_empty,
+            throttle_batch: args.throttle_batch_ms.map(Duration::from_millis),
+            visibility: args.visibility_timeout_secs.map(Duration::from_secs),
+            processed_log: args.debug_processed_log.clone(),
+            prices: args.cost.prices()?,
+            ..WorkerOptions::default()
+        },
+        ort_threads: args.ort_threads,
+        device: args.device,
+        notices,
+    };
+    let s = process::run(cfg, |e| match e {
+        process::ProcessEvent::Metrics(id, bound) => {
+            eprintln!("{id}: metrics on http://{bound}/metrics")
+        }
+        process::ProcessEvent::Drain(drain::DrainEvent::StopLeasing(n)) => eprintln!(
+            "{} notice ({}): no new work will be leased",
+            n.source, n.kind
+        ),
+        process::ProcessEvent::Drain(drain::DrainEvent::Draining(n, left)) => eprintln!(
+            "{} notice ({}): draining, deadline in {:.1} s (a second signal stops at once)",
+            n.source,
+            n.kind,
+            left.as_secs_f64()
+        ),
+        process::ProcessEvent::Drain(drain::DrainEvent::Stopping(_)) => {
+            eprintln!("second signal: stopping now")
+        }
+        process::ProcessEvent::Drain(drain::DrainEvent::Exit(_)) => std::process::exit(130),
+    })
+    .await?;
+    let p = &s.progress;
     eprintln!(
-        "{id}: {} shards done ({} skipped as already done, {} failed attempts), {} items ({} error rows) in {:.1} s{}{}",
+        "{}: {} shards done ({} skipped as already done, {} failed attempts), {} items ({} error rows) in {:.1} s{}{}",
+        s.id,
         p.shards_done.load(Ordering::Relaxed),
         p.shards_skipped.load(Ordering::Relaxed),
         p.attempts_failed.load(Ordering::Relaxed),
         p.items_ok.load(Ordering::Relaxed) + p.items_failed.load(Ordering::Relaxed),
         p.items_failed.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-        queue.requests().map(|n| format!(", {n} queue requests")).unwrap_or_default(),
-        if control.is_draining() { "; drained, leases released" } else { "" },
+        s.elapsed.as_secs_f64(),
+        s.queue_requests.map(|n| format!(", {n} queue requests")).unwrap_or_default(),
+        if s.drained { "; drained, leases released" } else { "" },
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// `http(s)://HOST:PORT` for a peer listener: its own IP, or the host name when it listens on
-/// every interface.
-fn default_advertise(bound: std::net::SocketAddr, tls: bool) -> String {
-    let scheme = if tls { "https" } else { "http" };
-    if !bound.ip().is_unspecified() {
-        return format!("{scheme}://{bound}");
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    format!("{scheme}://{host}:{}", bound.port())
 }
 
 async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
@@ -867,27 +708,20 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             uri,
             dlq,
             max_attempts,
-        } => {
-            if uri.starts_with("kafka://") {
-                spotbatch_queue::kafka::create(&uri).await?;
-                let t = spotbatch_queue::kafka::parse_uri(&uri)?;
-                println!(
-                    "{}: topic with {} partitions and {}-dlq ready",
-                    t.topic, t.partitions, t.topic
-                );
-            } else if uri.starts_with("sqlite://") {
-                spotbatch_queue::open(&uri, QueueConfig { max_attempts }).await?;
-                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)");
-            } else {
-                let url = spotbatch_queue::sqs::SqsQueue::create(&uri, dlq, max_attempts).await?;
-                let extra = if dlq {
-                    format!(", dead-letter queue after {max_attempts} receives")
-                } else {
-                    String::new()
-                };
+        } => match spotbatch_queue::create(&uri, dlq, max_attempts).await? {
+            spotbatch_queue::Created::Kafka { topic, partitions } => {
+                println!("{topic}: topic with {partitions} partitions and {topic}-dlq ready")
+            }
+            spotbatch_queue::Created::Sqlite => {
+                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)")
+            }
+            spotbatch_queue::Created::Sqs { url, dlq_after } => {
+                let extra = dlq_after
+                    .map(|n| format!(", dead-letter queue after {n} receives"))
+                    .unwrap_or_default();
                 println!("{url}{extra}");
             }
-        }
+        },
         QueueCommand::Dlq { uri } => {
             let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
             let dead = q.dead_letters(10_000).await?;
@@ -922,121 +756,10 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `run`: first Ctrl-C or SIGTERM stops at once, releasing every lease; a second exits now.
-fn spawn_signal_handler(control: Control) {
-    tokio::spawn(async move {
-        let mut signals = notice::SignalSource::new(Duration::ZERO);
-        signals.next().await;
-        eprintln!("stopping: releasing leases (press Ctrl-C again to exit at once)");
-        control.stop_now();
-        signals.next().await;
-        std::process::exit(130);
-    });
-}
-
-/// The notice sources a worker watches: signals always, and the cloud's metadata service.
-async fn notice_sources(a: &NoticeArgs) -> anyhow::Result<Vec<Box<dyn NoticeSource>>> {
-    let mut sources: Vec<Box<dyn NoticeSource>> = vec![Box::new(notice::SignalSource::new(
-        Duration::from_secs(a.grace_period_secs),
-    ))];
-    let poll = Duration::from_millis(a.notice_poll_ms.max(50));
-    let rebalance = match a.rebalance {
-        RebalancePolicy::Ignore => None,
-        RebalancePolicy::StopLeasing => Some(NoticeAction::StopLeasing),
-        RebalancePolicy::Drain => Some(NoticeAction::Drain),
-    };
-    let cloud = match a.notices {
-        NoticeMode::None => None,
-        NoticeMode::Aws => Some("aws"),
-        NoticeMode::Gcp => Some("gcp"),
-        NoticeMode::Azure => Some("azure"),
-        NoticeMode::Auto => {
-            let found = notice::probe(
-                &a.aws_metadata_url,
-                &a.gcp_metadata_url,
-                &a.azure_metadata_url,
-            )
-            .await;
-            match found {
-                Some(c) => tracing::info!(
-                    cloud = c,
-                    "metadata service found; watching it for preemption notices"
-                ),
-                None => tracing::warn!(
-                    "--notices auto: no cloud metadata service answered; watching signals only"
-                ),
-            }
-            found
-        }
-    };
-    match cloud {
-        Some("aws") => sources.push(Box::new(notice::AwsSource::new(
-            &a.aws_metadata_url,
-            poll,
-            rebalance,
-        ))),
-        Some("gcp") => sources.push(Box::new(notice::GcpSource::new(
-            &a.gcp_metadata_url,
-            Duration::from_secs(a.gcp_grace_period_secs),
-        ))),
-        Some("azure") => sources.push(Box::new(notice::AzureSource::new(
-            &a.azure_metadata_url,
-            poll,
-            a.azure_vm_name.clone(),
-        ))),
-        _ => {}
-    }
-    Ok(sources)
-}
-
-/// Turns notices into the worker's drain: a rebalance recommendation (by policy) stops leasing; an
-/// interruption notice drains by its deadline; a signal after that stops at once. Returns the
-/// notice that started the drain and its source (to acknowledge the event afterwards).
-async fn watch_notices(
-    mut sources: Vec<Box<dyn NoticeSource>>,
-    control: Control,
-    finished: CancellationToken,
-) -> Option<(notice::Notice, Box<dyn NoticeSource>)> {
-    loop {
-        let (n, i) = notice::watch(&mut sources, &finished).await?;
-        let left = n
-            .deadline
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        tracing::warn!(source = n.source, kind = %n.kind, deadline_in_ms = left.as_millis() as u64, "preemption notice");
-        match n.action {
-            NoticeAction::StopLeasing => {
-                eprintln!(
-                    "{} notice ({}): no new work will be leased",
-                    n.source, n.kind
-                );
-                control.stop_leasing.cancel();
-            }
-            NoticeAction::Drain => {
-                eprintln!(
-                    "{} notice ({}): draining, deadline in {:.1} s (a second signal stops at once)",
-                    n.source,
-                    n.kind,
-                    left.as_secs_f64()
-                );
-                control.drain(n.deadline);
-                let control = control.clone();
-                tokio::spawn(async move {
-                    notice::SignalSource::new(Duration::ZERO).next().await;
-                    eprintln!("second signal: stopping now");
-                    control.stop_now();
-                });
-                let source = sources.swap_remove(i);
-                return Some((n, source));
-            }
-        }
-    }
-}
-
 fn spawn_progress(
     mode: ProgressMode,
     p: Arc<Progress>,
-    total: u64,
+    total: Option<u64>,
     done_before: u64,
     errors_before: u64,
     finished: CancellationToken,
@@ -1049,18 +772,26 @@ fn spawn_progress(
     let quiet = mode == ProgressMode::None;
     tokio::spawn(async move {
         let started = Instant::now();
+        // Rows as the pipeline makes them (a record job's shard holds thousands).
         let counts = |p: &Progress| {
-            let ok = p.items_ok.load(Ordering::Relaxed);
-            let failed = p.items_failed.load(Ordering::Relaxed);
-            (ok + failed, errors_before + failed)
+            let made = p.rows_made.load(Ordering::Relaxed);
+            let failed = p.rows_made_failed.load(Ordering::Relaxed);
+            (made, errors_before + failed)
         };
         if bar {
-            let pb = indicatif::ProgressBar::new(total);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
+            let (pb, template) = match total {
+                Some(t) => (
+                    indicatif::ProgressBar::new(t),
                     "{bar:40.cyan/blue} {pos}/{len} items  {per_sec}  ETA {eta}  {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{spinner} {pos} items  {per_sec}  {msg}",
+                ),
+            };
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             pb.set_position(done_before);
             loop {
@@ -1087,16 +818,21 @@ fn spawn_progress(
                 let (n, errors) = counts(&p);
                 let secs = started.elapsed().as_secs_f64();
                 let rate = n as f64 / secs.max(1e-9);
-                let left = total.saturating_sub(done_before + n);
-                let eta = if rate > 0.0 {
-                    format!("{:.0} s", left as f64 / rate)
-                } else {
-                    "?".into()
-                };
-                eprintln!(
-                    "progress: {}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors",
-                    done_before + n
-                );
+                let done = done_before + n;
+                match total {
+                    Some(total) => {
+                        let left = total.saturating_sub(done);
+                        let eta = if rate > 0.0 {
+                            format!("{:.0} s", left as f64 / rate)
+                        } else {
+                            "?".into()
+                        };
+                        eprintln!(
+                            "progress: {done}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors"
+                        );
+                    }
+                    None => eprintln!("progress: {done} items, {rate:.0} items/s, {errors} errors"),
+                }
             }
         }
     })

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde::Serialize;
-use spotbatch_worker::cost::Ledger;
+use spotbatch_store::cost::Report;
+use spotbatch_store::timeline::{build, Timeline as Data};
 
-use crate::cost::{job_prefix, read_job, report as cost_report, Report};
+use crate::cost::{job_prefix, read_job};
 
 /// `spotbatch report`.
 #[derive(clap::Args, Debug)]
@@ -24,126 +24,6 @@ pub struct ReportCmd {
     /// Where to write the page.
     #[arg(long, default_value = "report.html")]
     out: PathBuf,
-}
-
-#[derive(Debug, Serialize)]
-struct Bucket {
-    start_s: f64,
-    end_s: f64,
-    items: u64,
-    items_per_s: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Bar {
-    worker: String,
-    shard: String,
-    start_s: f64,
-    end_s: f64,
-    outcome: String,
-    items: u64,
-    attempt: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct Point {
-    worker: String,
-    at_s: f64,
-    seconds: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Data {
-    job: String,
-    started_at_ms: u64,
-    wall_s: f64,
-    items: u64,
-    throughput: Vec<Bucket>,
-    shards: Vec<Bar>,
-    notices: Vec<Point>,
-    recoveries: Vec<Point>,
-    cost: Option<Report>,
-}
-
-fn build(job: &str, ledgers: &[Ledger], markers: &[spotbatch_proto::DoneMarker]) -> Data {
-    let events = ledgers
-        .iter()
-        .flat_map(|l| l.shards.iter().map(move |e| (l, e)));
-    let t0 = events
-        .clone()
-        .map(|(_, e)| e.leased_at_ms)
-        .min()
-        .unwrap_or(0);
-    let t1 = events
-        .clone()
-        .map(|(_, e)| e.ended_at_ms)
-        .max()
-        .unwrap_or(t0)
-        .max(t0 + 1);
-    let s = |ms: u64| ms.saturating_sub(t0) as f64 / 1000.0;
-    let wall = s(t1);
-    let n = 40usize;
-    let width = wall / n as f64;
-    let mut throughput: Vec<Bucket> = (0..n)
-        .map(|i| Bucket {
-            start_s: i as f64 * width,
-            end_s: (i + 1) as f64 * width,
-            items: 0,
-            items_per_s: 0.0,
-        })
-        .collect();
-    for (_, e) in events.clone() {
-        if e.outcome == "done" || e.outcome == "partial" {
-            let i = ((s(e.ended_at_ms) / width) as usize).min(n - 1);
-            throughput[i].items += e.items;
-        }
-    }
-    for b in &mut throughput {
-        b.items_per_s = b.items as f64 / width.max(1e-9);
-    }
-    let shards = events
-        .clone()
-        .map(|(l, e)| Bar {
-            worker: l.worker.clone(),
-            shard: e.shard.clone(),
-            start_s: s(e.leased_at_ms),
-            end_s: s(e.ended_at_ms),
-            outcome: e.outcome.clone(),
-            items: e.items,
-            attempt: e.attempt,
-        })
-        .collect();
-    let notices = ledgers
-        .iter()
-        .filter_map(|l| {
-            l.notice_at_ms.map(|at| Point {
-                worker: l.worker.clone(),
-                at_s: s(at),
-                seconds: 0.0,
-            })
-        })
-        .collect();
-    let recoveries = events
-        .filter_map(|(l, e)| {
-            e.recovery_s.map(|r| Point {
-                worker: l.worker.clone(),
-                at_s: s(e.leased_at_ms),
-                seconds: r,
-            })
-        })
-        .collect();
-    let priced: Vec<Ledger> = ledgers.iter().filter(|l| l.priced).cloned().collect();
-    Data {
-        job: job.to_string(),
-        started_at_ms: t0,
-        wall_s: wall,
-        items: markers.iter().map(|m| m.items).sum(),
-        throughput,
-        shards,
-        notices,
-        recoveries,
-        cost: (!priced.is_empty()).then(|| cost_report(job, &priced, markers)),
-    }
 }
 
 fn esc(s: &str) -> String {

@@ -226,7 +226,7 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
         &std::fs::read_to_string(root().join("deploy/grafana/spotbatch.json")).expect("dashboard"),
     )
     .expect("dashboard JSON");
-    let gpu = spotbatch_worker::gpu::cuda_device_count().is_ok_and(|n| n > 0);
+    let gpu = spotbatch_worker::device::cuda_device_count().is_ok_and(|n| n > 0);
     let mut empty = Vec::new();
     let mut checked = 0;
     for p in dash["panels"].as_array().expect("panels") {

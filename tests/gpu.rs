@@ -3,15 +3,19 @@
 //! `--nocapture`, as `make test` does). With a GPU (and the onnxruntime-gpu library at
 //! `ORT_DYLIB_PATH`): GPU preprocessing equals the CPU reference, and CUDA inference gives the same
 //! rows as the CPU on the demo, batch by batch and item by item.
+//!
+//! Built with the `gpu` feature (a default one) only.
+#![cfg(feature = "gpu")]
 
 mod common;
 
 use common::*;
 use spotbatch_proto::Manifest;
+use spotbatch_worker::device::cuda_device_count;
 use spotbatch_worker::engine::Float;
-use spotbatch_worker::gpu::{cuda_device_count, GpuPreprocessor, Pixels};
+use spotbatch_worker::gpu::{GpuPreprocessor, TensorSpec};
 use spotbatch_worker::model::InputPlan;
-use spotbatch_worker::preprocess::Preprocessor;
+use spotbatch_worker::preprocess::{ImagePreprocessor, Pixels};
 
 /// Runs a spotbatch command to success within two minutes; on failure or timeout, panics with
 /// the end of its output.
@@ -207,13 +211,14 @@ fn gpu_preprocessing_equals_the_cpu_reference() {
             item_len,
             fixed_batch: None,
         };
-        let cpu = Preprocessor::new(&m, &plan);
+        let cpu = ImagePreprocessor::new(&m, &plan);
         let mut want = Vec::new();
         for bytes in &encoded {
             cpu.process(bytes, &mut want).expect("cpu preprocess");
         }
         for float in [Float::F32, Float::F16] {
-            let mut gpu = GpuPreprocessor::new(0, cpu.tensor_spec(float)).expect("gpu preprocessor");
+            let mut gpu = GpuPreprocessor::new(0, TensorSpec::for_images(&cpu, float))
+                .expect("gpu preprocessor");
             let decoded: Vec<Pixels> = encoded
                 .iter()
                 .map(|b| cpu.decode_pixels(b).expect("decode"))

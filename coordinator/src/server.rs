@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use spotbatch_proto::api::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
-use crate::service::{Api, Auth, CoordinatorService, MAX_MESSAGE_BYTES};
+use spotbatch_net::{serve_http, with_tls, Auth, HttpError, ReadyFn, MAX_MESSAGE_BYTES};
+
+use crate::service::{Api, CoordinatorService};
 
 /// Errors serving.
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +25,8 @@ pub enum ServeError {
         source: tonic::transport::Error,
     },
     /// The HTTP listener failed.
-    #[error("HTTP server on {addr}: {source}")]
-    Http {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// Where and how to serve.
@@ -46,19 +43,30 @@ pub struct ServeOptions {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
-/// `builder` serving over TLS when given a PEM certificate chain and key (checked here, so a bad
-/// pair is an error before anything is served), as it is otherwise. The coordinator and a
-/// worker's peer service both set up their servers with it.
-pub fn with_tls(
-    builder: Server,
-    tls: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<Server, tonic::transport::Error> {
-    match tls {
-        Some((cert, key)) => {
-            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-        }
-        None => Ok(builder),
-    }
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] spotbatch_queue::QueueError),
+    /// Its state could not be read.
+    #[error(transparent)]
+    State(#[from] crate::service::ServiceError),
+}
+
+/// Opens the coordinator's queue (`config.queue_uri`) and its state prefix, rebuilding every job.
+pub async fn start(
+    config: crate::service::CoordinatorConfig,
+    state: &url::Url,
+) -> Result<Arc<CoordinatorService>, StartError> {
+    let queue = spotbatch_queue::open(
+        &config.queue_uri,
+        spotbatch_queue::QueueConfig {
+            max_attempts: config.max_attempts,
+        },
+    )
+    .await?;
+    Ok(CoordinatorService::open(config, Arc::from(queue), state).await?)
 }
 
 /// Serves until `stop` is cancelled. Progress is refreshed from storage every two seconds.
@@ -113,54 +121,4 @@ pub async fn serve(
         });
     refresher.abort();
     r
-}
-
-/// Answers whether the process is ready.
-pub type ReadyFn = Arc<
-    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
->;
-
-/// Serves `/metrics` (Prometheus text), `/healthz` and `/readyz` on `addr` until `stop`; every
-/// spotbatch process that runs for long (coordinator, worker) serves these.
-pub async fn serve_http(
-    addr: SocketAddr,
-    metrics: Arc<dyn Fn() -> String + Send + Sync>,
-    ready: ReadyFn,
-    stop: CancellationToken,
-) -> Result<SocketAddr, ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Http { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServeError::Http { addr, source })?;
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let ready = Arc::clone(&ready);
-                async move {
-                    if ready().await {
-                        (axum::http::StatusCode::OK, "ready\n")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = Arc::clone(&metrics);
-                async move { m() }
-            }),
-        );
-    tracing::info!(addr = %bound, "HTTP (metrics, health) listening");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
-    Ok(bound)
 }

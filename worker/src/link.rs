@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spotbatch_coordinator::client::Client;
+use spotbatch_net::Client;
 use spotbatch_proto::api::{
     CurrentShard, HeartbeatRequest, RegisterReply, RegisterRequest, ShardOutcome,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::pipeline::Progress;
+use crate::progress::Progress;
 
 /// Who this worker is, as told to the coordinator.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub async fn register(
                 let delay = backoff
                     .next_delay()
                     .min(until.saturating_duration_since(Instant::now()));
-                tracing::warn!(error = %spotbatch_coordinator::client::describe(&s),
+                tracing::warn!(error = %spotbatch_net::describe(&s),
                                retry_in_ms = delay.as_millis() as u64,
                                "coordinator unavailable; retrying registration");
                 tokio::time::sleep(delay).await;
@@ -160,11 +160,11 @@ pub async fn heartbeat_loop(
                             worker_id = r.worker_id;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %spotbatch_coordinator::client::describe(&e), "registering again failed")
+                            tracing::warn!(error = %spotbatch_net::describe(&e), "registering again failed")
                         }
                     }
                 } else if !away {
-                    tracing::warn!(error = %spotbatch_coordinator::client::describe(&s), "coordinator unreachable; working on from the queue");
+                    tracing::warn!(error = %spotbatch_net::describe(&s), "coordinator unreachable; working on from the queue");
                     away = true;
                 }
             }

@@ -1,7 +1,7 @@
 //! Work stealing between workers (`proto/peer.proto`).
 //!
-//! Every worker keeps its leased-but-unstarted shards in a [`Deque`] (they wait there for their
-//! turn to feed the pipeline). An idle worker (nothing waiting, nothing for it in the queue) asks
+//! Every worker keeps its leased-but-unstarted shards in its prefetch deque (they wait there for
+//! their turn to feed the pipeline). An idle worker (nothing waiting, nothing for it in the queue) asks
 //! the coordinator for the peers with the most unstarted shards and asks one of them, over the
 //! `Peer` service, to hand some over: the owner gives at most half of its deque, newest first.
 //!
@@ -15,26 +15,24 @@
 //!
 //! Peer calls carry the same bearer token as coordinator calls and are checked the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spotbatch_coordinator::client::{Bearer, Client, ConnectError};
-use spotbatch_coordinator::service::Auth;
+use spotbatch_net::{Auth, Bearer, Client, ConnectError};
 use spotbatch_proto::api::peer_client::PeerClient;
 use spotbatch_proto::api::peer_server::{Peer, PeerServer};
 use spotbatch_proto::api::{
     HandedShard, OfferReply, OfferRequest, PeersRequest, ReportReply, ReportRequest, StealReply,
     StealRequest,
 };
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use crate::pipeline::Shared;
+use crate::handoff::{Handoffs, Word};
 
 /// A client of a peer's `Peer` service.
 pub type PeerConn = PeerClient<InterceptedService<Channel, Bearer>>;
@@ -75,7 +73,7 @@ pub(crate) struct StealState {
     /// Peer clients by address, with when each was last used; at most [`MAX_PEER_CONNS`].
     conns: Mutex<HashMap<String, (PeerConn, Instant)>>,
     /// Hand-offs this worker gave, by id: the owner's task listens on the other end.
-    handoffs: Mutex<HashMap<String, mpsc::UnboundedSender<Word>>>,
+    pub(crate) handoffs: Handoffs,
 }
 
 impl StealState {
@@ -91,6 +89,7 @@ impl StealState {
     ) {
         (
             Self {
+                handoffs: Handoffs::new(&s.worker_id),
                 coordinator: s.coordinator,
                 worker_id: s.worker_id,
                 advertise: s.advertise,
@@ -98,7 +97,6 @@ impl StealState {
                 handoff_timeout: s.handoff_timeout,
                 ca: s.ca,
                 conns: Mutex::new(HashMap::new()),
-                handoffs: Mutex::new(HashMap::new()),
             },
             (s.incoming, s.server),
         )
@@ -112,11 +110,8 @@ impl StealState {
                 return Ok(c.clone());
             }
         }
-        let (channel, bearer) = spotbatch_coordinator::client::channel(
-            address,
-            self.token.as_deref(),
-            self.ca.as_deref(),
-        )?;
+        let (channel, bearer) =
+            spotbatch_net::channel(address, self.token.as_deref(), self.ca.as_deref())?;
         let c = PeerClient::with_interceptor(channel, bearer);
         if let Ok(mut m) = self.conns.lock() {
             // One client is added at a time, so one eviction keeps the bound.
@@ -133,270 +128,60 @@ impl StealState {
         }
         Ok(c)
     }
-
-    fn register(&self, id: &str, tx: mpsc::UnboundedSender<Word>) {
-        if let Ok(mut h) = self.handoffs.lock() {
-            h.insert(id.to_string(), tx);
-        }
-    }
-
-    /// Forgets a hand-off: later reports about it get `NOT_FOUND`.
-    pub(crate) fn forget(&self, id: &str) {
-        if let Ok(mut h) = self.handoffs.lock() {
-            h.remove(id);
-        }
-    }
-
-    fn tell(&self, id: &str, word: Word) -> bool {
-        self.handoffs
-            .lock()
-            .ok()
-            .and_then(|h| h.get(id).map(|tx| tx.send(word).is_ok()))
-            .unwrap_or(false)
-    }
 }
 
-/// What a thief says about a shard it was handed.
-#[derive(Debug)]
-pub(crate) enum Word {
-    /// Still on it: the hand-off stays alive.
-    Working,
-    /// Written (or found already written): the owner acks.
-    Done,
-    /// The attempt failed: the owner releases the shard with this error.
-    Failed(String),
-    /// Given back unfinished (the thief drains or stops): the owner takes it back.
-    Released,
+/// What the work-stealing service needs from the worker it serves, and nothing more: the worker
+/// implements it, so stealing never reaches into the worker's own state.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// Takes up to `max` unstarted shards for `thief` (at most half of them unless `all`),
+    /// newest first, each as a hand-off registered in [`StealState::handoffs`].
+    fn hand_over(&self, max: usize, all: bool, thief: &str) -> Vec<HandedShard>;
+    /// Leased shards waiting for their turn.
+    fn unstarted(&self) -> usize;
+    /// Free slots: how many more shards the worker can hold.
+    fn room(&self) -> usize;
+    /// Whether the worker is draining (it gives shards away only by offers then).
+    fn is_draining(&self) -> bool;
+    /// Whether the worker has stopped taking new work.
+    fn stops_leasing(&self) -> bool;
+    /// The worker's measured seconds per shard.
+    fn shard_secs(&self) -> Option<f64>;
+    /// Works a shard handed over by the peer `owner` (stolen, or offered by it).
+    fn work_handed(&self, h: HandedShard, owner: PeerConn, timeout: Duration);
 }
 
-/// A shard given to a thief, as its owner's task sees it.
-pub(crate) struct Given {
-    pub(crate) id: String,
-    pub(crate) thief: String,
-    pub(crate) words: mpsc::UnboundedReceiver<Word>,
-    pub(crate) at: Instant,
-}
-
-struct Waiting {
-    body: Vec<u8>,
-    delivery_count: u32,
-    give: oneshot::Sender<Given>,
-}
-
-/// Leased shards waiting for their turn to feed the pipeline: what thieves take from.
-#[derive(Default)]
-pub(crate) struct Deque {
-    inner: Mutex<(u64, BTreeMap<u64, Waiting>)>,
-}
-
-impl Deque {
-    /// Puts a shard in; the receiver gets it back if a thief takes it.
-    pub(crate) fn enter(
-        &self,
-        body: &[u8],
-        delivery_count: u32,
-    ) -> (u64, oneshot::Receiver<Given>) {
-        let (give, rx) = oneshot::channel();
-        let mut seq = 0;
-        if let Ok(mut d) = self.inner.lock() {
-            d.0 += 1;
-            seq = d.0;
-            d.1.insert(
-                seq,
-                Waiting {
-                    body: body.to_vec(),
-                    delivery_count,
-                    give,
-                },
-            );
-        }
-        (seq, rx)
-    }
-
-    /// Takes the shard out for its owner; `false` when a thief took it first (its hand-off is on
-    /// the receiver already).
-    pub(crate) fn leave(&self, seq: u64) -> bool {
-        self.inner
-            .lock()
-            .map(|mut d| d.1.remove(&seq).is_some())
-            .unwrap_or(true)
-    }
-
-    /// Shards waiting.
-    pub(crate) fn len(&self) -> usize {
-        self.inner.lock().map(|d| d.1.len()).unwrap_or(0)
-    }
-
-    /// Takes up to `max` shards, newest first (at most half of them unless `all`), registers a
-    /// hand-off for each and tells each owner's task.
-    fn take(&self, max: usize, all: bool, thief: &str, st: &StealState) -> Vec<HandedShard> {
-        let Ok(mut d) = self.inner.lock() else {
-            return Vec::new();
-        };
-        let n = if all {
-            d.1.len()
-        } else {
-            d.1.len().div_ceil(2)
-        }
-        .min(max);
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let Some((_, w)) = d.1.pop_last() else { break };
-            let id = format!("{}-{}", st.worker_id, rand::random::<u64>());
-            let (tx, words) = mpsc::unbounded_channel();
-            st.register(&id, tx);
-            let given = Given {
-                id: id.clone(),
-                thief: thief.to_string(),
-                words,
-                at: Instant::now(),
-            };
-            if w.give.send(given).is_err() {
-                // Its task has ended (lease lost): nothing to hand over.
-                st.forget(&id);
-                continue;
-            }
-            out.push(HandedShard {
-                handoff_id: id,
-                task: w.body,
-                delivery_count: w.delivery_count,
-            });
-        }
-        out
-    }
-}
-
-/// The worker's measured pace, from which the deque's depth follows.
-#[derive(Default)]
-pub(crate) struct Pace {
-    shard_secs: Mutex<Option<f64>>,
-    lease_secs: Mutex<Option<f64>>,
-}
-
-fn ewma(slot: &Mutex<Option<f64>>, x: f64) {
-    if let Ok(mut s) = slot.lock() {
-        *s = Some(match *s {
-            Some(v) => 0.7 * v + 0.3 * x,
-            None => x,
-        });
-    }
-}
-
-impl Pace {
-    /// A shard took this long from its turn to feed to its rows written.
-    pub(crate) fn shard_took(&self, d: Duration) {
-        ewma(&self.shard_secs, d.as_secs_f64());
-    }
-
-    /// A lease call that brought work took this long.
-    pub(crate) fn lease_took(&self, d: Duration) {
-        ewma(&self.lease_secs, d.as_secs_f64());
-    }
-
-    /// Seconds per shard (moving average), once one has been done.
-    pub(crate) fn shard_secs(&self) -> Option<f64> {
-        self.shard_secs.lock().ok().and_then(|s| *s)
-    }
-
-    /// Shards to hold (one in work, the rest unstarted): enough unstarted ones to keep the model
-    /// busy for a tenth of the lease timeout (1–30 s) and for three lease round trips, at least
-    /// one, at most `max` in all. Before the first shard is measured: `max` (what a fleet's
-    /// early worker takes more than its share, idle peers steal back).
-    pub(crate) fn target(&self, max: usize, visibility: Duration) -> usize {
-        let max = max.max(1);
-        let Some(shard) = self.shard_secs().filter(|s| *s > 0.0) else {
-            return max;
-        };
-        let lease = self.lease_secs.lock().ok().and_then(|s| *s).unwrap_or(0.0);
-        let lookahead = (visibility.as_secs_f64() / 10.0)
-            .clamp(1.0, 30.0)
-            .max(3.0 * lease);
-        let unstarted = (lookahead / shard).ceil().max(1.0) as usize;
-        (1 + unstarted).clamp(max.min(2), max)
-    }
-}
-
-/// Keeps a shard's claim alive while it is held: extends the queue lease (the owner), or sends
-/// `working` reports to the owner (a thief). `lost` fires when the claim is gone.
-pub(crate) struct Keeper {
-    lost: CancellationToken,
-    reason: Arc<Mutex<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Keeper {
-    fn spawn<F>(f: F) -> Self
-    where
-        F: std::future::Future<Output = String> + Send + 'static,
-    {
-        let lost = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(String::new()));
-        let task = {
-            let (lost, reason) = (lost.clone(), Arc::clone(&reason));
-            tokio::spawn(async move {
-                let why = f.await;
-                if let Ok(mut r) = reason.lock() {
-                    *r = why;
-                }
-                lost.cancel();
+/// Tells the owner every `every` that the thief is still working the shard. Lost when the
+/// owner no longer knows the hand-off (it took the shard back); an owner that does not answer
+/// may be dead, and finishing the shard is then still worth it (its rows are identical).
+pub(crate) async fn keep_handoff(
+    mut owner: PeerConn,
+    id: String,
+    thief: String,
+    every: Duration,
+) -> String {
+    let mut away = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let r = owner
+            .report(ReportRequest {
+                handoff_id: id.clone(),
+                state: "working".into(),
+                thief_id: thief.clone(),
+                ..Default::default()
             })
-        };
-        Self { lost, reason, task }
-    }
-
-    /// Extends `lease` every third of `visibility` (see [`crate::pipeline`]'s retry policy).
-    pub(crate) fn queue(
-        queue: Arc<dyn spotbatch_queue::LeaseQueue>,
-        lease: spotbatch_queue::Lease,
-        visibility: Duration,
-    ) -> Self {
-        Self::spawn(
-            async move { crate::pipeline::heartbeat(queue.as_ref(), &lease, visibility).await },
-        )
-    }
-
-    /// Tells the owner every `every` that the thief is still working the shard. Lost when the
-    /// owner no longer knows the hand-off (it took the shard back); an owner that does not answer
-    /// may be dead, and finishing the shard is then still worth it (its rows are identical).
-    pub(crate) fn handoff(mut owner: PeerConn, id: String, thief: String, every: Duration) -> Self {
-        Self::spawn(async move {
-            let mut away = false;
-            loop {
-                tokio::time::sleep(every).await;
-                let r = owner
-                    .report(ReportRequest {
-                        handoff_id: id.clone(),
-                        state: "working".into(),
-                        thief_id: thief.clone(),
-                        ..Default::default()
-                    })
-                    .await;
-                match r {
-                    Ok(_) => away = false,
-                    Err(s) if s.code() == tonic::Code::NotFound => {
-                        return "the owner took the shard back".to_string();
-                    }
-                    Err(s) => {
-                        if !away {
-                            warn!(handoff = %id, error = %s.message(), "the shard's owner does not answer; finishing the shard anyway");
-                        }
-                        away = true;
-                    }
-                }
+            .await;
+        match r {
+            Ok(_) => away = false,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return "the owner took the shard back".to_string();
             }
-        })
-    }
-
-    /// Resolves when the claim is lost, with the reason.
-    pub(crate) async fn lost(&self) -> String {
-        self.lost.cancelled().await;
-        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.task.abort();
+            Err(s) => {
+                if !away {
+                    warn!(handoff = %id, error = %s.message(), "the shard's owner does not answer; finishing the shard anyway");
+                }
+                away = true;
+            }
+        }
     }
 }
 
@@ -432,18 +217,6 @@ pub(crate) async fn report_final(
         }
     }
     warn!(handoff = %id, "the owner is gone; its lease will expire and the shard is found done or rewritten the same");
-}
-
-/// Registers the stealing series at zero.
-pub fn register_metrics() {
-    metrics::counter!("spotbatch_steal_attempts_total").increment(0);
-    for result in ["succeeded", "empty", "failed"] {
-        metrics::counter!("spotbatch_steals_total", "result" => result).increment(0);
-    }
-    for d in ["given", "taken", "returned", "offered"] {
-        metrics::counter!("spotbatch_shards_handed_over_total", "direction" => d).increment(0);
-    }
-    let _ = metrics::histogram!("spotbatch_handoff_seconds");
 }
 
 /// An idle worker steals up to `max` shards: asks the coordinator for the busiest peers and tries
@@ -504,14 +277,14 @@ pub(crate) async fn steal(st: &StealState, max: usize) -> Option<(String, Vec<Ha
 /// A draining worker offers its unstarted shards to idle peers, when a peer can finish one before
 /// the drain's cutoff (judged by this worker's own pace); offered shards not taken go back to the
 /// deque, and the drain releases them.
-pub(crate) async fn offer_unstarted(shared: &Shared, st: &StealState, cutoff: Instant) {
+pub(crate) async fn offer_unstarted(host: &dyn Host, st: &StealState, cutoff: Instant) {
     let left = cutoff
         .saturating_duration_since(Instant::now())
         .as_secs_f64();
-    let Some(per_shard) = shared.pace.shard_secs() else {
+    let Some(per_shard) = host.shard_secs() else {
         return;
     };
-    let waiting = shared.deque.len();
+    let waiting = host.unstarted();
     if waiting == 0 {
         return;
     }
@@ -543,7 +316,7 @@ pub(crate) async fn offer_unstarted(shared: &Shared, st: &StealState, cutoff: In
         if room == 0 {
             continue;
         }
-        let shards = shared.deque.take(room, true, &p.worker_id, st);
+        let shards = host.hand_over(room, true, &p.worker_id);
         if shards.is_empty() {
             break;
         }
@@ -567,23 +340,23 @@ pub(crate) async fn offer_unstarted(shared: &Shared, st: &StealState, cutoff: In
             .increment(accepted.len() as u64);
         info!(worker = %st.worker_id, to = %p.worker_id, offered = ids.len(), accepted = accepted.len(), "offered unstarted shards to an idle peer");
         for id in ids.iter().filter(|id| !accepted.contains(id)) {
-            st.tell(id, Word::Released);
+            st.handoffs.tell(id, Word::Released);
         }
-        if shared.deque.len() == 0 {
+        if host.unstarted() == 0 {
             break;
         }
     }
 }
 
 /// The `Peer` service of a worker.
-pub(crate) struct PeerApi(pub(crate) Arc<Shared>);
+pub(crate) struct PeerApi {
+    host: Arc<dyn Host>,
+    st: Arc<StealState>,
+}
 
 impl PeerApi {
     fn state(&self) -> Result<&StealState, Status> {
-        self.0
-            .steal
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("stealing is off on this worker"))
+        Ok(&self.st)
     }
 }
 
@@ -593,12 +366,11 @@ impl Peer for PeerApi {
         let st = self.state()?;
         let r = req.into_inner();
         // A draining worker hands its shards out itself (offers), or releases them.
-        let shards = if self.0.control.is_draining() {
+        let shards = if self.host.is_draining() {
             Vec::new()
         } else {
-            self.0
-                .deque
-                .take(r.max.max(1) as usize, false, &r.thief_id, st)
+            self.host
+                .hand_over(r.max.max(1) as usize, false, &r.thief_id)
         };
         if !shards.is_empty() {
             metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "given")
@@ -614,10 +386,10 @@ impl Peer for PeerApi {
     async fn offer(&self, req: Request<OfferRequest>) -> Result<Response<OfferReply>, Status> {
         let st = self.state()?;
         let r = req.into_inner();
-        if self.0.control.stop_leasing.is_cancelled() || r.owner_address == st.advertise {
+        if self.host.stops_leasing() || r.owner_address == st.advertise {
             return Ok(Response::new(OfferReply::default()));
         }
-        let room = self.0.room();
+        let room = self.host.room();
         let owner = st
             .conn(&r.owner_address)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -625,7 +397,7 @@ impl Peer for PeerApi {
         let mut accepted = Vec::new();
         for h in r.shards.into_iter().take(room) {
             accepted.push(h.handoff_id.clone());
-            crate::pipeline::spawn_stolen(&self.0, h, owner.clone(), timeout);
+            self.host.work_handed(h, owner.clone(), timeout);
         }
         if !accepted.is_empty() {
             metrics::counter!("spotbatch_shards_handed_over_total", "direction" => "taken")
@@ -649,7 +421,7 @@ impl Peer for PeerApi {
                 )))
             }
         };
-        if st.tell(&r.handoff_id, word) {
+        if st.handoffs.tell(&r.handoff_id, word) {
             Ok(Response::new(ReportReply {}))
         } else {
             Err(Status::not_found(format!(
@@ -665,7 +437,7 @@ impl Peer for PeerApi {
 pub fn peer_server(
     tls: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<tonic::transport::Server, tonic::transport::Error> {
-    spotbatch_coordinator::server::with_tls(
+    spotbatch_net::with_tls(
         tonic::transport::Server::builder().timeout(Duration::from_secs(30)),
         tls,
     )
@@ -674,7 +446,8 @@ pub fn peer_server(
 /// Serves `Peer` on `incoming` with `server` (see [`peer_server`]) until `stop`, checking the
 /// bearer token like the coordinator.
 pub(crate) fn serve(
-    shared: Arc<Shared>,
+    host: Arc<dyn Host>,
+    st: Arc<StealState>,
     (incoming, mut server): (
         tonic::transport::server::TcpIncoming,
         tonic::transport::Server,
@@ -686,7 +459,7 @@ pub(crate) fn serve(
         Some(t) => Auth::token(&t),
         None => Auth::none(),
     };
-    let svc = PeerServer::new(PeerApi(shared));
+    let svc = PeerServer::new(PeerApi { host, st });
     let svc = InterceptedService::new(svc, move |r| auth.check(r));
     tokio::spawn(async move {
         let r = server
@@ -703,32 +476,9 @@ pub(crate) fn serve(
 mod tests {
     use super::*;
 
-    #[test]
-    fn depth_follows_the_pace_and_the_lease_timeout() {
-        let p = Pace::default();
-        // Unmeasured: the most allowed.
-        assert_eq!(p.target(8, Duration::from_secs(60)), 8);
-        p.shard_took(Duration::from_secs(1));
-        // A tenth of a 60 s lease at 1 s a shard: 6 unstarted + 1 in work.
-        assert_eq!(p.target(16, Duration::from_secs(60)), 7);
-        assert_eq!(p.target(4, Duration::from_secs(60)), 4);
-        // Short leases: at least 1 s of work ahead, at least one unstarted.
-        assert_eq!(p.target(16, Duration::from_secs(5)), 2);
-        // Long leases: at most 30 s ahead.
-        assert_eq!(p.target(64, Duration::from_secs(3600)), 31);
-        // Slow lease calls: three round trips ahead.
-        p.lease_took(Duration::from_secs(4));
-        assert_eq!(p.target(64, Duration::from_secs(5)), 13);
-        // A slower pace holds fewer.
-        let slow = Pace::default();
-        slow.shard_took(Duration::from_secs(10));
-        assert_eq!(slow.target(16, Duration::from_secs(60)), 2);
-    }
-
     /// A worker's stealing state whose coordinator and peers are never reached.
     fn state() -> StealState {
-        let coordinator =
-            spotbatch_coordinator::client::connect("http://127.0.0.1:9", None, None).unwrap();
+        let coordinator = spotbatch_net::connect("http://127.0.0.1:9", None, None).unwrap();
         let incoming =
             tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         StealState::new(Stealing {
@@ -771,43 +521,5 @@ mod tests {
         assert!(st.conn("ftp://10.0.0.1").is_err());
         assert!(!cached("ftp://10.0.0.1"));
         assert_eq!(st.conns.lock().unwrap().len(), MAX_PEER_CONNS);
-    }
-
-    #[tokio::test]
-    async fn a_thief_gets_at_most_half_newest_first_and_owners_hear_of_it() {
-        let st = state();
-        let d = Deque::default();
-        let mut waiting: Vec<_> = (0..5u8).map(|i| d.enter(&[i], u32::from(i) + 1)).collect();
-        let taken = d.take(10, false, "thief", &st);
-        assert_eq!(taken.len(), 3, "half of five, rounded up");
-        let bodies: Vec<u8> = taken.iter().map(|h| h.task[0]).collect();
-        assert_eq!(bodies, vec![4, 3, 2], "newest first");
-        assert_eq!(taken[0].delivery_count, 5);
-        assert_eq!(d.len(), 2);
-        // The owners of the taken shards get their hand-offs; the others are still theirs.
-        for (i, (seq, rx)) in waiting.iter_mut().enumerate() {
-            if i >= 2 {
-                let g = rx.try_recv().expect("told");
-                assert_eq!(g.thief, "thief");
-                assert!(!d.leave(*seq));
-                // The thief's word reaches the owner's task.
-                assert!(st.tell(&g.id, Word::Done));
-                st.forget(&g.id);
-                assert!(!st.tell(&g.id, Word::Done), "forgotten: NOT_FOUND");
-            } else {
-                assert!(rx.try_recv().is_err());
-                assert!(d.leave(*seq));
-            }
-        }
-        assert_eq!(d.take(10, true, "thief", &st).len(), 0);
-        // `all` (a drain's offer) takes every one, up to `max`.
-        let kept: Vec<_> = (0..4u8).map(|i| d.enter(&[i], 1)).collect();
-        assert_eq!(d.take(3, true, "peer", &st).len(), 3);
-        assert_eq!(d.len(), 1);
-        // Owners' tasks that have ended (receivers gone) hand nothing over.
-        drop(kept);
-        drop(d.enter(&[9], 1));
-        assert_eq!(d.take(5, true, "peer", &st).len(), 0);
-        assert_eq!(d.len(), 0);
     }
 }

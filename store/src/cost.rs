@@ -1,0 +1,102 @@
+//! A job's cost, added up from its workers' ledgers and its done markers: dollars spent, saved
+//! against on-demand, per 1000 items, and what interruptions cost (work redone, time lost).
+
+use spotbatch_proto::DoneMarker;
+
+use crate::ledger::Ledger;
+
+/// The cost report of a job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// The job id.
+    pub job: String,
+    /// Worker ledgers added up.
+    pub workers: usize,
+    /// Rows written (done markers).
+    pub items: u64,
+    /// Rows with an error.
+    pub error_rows: u64,
+    /// Machine seconds charged to the job.
+    pub machine_seconds: f64,
+    /// Dollars spent.
+    pub dollars: f64,
+    /// What the same machine time costs on demand.
+    pub on_demand_dollars: f64,
+    /// On-demand dollars minus dollars spent.
+    pub saved_dollars: f64,
+    /// Saved, as a fraction of the on-demand dollars.
+    pub saved_fraction: f64,
+    /// Dollars per 1000 rows written.
+    pub dollars_per_1k_items: f64,
+    /// Items the model ran (redone ones included).
+    pub items_inferred: u64,
+    /// Items run again after an interruption (an upper bound).
+    pub items_redone: u64,
+    /// Items redone per row written.
+    pub redone_fraction: f64,
+    /// Machine seconds spent on redone items.
+    pub seconds_lost: f64,
+    /// Dollars spent on redone items.
+    pub dollars_lost: f64,
+    /// Dollars by capacity (`spot`, `on_demand`).
+    pub by_capacity: std::collections::BTreeMap<String, f64>,
+    /// The ledgers themselves.
+    pub per_worker: Vec<Ledger>,
+}
+
+/// Adds up ledgers and markers.
+pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
+    let items: u64 = markers.iter().map(|m| m.items).sum();
+    let error_rows: u64 = markers.iter().map(|m| m.errors).sum();
+    let dollars: f64 = ledgers.iter().map(|l| l.dollars).sum();
+    let on_demand: f64 = ledgers.iter().map(|l| l.on_demand_dollars).sum();
+    let seconds: f64 = ledgers.iter().map(|l| l.seconds).sum();
+    let inferred: u64 = ledgers.iter().map(|l| l.items).sum();
+    let redone: u64 = ledgers
+        .iter()
+        .map(|l| l.items_redone)
+        .sum::<u64>()
+        .min(inferred);
+    let per_item = |total: f64| {
+        if inferred > 0 {
+            total / inferred as f64
+        } else {
+            0.0
+        }
+    };
+    let mut by_capacity = std::collections::BTreeMap::new();
+    for l in ledgers {
+        *by_capacity.entry(l.capacity.clone()).or_insert(0.0) += l.dollars;
+    }
+    Report {
+        job: job.to_string(),
+        workers: ledgers.len(),
+        items,
+        error_rows,
+        machine_seconds: seconds,
+        dollars,
+        on_demand_dollars: on_demand,
+        saved_dollars: on_demand - dollars,
+        saved_fraction: if on_demand > 0.0 {
+            (on_demand - dollars) / on_demand
+        } else {
+            0.0
+        },
+        dollars_per_1k_items: if items > 0 {
+            dollars / items as f64 * 1000.0
+        } else {
+            0.0
+        },
+        items_inferred: inferred,
+        items_redone: redone,
+        redone_fraction: if items > 0 {
+            redone as f64 / items as f64
+        } else {
+            0.0
+        },
+        seconds_lost: redone as f64 * per_item(seconds),
+        dollars_lost: redone as f64 * per_item(dollars),
+        by_capacity,
+        per_worker: ledgers.to_vec(),
+    }
+}
