@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Starts the services the tests need, on loopback and free ports, and prints `export` lines for
-# their addresses. `scripts/test.sh` evaluates the output and stops them on exit
-# (scripts/services.sh stop). Logs go to .cache/services/.
+# Starts the services the tests need (moto, nisshi, Prometheus), on loopback and free ports, and
+# prints `export` lines for their addresses. `scripts/test.sh` evaluates the output and stops them
+# on exit (scripts/services.sh stop). Logs go to .cache/services/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUN="$ROOT/.cache/services"
@@ -26,16 +26,19 @@ case "${1:-start}" in
     echo "export SPOTBATCH_TEST_SQS_ENDPOINT=http://127.0.0.1:$port"
     echo "export SPOTBATCH_TEST_S3_ENDPOINT=http://127.0.0.1:$port"
     echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1"
-    # tansu, a Kafka-protocol broker (built once and cached by install-tansu.sh), in memory.
-    tansu="$("$ROOT/scripts/install-tansu.sh")"
+    # nisshi (née tansu), a Kafka-protocol broker (built once and cached by install-nisshi.sh),
+    # with in-memory storage.
+    nisshi="$("$ROOT/scripts/install-nisshi.sh")"
     kport=$(free_port)
-    "$tansu" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-      --storage-engine memory://tansu/ >"$RUN/tansu.log" 2>&1 &
-    echo $! >"$RUN/tansu.pid"
+    "$nisshi" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+      --storage-engine memory://nisshi/ >"$RUN/nisshi.log" 2>&1 &
+    echo $! >"$RUN/nisshi.pid"
+    up=
     for _ in $(seq 1 150); do
-      if "$ROOT/.venv/bin/python" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$kport" 2>/dev/null; then break; fi
+      if "$ROOT/.venv/bin/python" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$kport" 2>/dev/null; then up=1; break; fi
       sleep 0.2
     done
+    [ -n "$up" ] || { echo "nisshi did not start; its log:" >&2; cat "$RUN/nisshi.log" >&2; exit 1; }
     echo "export SPOTBATCH_TEST_KAFKA_BROKERS=127.0.0.1:$kport"
     # Prometheus, Debian's package (installed here when missing), scraping whatever the tests list
     # in file_sd target files every second, keeping the `worker` label they give.

@@ -50,7 +50,7 @@ cargo check --locked -p spotbatch --no-default-features
 trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh start)"
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
-echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT; tansu (Kafka): $SPOTBATCH_TEST_KAFKA_BROKERS"
+echo "moto (SQS, S3): $SPOTBATCH_TEST_SQS_ENDPOINT; nisshi (Kafka): $SPOTBATCH_TEST_KAFKA_BROKERS"
 args() { for t in "$@"; do printf -- '--test %s ' "$t"; done; }
 # Everything the tests print also goes to a log, so that a failure's own report (which test, its
 # panic message and output) can be printed again last, after the service logs: CI shows the tail.

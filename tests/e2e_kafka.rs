@@ -1,9 +1,10 @@
-//! Distributed mode on Kafka, on librdkafka's mock cluster (in this test process) and on tansu (a
-//! separate process), both on loopback; the workers are separate processes. `enqueue` + workers;
-//! one drained with SIGTERM, whose partitions move and are worked within 5 s (proven on tansu: the
-//! mock coordinator holds each rebalance round for about 5 s), one `kill -9`-ed, whose partitions
-//! move after the session timeout; every input exactly once; a foreign record lands in the
-//! dead-letter topic with its reason.
+//! Distributed mode on Kafka, on librdkafka's mock cluster (in this test process) and on nisshi 0.8.1
+//! (a separate process), both on loopback, with spotbatch's own batched producer; the workers are
+//! separate processes. `enqueue` + three workers; one drained with SIGTERM, whose partitions move
+//! and are worked within 5 s (proven on nisshi: the mock coordinator holds each rebalance round for
+//! about 5 s), one `kill -9`-ed, whose partitions reach the survivor after the session timeout (no
+//! broker here leaves a survivor without partitions); every input exactly once; a foreign record
+//! lands in the dead-letter topic with its reason.
 
 mod common;
 
@@ -65,7 +66,7 @@ fn kafka_two_workers_kill_and_drain_every_input_once_on_the_mock_cluster() {
         cluster.bootstrap_servers()
     );
     // librdkafka's mock coordinator holds every rebalance round for about 5 s (seen in the
-    // workers' logs), so the hand-over time is proven on tansu; here the partitions must move.
+    // workers' logs), so the hand-over time is proven on nisshi; here the partitions must move.
     two_workers_kill_and_drain(
         "mock",
         &queue,
@@ -79,17 +80,14 @@ fn kafka_two_workers_kill_and_drain_every_input_once_on_the_mock_cluster() {
 }
 
 #[test]
-fn kafka_two_workers_kill_and_drain_every_input_once_on_tansu() {
+fn kafka_two_workers_kill_and_drain_every_input_once_on_nisshi() {
     let brokers = std::env::var("SPOTBATCH_TEST_KAFKA_BROKERS")
-        .expect("SPOTBATCH_TEST_KAFKA_BROKERS is not set: run the tests with `make test`, which starts tansu");
+        .expect("SPOTBATCH_TEST_KAFKA_BROKERS is not set: run the tests with `make test`, which starts nisshi");
     let topic = unique("shards");
-    // tansu cannot resume inside a multi-record batch: one record per batch (see queue/tests).
-    let queue = format!(
-        "kafka://{brokers}/{topic}?partitions=6&session_timeout_ms=6000&single_record_batches=true"
-    );
+    let queue = format!("kafka://{brokers}/{topic}?partitions=6&session_timeout_ms=6000");
     run_ok(spotbatch().args(["queue", "create", &queue]));
     two_workers_kill_and_drain(
-        "tansu",
+        "nisshi",
         &queue,
         &brokers,
         &topic,
@@ -192,10 +190,22 @@ fn two_workers_kill_and_drain(
             rebalances(&dir.join("c.log"))
         );
     }
-    // Then kill A without notice: its partitions move after the 6 s session timeout.
+    // Then kill A without notice: its partitions reach C after the 6 s session timeout.
     let done_before_kill = job.done_markers();
+    let c_before = assigned("c.log");
     a.kill().unwrap();
     a.wait().unwrap();
+    let killed = Instant::now();
+    while assigned("c.log") == c_before && c.try_wait().unwrap().is_none() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "A's partitions never reached C after its session expired\nA: {}\nC: {}",
+            rebalances(&dir.join("a.log")),
+            rebalances(&dir.join("c.log"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let taken_over = killed.elapsed();
     let c_status = wait_bounded(&mut c, Duration::from_secs(150));
     let c_log = std::fs::read_to_string(dir.join("c.log")).unwrap();
     assert!(
@@ -205,7 +215,9 @@ fn two_workers_kill_and_drain(
         std::fs::read_to_string(dir.join("b.log")).unwrap_or_default()
     );
     assert!(done_before_kill < 54, "A was killed before the job ended");
-    println!("kafka ({broker}): partitions moved {moved:?} after SIGTERM");
+    println!(
+        "kafka ({broker}): partitions moved {moved:?} after SIGTERM, {taken_over:?} after SIGKILL"
+    );
 
     job.one_row_per_input();
     assert_eq!(job.done_markers(), 54);

@@ -11,6 +11,14 @@
 //!   that were already finished beyond it: the worker checks their done markers in object storage
 //!   and acks them without work. Offset-commit metadata is not relied on (not every Kafka-protocol
 //!   broker keeps it).
+//! - **Offset-gap guard**: a partition is assigned at its committed offset, read explicitly, and
+//!   every fetched record must come at the next offset. A record further on leaves a *hole* that is
+//!   never committed across until the partition is read again from its start by a separate reader:
+//!   offsets that hold no record there (transaction markers, compaction) are passed, records the
+//!   group consumer never received are delivered after all, and the gap is counted
+//!   (`spotbatch_kafka_offset_gaps_total`) and logged with the partition and offsets. (tansu 0.6
+//!   answered a fetch inside a multi-record batch with the next batch, which a backend committing
+//!   past what it received turned into silent loss.)
 //! - **Polling never stops**: a poller thread keeps calling `poll` (so `max.poll.interval.ms` never
 //!   evicts a worker busy on a long shard) and pauses the partitions while enough records wait.
 //! - **Release** on drain ([`LeaseQueue::close`]): commit what is contiguous, then leave the group so
@@ -20,6 +28,7 @@
 //!   produced to `TOPIC-dlq` with the reason in a header, then committed past.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,10 +36,11 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
@@ -58,9 +68,6 @@ pub struct KafkaTarget {
     pub group: String,
     /// Session timeout (how soon a dead worker's partitions move).
     pub session_timeout_ms: u32,
-    /// Produce every record as its own batch: for brokers that cannot resume a partition in the
-    /// middle of a multi-record batch (tansu 0.6).
-    pub single_record_batches: bool,
 }
 
 /// Parses a Kafka queue URI.
@@ -97,7 +104,6 @@ pub fn parse_uri(uri: &str) -> Result<KafkaTarget> {
         partitions: 8,
         group: format!("spotbatch-{topic}"),
         session_timeout_ms: 10_000,
-        single_record_batches: false,
     };
     for pair in query
         .into_iter()
@@ -120,14 +126,9 @@ pub fn parse_uri(uri: &str) -> Result<KafkaTarget> {
                     .filter(|s| (1000..=300_000).contains(s))
                     .ok_or_else(|| invalid("session_timeout_ms= takes 1000..=300000".into()))?
             }
-            Some(("single_record_batches", v)) => {
-                t.single_record_batches = v
-                    .parse()
-                    .map_err(|_| invalid("single_record_batches= takes true or false".into()))?
-            }
             _ => {
                 return Err(invalid(format!(
-                    "unknown parameter {pair:?} (known: partitions, group, session_timeout_ms, single_record_batches)"
+                    "unknown parameter {pair:?} (known: partitions, group, session_timeout_ms)"
                 )))
             }
         }
@@ -181,6 +182,21 @@ struct Item {
     last_error: Option<String>,
 }
 
+impl Item {
+    /// A record as fetched: not leased yet.
+    fn fetched(id: String, body: Vec<u8>) -> Self {
+        Item {
+            id,
+            body,
+            state: ItemState::Waiting,
+            deliveries: 0,
+            failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// One owned partition.
 #[derive(Debug, Default)]
 struct Part {
     /// Bumped when the partition is revoked: old tokens stop working.
@@ -188,9 +204,122 @@ struct Part {
     /// Every offset below this is done (the low-water mark): a record fetched again below it is
     /// not delivered again.
     floor: i64,
+    /// The offset this ownership began at (the committed offset then): no commit of this ownership
+    /// goes below it.
+    start: i64,
+    /// The offset the next fetched record must have (None until the first record, when the
+    /// partition had no committed offset to start from).
+    next: Option<i64>,
+    /// Offsets the broker skipped (start → end), being read back: never committed across.
+    holes: BTreeMap<i64, i64>,
+    /// Offsets read back and found to hold no record (start → end): transaction markers, records
+    /// removed by compaction or retention. The low-water mark passes them.
+    absent: BTreeMap<i64, i64>,
     /// Records of this partition the worker holds, by offset (acked ones until the low-water mark
     /// passes them).
     items: BTreeMap<i64, Item>,
+}
+
+/// Where a fetched record stands against what its partition expected.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The record at the expected offset (or the first of a partition without a committed offset).
+    Next,
+    /// At or below an offset fetched before (the consumer fetched again from earlier).
+    Again,
+    /// Beyond the expected offset: the offsets from `start` to `end` (exclusive) were skipped.
+    Skipped { start: i64, end: i64 },
+}
+
+impl Part {
+    /// A partition just assigned, starting at its committed offset (`None`: no committed offset,
+    /// so it starts wherever the log does).
+    fn assigned(epoch: u64, start: Option<i64>) -> Self {
+        Part {
+            epoch,
+            floor: start.unwrap_or(0),
+            start: start.unwrap_or(0),
+            next: start,
+            ..Part::default()
+        }
+    }
+
+    /// Notes a fetched record's offset against the one expected. A skip is recorded as a hole.
+    fn arrive(&mut self, off: i64) -> Arrival {
+        match self.next {
+            None => {
+                self.floor = self.floor.max(off);
+                self.next = Some(off + 1);
+                Arrival::Next
+            }
+            Some(n) if off < n => Arrival::Again,
+            Some(n) if off == n => {
+                self.next = Some(n + 1);
+                Arrival::Next
+            }
+            Some(n) => {
+                self.next = Some(off + 1);
+                self.holes.insert(n, off);
+                Arrival::Skipped { start: n, end: off }
+            }
+        }
+    }
+
+    /// The next offset to commit: past every offset from the floor on that was received and acked
+    /// or read back as holding nothing (None if that is still the floor). A hole stops it.
+    fn low_water(&self) -> Option<i64> {
+        let mut at = self.floor;
+        loop {
+            if let Some((_, &end)) = self.absent.range(..=at).next_back() {
+                if end > at {
+                    at = end;
+                    continue;
+                }
+            }
+            match self.items.get(&at) {
+                Some(Item {
+                    state: ItemState::Acked,
+                    ..
+                }) => at += 1,
+                _ => break,
+            }
+        }
+        (at > self.floor).then_some(at)
+    }
+
+    /// Moves the floor to `next` (from [`Part::low_water`]), forgetting what lies below it.
+    fn advance(&mut self, next: i64) {
+        self.items.retain(|o, _| *o >= next);
+        self.absent.retain(|_, end| *end > next);
+        self.floor = self.floor.max(next);
+    }
+
+    /// Takes what reading a hole back found: its records (offset order) become items to lease,
+    /// unless fetched meanwhile; the rest of the hole holds nothing. Returns the offsets added.
+    fn fill(&mut self, start: i64, end: i64, found: Vec<(i64, Item)>) -> Vec<i64> {
+        self.holes.remove(&start);
+        let mut added = Vec::new();
+        let mut at = start;
+        for (off, item) in found {
+            if off < at || off >= end {
+                continue;
+            }
+            if off > at {
+                self.absent.insert(at, off);
+            }
+            at = off + 1;
+            if off >= self.floor {
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.items.entry(off) {
+                    slot.insert(item);
+                    added.push(off);
+                }
+            }
+        }
+        if end > at {
+            self.absent.insert(at, end);
+        }
+        added
+    }
 }
 
 #[derive(Debug, Default)]
@@ -206,203 +335,330 @@ struct State {
 }
 
 impl State {
-    /// The offset to commit for `p` now: the furthest of what waits for the poller and the
-    /// contiguous acked mark (taken out of `to_commit`).
+    /// The offset to commit for owned partition `p` before it moves or the worker leaves: its
+    /// floor, whether or not an earlier commit of it landed (one may still be in flight, or have
+    /// failed without its retry sent yet). None if this ownership has not moved it.
     fn take_commit(&mut self, p: i32) -> Option<i64> {
-        let pending = self.to_commit.remove(&p);
-        pending.max(self.parts.get(&p).and_then(low_water))
+        self.to_commit.remove(&p);
+        let part = self.parts.get_mut(&p)?;
+        if let Some(next) = part.low_water() {
+            part.advance(next);
+        }
+        (part.floor > part.start).then_some(part.floor)
     }
 }
 
+/// What the consumer's callbacks and the gap readers share with the queue.
 struct Ctx {
     topic: String,
+    brokers: String,
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    /// Gaps found (records a fetch skipped), for [`KafkaQueue::offset_gaps`].
+    gaps: Arc<AtomicU64>,
 }
 
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
-    /// A failed asynchronous commit (common while a rebalance is in progress) is queued again for
-    /// the partitions still owned: otherwise the last offsets of a partition, committed once when
-    /// its final item was acked, would stay uncommitted and the topic would never look drained.
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let Err(e) = result else {
+    /// Assigns partitions at their committed offsets, read here, so the offset-gap guard knows
+    /// where each must resume; otherwise as rdkafka's default handler.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            let starts = self.start_offsets(consumer, tpl);
+            let r = if cooperative {
+                consumer.incremental_assign(tpl)
+            } else {
+                consumer.assign(tpl)
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "kafka assignment failed");
+            }
+            self.assigned(consumer, tpl, &starts);
             return;
+        }
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            tracing::warn!(error = ?err, "kafka rebalance error; giving up the partitions");
+        }
+        self.revoking(consumer, tpl);
+        let r = if cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
         };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "kafka unassignment failed");
+        }
+    }
+}
+
+impl Ctx {
+    /// Reads the committed offsets of the partitions in `tpl` and sets them as the offsets to
+    /// start at. Returns each partition's start (None: nothing committed, so it starts at the
+    /// beginning of the log). If they cannot be read, the partitions start where the consumer
+    /// finds them and their first records are trusted.
+    fn start_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> HashMap<i32, Option<i64>> {
+        let mut starts = HashMap::new();
+        let ours: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if ours.is_empty() {
+            return starts;
+        }
+        let mut ask = TopicPartitionList::new();
+        for p in &ours {
+            ask.add_partition(&self.topic, *p);
+        }
+        let committed = match consumer.committed_offsets(ask, Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, partitions = ?ours, "kafka committed offsets not read; the partitions start unchecked");
+                return starts;
+            }
+        };
+        for p in ours {
+            let at = committed
+                .find_partition(&self.topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                });
+            let set = tpl.set_partition_offset(
+                &self.topic,
+                p,
+                at.map_or(Offset::Beginning, Offset::Offset),
+            );
+            if set.is_ok() {
+                starts.insert(p, at);
+            }
+        }
+        starts
+    }
+
+    fn assigned(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        starts: &HashMap<i32, Option<i64>>,
+    ) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        let mut again = Vec::new();
-        for el in offsets.elements_for_topic(&self.topic) {
-            let (p, Offset::Offset(next)) = (el.partition(), el.offset()) else {
-                continue;
-            };
-            if st.parts.contains_key(&p) {
-                let e = st.to_commit.entry(p).or_insert(next);
-                *e = (*e).max(next);
-                again.push((p, next));
-            }
+        let mut parts = Vec::new();
+        for e in tpl.elements_for_topic(&self.topic) {
+            let p = e.partition();
+            st.next_epoch += 1;
+            let epoch = st.next_epoch;
+            let start = starts.get(&p).copied().flatten();
+            st.parts
+                .entry(p)
+                .or_insert_with(|| Part::assigned(epoch, start));
+            parts.push((p, start));
         }
-        tracing::debug!(error = %e, retry = ?again, "kafka commit failed; retrying");
+        st.assigned_once = true;
+        let paused = st.paused;
+        drop(st);
+        // New partitions follow the buffer's pause state. librdkafka keeps an application's pause
+        // on a partition across revoke and assign (a client behaviour, whatever the broker), so
+        // this also clears a pause left from an earlier time this member owned it: else it would
+        // never be fetched again.
+        let r = if paused {
+            consumer.pause(tpl)
+        } else {
+            consumer.resume(tpl)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, paused, "kafka pause state of assigned partitions not set");
+        }
+        // (The partitions last: tests and benches read `partitions=[]` at the end of the line.)
+        let starts: Vec<Option<i64>> = parts.iter().map(|(_, s)| *s).collect();
+        let parts: Vec<i32> = parts.iter().map(|(p, _)| *p).collect();
+        tracing::info!(topic = %self.topic, ?starts, partitions = ?parts, "kafka partitions assigned");
+        self.notify.notify_waiters();
     }
 
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let parts: Vec<i32> = tpl
-                .elements_for_topic(&self.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            tracing::info!(topic = %self.topic, partitions = ?parts, "kafka partitions revoked");
-            let Ok(mut st) = self.state.lock() else {
+    fn revoking(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        tracing::info!(topic = %self.topic, partitions = ?parts, "kafka partitions revoked");
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let mut commit = TopicPartitionList::new();
+        for p in parts {
+            // Commit what is contiguous (including what the poller has not committed yet) before
+            // the partition moves.
+            let next = st.take_commit(p);
+            st.parts.remove(&p);
+            if let Some(next) = next {
+                let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
+            }
+            st.fresh.retain(|(fp, _)| *fp != p);
+        }
+        drop(st);
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::debug!(error = %e, "kafka commit on revoke failed; the next owner redoes from the last commit");
+            }
+        }
+    }
+
+    /// Takes a fetched record of an owned partition into the buffer. A record beyond the offset
+    /// expected leaves a hole, read back by [`read_back`] on its own thread.
+    fn take_record(self: &Arc<Self>, st: &mut State, p: i32, off: i64, id: String, body: Vec<u8>) {
+        let State { parts, fresh, .. } = st;
+        let Some(part) = parts.get_mut(&p) else {
+            return;
+        };
+        if let Arrival::Skipped { start, end } = part.arrive(off) {
+            tracing::info!(topic = %self.topic, partition = p, expected = start, got = end, "kafka fetch skipped offsets; reading them back before committing past them");
+            let ctx = Arc::clone(self);
+            let epoch = part.epoch;
+            let spawned = std::thread::Builder::new()
+                .name("kafka-read-back".into())
+                .spawn(move || ctx.read_back(p, epoch, start, end));
+            if let Err(e) = spawned {
+                // The hole stays: the partition is not committed past it, and the next owner
+                // starts before it.
+                tracing::warn!(error = %e, partition = p, "cannot start a kafka read-back thread");
+            }
+        }
+        if off >= part.floor {
+            if let std::collections::btree_map::Entry::Vacant(slot) = part.items.entry(off) {
+                slot.insert(Item::fetched(id, body));
+                fresh.push_back((p, off));
+                self.notify.notify_waiters();
+            }
+        }
+    }
+
+    /// Reads a hole of partition `p` back (from the start of the log, a batch boundary on any
+    /// broker) until it succeeds or the partition is no longer this ownership's.
+    fn read_back(&self, p: i32, epoch: u64, start: i64, end: i64) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let owned = |st: &State| st.parts.get(&p).is_some_and(|part| part.epoch == epoch);
+            if self.stop.load(Ordering::Relaxed) || !self.state.lock().is_ok_and(|st| owned(&st)) {
                 return;
-            };
-            let mut commit = TopicPartitionList::new();
-            for e in tpl.elements_for_topic(&self.topic) {
-                let p = e.partition();
-                // Commit what is contiguous (including what the poller has not committed yet)
-                // before the partition moves.
-                let next = st.take_commit(p);
-                st.parts.remove(&p);
-                if let Some(next) = next {
-                    let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
+            }
+            match read_range(&self.brokers, &self.topic, p, start, end) {
+                Ok((log_start, found)) => {
+                    let Ok(mut st) = self.state.lock() else {
+                        return;
+                    };
+                    if !owned(&st) {
+                        return;
+                    }
+                    let missed = found.len();
+                    let deleted = (log_start.min(end) - start).max(0);
+                    let State { parts, fresh, .. } = &mut *st;
+                    let Some(part) = parts.get_mut(&p) else {
+                        return;
+                    };
+                    let added = part.fill(start, end, found);
+                    fresh.extend(added.iter().map(|off| (p, *off)));
+                    drop(st);
+                    if missed > 0 || deleted > 0 {
+                        self.gaps.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("spotbatch_kafka_offset_gaps_total").increment(1);
+                        tracing::warn!(
+                            topic = %self.topic, partition = p, expected = start, got = end, missed, deleted,
+                            "kafka offset gap: the broker skipped records the group consumer never received; they are delivered from a read-back and nothing was committed past them"
+                        );
+                    } else {
+                        tracing::info!(topic = %self.topic, partition = p, from = start, to = end, "kafka skipped offsets hold no records (transaction markers or compaction)");
+                    }
+                    self.notify.notify_waiters();
+                    return;
                 }
-                st.fresh.retain(|(fp, _)| *fp != p);
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, partition = p, from = start, to = end, error = %e, retry_in_s = delay.as_secs(), "kafka read-back failed; the partition is not committed past the skipped offsets");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
             }
-            drop(st);
-            if commit.count() > 0 {
-                let _ = consumer.commit(&commit, CommitMode::Sync);
-            }
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let Ok(mut st) = self.state.lock() else {
-                return;
-            };
-            for e in tpl.elements_for_topic(&self.topic) {
-                st.next_epoch += 1;
-                let epoch = st.next_epoch;
-                st.parts.entry(e.partition()).or_insert_with(|| Part {
-                    epoch,
-                    floor: 0,
-                    items: BTreeMap::new(),
-                });
-            }
-            st.assigned_once = true;
-            let paused = st.paused;
-            drop(st);
-            // New partitions follow the buffer's pause state. librdkafka keeps an application's
-            // pause on a partition across revoke and assign, so this also clears a pause left from
-            // an earlier time this member owned it (else it would never be fetched again).
-            let r = if paused {
-                consumer.pause(tpl)
-            } else {
-                consumer.resume(tpl)
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, paused, "kafka pause state of assigned partitions not set");
-            }
-            let parts: Vec<i32> = tpl
-                .elements_for_topic(&self.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            tracing::info!(topic = %self.topic, partitions = ?parts, "kafka partitions assigned");
-            self.notify.notify_waiters();
         }
     }
 }
 
-/// Rejoins the group when this member has held no partitions for a while although the group has no
-/// more members than the topic has partitions. A balanced assignor never leaves a member idle then,
-/// so the group is wedged: seen on tansu 0.6, where after a member's session expired the
-/// cooperative-sticky rebalance revoked the survivor's partitions and assigned it nothing, with
-/// no follow-up round, so the topic was never drained. Leaving and joining again starts a fresh
-/// round that hands every partition out.
-#[derive(Default)]
-struct Watchdog {
-    empty_since: Option<Instant>,
-    checked_at: Option<Instant>,
-}
-
-impl Watchdog {
-    /// How long a member may hold nothing before the group is examined.
-    const GRACE: Duration = Duration::from_secs(3);
-
-    fn check(&mut self, consumer: &BaseConsumer<Ctx>, topic: &str, group: &str, client_id: &str) {
-        let empty = consumer
-            .assignment()
-            .map(|a| a.count() == 0)
-            .unwrap_or(false);
-        if !empty {
-            self.empty_since = None;
-            return;
-        }
-        let since = *self.empty_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < Self::GRACE
-            || self.checked_at.is_some_and(|t| t.elapsed() < Self::GRACE)
-        {
-            return;
-        }
-        self.checked_at = Some(Instant::now());
-        let timeout = Duration::from_secs(2);
-        let members = match consumer.client().fetch_group_list(Some(group), timeout) {
-            Ok(list) => list
-                .groups()
-                .iter()
-                // Only a settled group that counts this member in.
-                .find(|g| g.name() == group && g.state() == "Stable")
-                // (Brokers name members CLIENT_ID-UUID; tansu reports no client id.)
-                .filter(|g| {
-                    g.members().iter().any(|m| {
-                        m.client_id() == client_id
-                            || m.id()
-                                .strip_prefix(client_id)
-                                .is_some_and(|r| r.starts_with('-'))
-                    })
-                })
-                .map(|g| g.members().len()),
-            Err(e) => {
-                tracing::debug!(error = %e, "kafka group description failed");
-                None
+/// Reads partition `p` of `topic` from the start of its log with a consumer of its own and returns
+/// the log's first offset and the records found at offsets `start..end`. A rare path (a broker
+/// skipped offsets); its cost is reading the partition up to the gap.
+fn read_range(
+    brokers: &str,
+    topic: &str,
+    p: i32,
+    start: i64,
+    end: i64,
+) -> std::result::Result<(i64, Vec<(i64, Item)>), String> {
+    // A group id only because librdkafka assigns no partitions without one: it never joins the
+    // group nor commits.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("spotbatch-read-back-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let (log_start, _) = reader
+        .fetch_watermarks(topic, p, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    if log_start >= end {
+        return Ok((log_start, found));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(log_start))
+        .map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    // However long the partition, as long as records keep coming.
+    let quiet = Duration::from_secs(20);
+    let mut until = Instant::now() + quiet;
+    while Instant::now() < until {
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                until = Instant::now() + quiet;
+                let off = m.offset();
+                if off >= end {
+                    return Ok((log_start, found));
+                }
+                if off >= start {
+                    let body = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+                    let id = header(&m, H_ID).unwrap_or_else(|| format!("{p}@{off}"));
+                    found.push((off, Item::fetched(id, body)));
+                }
             }
-        };
-        let partitions = consumer
-            .client()
-            .fetch_metadata(Some(topic), timeout)
-            .ok()
-            .and_then(|m| m.topics().first().map(|t| t.partitions().len()));
-        let (Some(members), Some(partitions)) = (members, partitions) else {
-            return;
-        };
-        if members == 0 || members > partitions {
-            return;
-        }
-        tracing::warn!(
-            %topic, %group, members, partitions,
-            "kafka group left this member without partitions; rejoining"
-        );
-        consumer.unsubscribe();
-        if let Err(e) = consumer.subscribe(&[topic]) {
-            tracing::warn!(error = %e, "kafka resubscribe failed");
-        }
-        self.empty_since = None;
-    }
-}
-
-/// The next offset to commit for a partition: the first one not acked yet (None if nothing new).
-fn low_water(part: &Part) -> Option<i64> {
-    let mut next = None;
-    for (off, item) in &part.items {
-        match item.state {
-            ItemState::Acked => next = Some(off + 1),
-            _ => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok((log_start, found)),
+            Some(Err(e)) => tracing::debug!(error = %e, "kafka read-back poll error"),
+            None => {}
         }
     }
-    next
+    Err(format!(
+        "partition {p}: no record for {} s before offset {end}",
+        quiet.as_secs()
+    ))
 }
 
 /// A Kafka topic as a lease queue, for one worker (one consumer-group member).
@@ -413,10 +669,10 @@ pub struct KafkaQueue {
     producer: FutureProducer,
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     poller: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Unique per consumer, so this member can find itself in the group's description.
-    client_id: String,
+    gaps: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -439,46 +695,49 @@ impl KafkaQueue {
             .set("message.timeout.ms", "30000")
             // A missing topic is an error to report, not one to create by accident.
             .set("allow.auto.create.topics", "false")
-            .set(
-                "batch.num.messages",
-                if target.single_record_batches {
-                    "1"
-                } else {
-                    "10000"
-                },
-            )
             .create()
             .map_err(|e| err(e.to_string()))?;
         // The topic must exist (and the brokers answer) before joining the group.
         let meta_target = target.clone();
-        let meta = {
-            let p = producer.clone();
-            tokio::task::spawn_blocking(move || {
-                p.client()
-                    .fetch_metadata(Some(&meta_target.topic), Duration::from_secs(10))
-                    .map_err(|e| format!("cannot reach the Kafka brokers {}: {e}", meta_target.brokers))
-                    .and_then(|m| {
-                        let t = m.topics().first().ok_or("no topic metadata")?;
-                        if t.error().is_some() || t.partitions().is_empty() {
-                            Err(format!(
-                                "topic {} does not exist (create it with `spotbatch queue create kafka://{}/{}`)",
-                                meta_target.topic, meta_target.brokers, meta_target.topic
-                            ))
-                        } else {
-                            Ok(())
-                        }
-                    })
-            })
-            .await
-            .map_err(|e| err(e.to_string()))?
-        };
-        meta.map_err(err)?;
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = &meta_target;
+            let m = p
+                .client()
+                .fetch_metadata(Some(&t.topic), Duration::from_secs(10))
+                .map_err(|e| {
+                    kafka_err(&t.topic, &e, &format!("cannot reach the Kafka brokers {}", t.brokers))
+                })?;
+            let exists = m
+                .topics()
+                .first()
+                .is_some_and(|mt| mt.error().is_none() && !mt.partitions().is_empty());
+            if exists {
+                Ok(())
+            } else {
+                Err(backend_err(
+                    &t.topic,
+                    format!(
+                        "topic {} does not exist (create it with `spotbatch queue create kafka://{}/{}`)",
+                        t.topic, t.brokers, t.topic
+                    ),
+                ))
+            }
+        })
+        .await
+        .map_err(|e| err(e.to_string()))??;
         let state: Arc<Mutex<State>> = Arc::default();
         let notify = Arc::new(Notify::new());
+        let stop: Arc<AtomicBool> = Arc::default();
+        let gaps: Arc<AtomicU64> = Arc::default();
+        let retries: Arc<AtomicU64> = Arc::default();
         let ctx = Ctx {
             topic: target.topic.clone(),
+            brokers: target.brokers.clone(),
             state: Arc::clone(&state),
             notify: Arc::clone(&notify),
+            stop: Arc::clone(&stop),
+            gaps: Arc::clone(&gaps),
         };
         let client_id = format!(
             "spotbatch-{}-{}",
@@ -521,11 +780,13 @@ impl KafkaQueue {
             producer,
             state,
             notify,
-            stop: Arc::default(),
+            stop,
             poller: Mutex::new(None),
-            client_id,
+            gaps,
+            retries,
         };
         q.start_poller();
+        q.start_committer();
         // Wait for the first assignment so the first lease finds work at once.
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
@@ -543,43 +804,27 @@ impl KafkaQueue {
     fn start_poller(&self) {
         let consumer = Arc::clone(&self.consumer);
         let state = Arc::clone(&self.state);
-        let notify = Arc::clone(&self.notify);
         let stop = Arc::clone(&self.stop);
         let topic = self.target.topic.clone();
-        let group = self.target.group.clone();
-        let client_id = self.client_id.clone();
         let handle = std::thread::Builder::new()
             .name("kafka-poller".into())
             .spawn(move || {
-                let mut watchdog = Watchdog::default();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ctx = Arc::clone(consumer.context());
+                while !stop.load(Ordering::Relaxed) {
                     let polled = consumer.poll(Duration::from_millis(50));
-                    watchdog.check(&consumer, &topic, &group, &client_id);
                     let mut st = match state.lock() {
                         Ok(s) => s,
                         Err(_) => return,
                     };
-                    if let Some(Ok(m)) = polled {
-                        let (p, off) = (m.partition(), m.offset());
-                        let body = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
-                        let id = header(&m, H_ID).unwrap_or_else(|| format!("{p}@{off}"));
-                        let State { parts, fresh, .. } = &mut *st;
-                        if let Some(part) = parts.get_mut(&p).filter(|part| off >= part.floor) {
-                            if let std::collections::btree_map::Entry::Vacant(slot) = part.items.entry(off) {
-                                slot.insert(Item {
-                                    id,
-                                    body,
-                                    state: ItemState::Waiting,
-                                    deliveries: 0,
-                                    failures: 0,
-                                    last_error: None,
-                                });
-                                fresh.push_back((p, off));
-                                notify.notify_waiters();
-                            }
+                    match polled {
+                        Some(Ok(m)) if m.topic() == topic => {
+                            let (p, off) = (m.partition(), m.offset());
+                            let body = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+                            let id = header(&m, H_ID).unwrap_or_else(|| format!("{p}@{off}"));
+                            ctx.take_record(&mut st, p, off, id, body);
                         }
-                    } else if let Some(Err(e)) = polled {
-                        tracing::debug!(error = %e, "kafka poll error");
+                        Some(Err(e)) => tracing::debug!(error = %e, "kafka poll error"),
+                        _ => {}
                     }
                     // Pause while plenty waits; resume when it runs low.
                     let waiting = st.fresh.len();
@@ -592,23 +837,93 @@ impl KafkaQueue {
                             st.paused = false;
                         }
                     }
-                    let commits: Vec<(i32, i64)> = st.to_commit.drain().collect();
-                    drop(st);
-                    if !commits.is_empty() {
-                        let mut tpl = TopicPartitionList::new();
-                        for (p, next) in commits {
-                            let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(next));
-                        }
-                        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                            tracing::warn!(error = %e, "kafka commit failed; the next ack commits again");
-                        }
-                    }
                 }
             })
             .ok();
         if let Ok(mut p) = self.poller.lock() {
             *p = handle;
         }
+    }
+
+    /// The committer: commits the partitions' new low-water marks as acks move them, each commit
+    /// synchronously on this thread (so its result is known: librdkafka reports a manual
+    /// asynchronous commit's result only to an `offset_commit_cb`, which rdkafka does not set, so a
+    /// refused asynchronous commit would be lost without a word). A refused commit is tried again
+    /// at the partition's floor then, for the partitions still owned: any Kafka broker refuses
+    /// commits while its group rebalances (`REBALANCE_IN_PROGRESS`), and the last offsets of a
+    /// partition are committed once, when its final item is acked, so without the retry they would
+    /// stay uncommitted and the topic would never look drained to the other members.
+    fn start_committer(&self) {
+        let consumer = Arc::clone(&self.consumer);
+        let state = Arc::clone(&self.state);
+        let stop = Arc::clone(&self.stop);
+        let retries = Arc::clone(&self.retries);
+        let topic = self.target.topic.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-committer".into())
+            .spawn(move || {
+                let mut refused = false;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(if refused { 200 } else { 20 }));
+                    let commits: Vec<(i32, i64)> = match state.lock() {
+                        Ok(mut st) => st.to_commit.drain().collect(),
+                        Err(_) => return,
+                    };
+                    if commits.is_empty() {
+                        continue;
+                    }
+                    let mut tpl = TopicPartitionList::new();
+                    for (p, next) in &commits {
+                        let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*next));
+                    }
+                    let Err(e) = consumer.commit(&tpl, CommitMode::Sync) else {
+                        refused = false;
+                        continue;
+                    };
+                    refused = true;
+                    let Ok(mut st) = state.lock() else {
+                        return;
+                    };
+                    let mut again = Vec::new();
+                    for (p, _) in commits {
+                        // At the floor now, never the refused offset: it is never below it, and a
+                        // partition revoked and assigned back meanwhile must not be committed
+                        // below where its new ownership began.
+                        let Some(floor) = st
+                            .parts
+                            .get(&p)
+                            .filter(|part| part.floor > part.start)
+                            .map(|part| part.floor)
+                        else {
+                            continue;
+                        };
+                        let at = st.to_commit.entry(p).or_insert(floor);
+                        *at = (*at).max(floor);
+                        again.push((p, floor));
+                    }
+                    drop(st);
+                    retries.fetch_add(again.len() as u64, Ordering::Relaxed);
+                    metrics::counter!("spotbatch_kafka_commit_retries_total")
+                        .increment(again.len() as u64);
+                    tracing::debug!(error = %e, retry = ?again, "kafka commit refused; trying again");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the kafka committer thread; offsets are committed on revoke and close only");
+        }
+    }
+
+    /// How many offset gaps this member found: fetches that skipped records it then read back
+    /// (also counted in `spotbatch_kafka_offset_gaps_total`).
+    pub fn offset_gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    /// How many partition commits this member tried again after the broker refused them (any
+    /// broker does while its group rebalances; also counted in
+    /// `spotbatch_kafka_commit_retries_total`).
+    pub fn commit_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     fn token(p: i32, off: i64, epoch: u64, deliveries: u32) -> LeaseToken {
@@ -651,9 +966,8 @@ impl KafkaQueue {
         if let Some(item) = part.items.get_mut(&off) {
             item.state = ItemState::Acked;
         }
-        if let Some(next) = low_water(part) {
-            part.items.retain(|o, _| *o >= next);
-            part.floor = part.floor.max(next);
+        if let Some(next) = part.low_water() {
+            part.advance(next);
             st.to_commit.insert(p, next);
         }
     }
@@ -702,14 +1016,20 @@ impl KafkaQueue {
         let meta = self
             .consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| backend_err(topic, e))?;
+            .map_err(|e| {
+                kafka_err(
+                    topic,
+                    &e,
+                    &format!("cannot reach the Kafka brokers {}", self.target.brokers),
+                )
+            })?;
         let mut out = Vec::new();
         for t in meta.topics() {
             for p in t.partitions() {
                 let (lo, hi) = self
                     .consumer
                     .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .map_err(|e| backend_err(topic, e))?;
+                    .map_err(|e| kafka_err(topic, &e, "cannot read the partitions' offsets"))?;
                 out.push((p.id(), lo, hi));
             }
         }
@@ -942,7 +1262,7 @@ impl LeaseQueue for KafkaQueue {
         })
         .await
         .map_err(|e| backend_err(&self.target.topic, e))?
-        .map_err(|e| backend_err(&self.target.topic, e))?;
+        .map_err(|e| kafka_err(&self.target.topic, &e, "cannot read the committed offsets"))?;
         // Owned partitions: what this worker has acked counts even if the broker has not shown the
         // commit yet (a commit can be lost in a rebalance; librdkafka's mock cluster was seen
         // reporting stale committed offsets).
@@ -1051,40 +1371,48 @@ impl LeaseQueue for KafkaQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        // Commit what is contiguous, then leave the group so the partitions move now.
-        let commits: Vec<(i32, i64)> = {
-            let mut st = self
-                .state
-                .lock()
-                .map_err(|_| backend_err(&self.target.topic, "state lock poisoned"))?;
-            let mut parts: Vec<i32> = st
-                .parts
-                .keys()
-                .chain(st.to_commit.keys())
-                .copied()
-                .collect();
-            parts.sort_unstable();
-            parts.dedup();
-            parts
-                .into_iter()
-                .filter_map(|p| st.take_commit(p).map(|n| (p, n)))
-                .collect()
-        };
+        // Commit every owned partition's floor (trying again for a while if the broker refuses,
+        // as it does while the group rebalances), then leave the group so the partitions move now.
         let consumer = Arc::clone(&self.consumer);
+        let state = Arc::clone(&self.state);
         let topic = self.target.topic.clone();
         let stop = Arc::clone(&self.stop);
         let poller = self.poller.lock().ok().and_then(|mut p| p.take());
         tokio::task::spawn_blocking(move || {
-            if !commits.is_empty() {
-                let mut tpl = TopicPartitionList::new();
-                for (p, next) in commits {
-                    let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(next));
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                let commits: Vec<(i32, i64)> = match state.lock() {
+                    Ok(mut st) => {
+                        let parts: Vec<i32> = st.parts.keys().copied().collect();
+                        parts
+                            .into_iter()
+                            .filter_map(|p| st.take_commit(p).map(|n| (p, n)))
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
+                if commits.is_empty() {
+                    break;
                 }
-                let _ = consumer.commit(&tpl, CommitMode::Sync);
+                let mut tpl = TopicPartitionList::new();
+                for (p, next) in &commits {
+                    let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*next));
+                }
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() < until => {
+                        tracing::debug!(error = %e, "kafka commit on close refused; trying again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, offsets = ?commits, "kafka commit on close failed; the next owner redoes from the last commit");
+                        break;
+                    }
+                }
             }
             // Stop the poller, then close the consumer here: it leaves the group (so the partitions
             // move now, not after the session timeout) and finishes before the process can exit.
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
             if let Some(p) = poller {
                 let _ = p.join();
             }
@@ -1102,7 +1430,7 @@ impl LeaseQueue for KafkaQueue {
 
 impl Drop for KafkaQueue {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1111,6 +1439,28 @@ fn backend_err(queue: &str, e: impl std::fmt::Display) -> QueueError {
         queue: queue.to_string(),
         backend: BACKEND,
         source: e.to_string().into(),
+    }
+}
+
+/// A client error as a queue error: [`QueueError::Unreachable`] when no broker answered (so a
+/// caller can tell brokers that are gone from a queue that is empty), else a backend error.
+fn kafka_err(queue: &str, e: &KafkaError, what: &str) -> QueueError {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let message = format!("{what}: {e}");
+    match e.rdkafka_error_code() {
+        Some(
+            C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::Resolve
+            | C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::NetworkException,
+        ) => QueueError::Unreachable {
+            queue: queue.to_string(),
+            backend: BACKEND,
+            source: message.into(),
+        },
+        _ => backend_err(queue, message),
     }
 }
 
@@ -1132,5 +1482,88 @@ mod tests {
         assert!(parse_uri("kafka://b:1/").is_err());
         assert!(parse_uri("kafka://b:1/t?partitions=0").is_err());
         assert!(parse_uri("kafka://b:1/t?colour=red").is_err());
+        assert!(parse_uri("kafka://b:1/t?single_record_batches=true").is_err());
+    }
+
+    /// Fetches `off` into `part` as the poller does; returns what the guard made of it.
+    fn fetch(part: &mut Part, off: i64) -> Arrival {
+        let arrival = part.arrive(off);
+        if off >= part.floor {
+            part.items
+                .entry(off)
+                .or_insert_with(|| Item::fetched(format!("r{off}"), Vec::new()));
+        }
+        arrival
+    }
+
+    fn ack(part: &mut Part, off: i64) -> Option<i64> {
+        part.items.get_mut(&off).unwrap().state = ItemState::Acked;
+        let next = part.low_water()?;
+        part.advance(next);
+        Some(next)
+    }
+
+    #[test]
+    fn a_skipped_offset_is_never_committed_across() {
+        // Assigned at committed offset 10; the broker answers with 10, then 13 (11 and 12 skipped).
+        let mut part = Part::assigned(1, Some(10));
+        assert_eq!(fetch(&mut part, 10), Arrival::Next);
+        assert_eq!(
+            fetch(&mut part, 13),
+            Arrival::Skipped { start: 11, end: 13 }
+        );
+        assert_eq!(fetch(&mut part, 14), Arrival::Next);
+        assert_eq!(ack(&mut part, 13), None, "13 is not contiguous with 10");
+        assert_eq!(ack(&mut part, 14), None);
+        assert_eq!(
+            ack(&mut part, 10),
+            Some(11),
+            "the hole at 11 stops the mark"
+        );
+        assert_eq!(part.holes.get(&11), Some(&13));
+        // Read back: 11 holds a record the consumer never got, 12 holds nothing (a marker).
+        let added = part.fill(11, 13, vec![(11, Item::fetched("r11".into(), Vec::new()))]);
+        assert_eq!(added, vec![11]);
+        assert!(part.holes.is_empty());
+        assert_eq!(part.low_water(), None, "11 is not acked yet");
+        assert_eq!(
+            ack(&mut part, 11),
+            Some(15),
+            "past 11, the empty 12, 13 and 14"
+        );
+    }
+
+    #[test]
+    fn a_gap_at_the_first_record_after_an_assignment_is_caught() {
+        // The partition was committed at 7, inside a batch; the broker answers with the next batch.
+        let mut part = Part::assigned(3, Some(7));
+        assert_eq!(fetch(&mut part, 10), Arrival::Skipped { start: 7, end: 10 });
+        assert_eq!(ack(&mut part, 10), None);
+        // Read back finds all three: delivered, and the mark waits for them.
+        let found = (7..10)
+            .map(|o| (o, Item::fetched(format!("r{o}"), Vec::new())))
+            .collect();
+        assert_eq!(part.fill(7, 10, found), vec![7, 8, 9]);
+        assert_eq!(ack(&mut part, 8), None);
+        assert_eq!(ack(&mut part, 7), Some(9));
+        assert_eq!(ack(&mut part, 9), Some(11));
+    }
+
+    #[test]
+    fn records_fetched_again_and_a_start_without_a_commit_are_not_gaps() {
+        // No committed offset: the first record (the log's start) is where the partition begins.
+        let mut part = Part::assigned(1, None);
+        assert_eq!(fetch(&mut part, 5), Arrival::Next);
+        assert_eq!(fetch(&mut part, 6), Arrival::Next);
+        // The consumer fetches again from earlier (a reset): nothing new, no hole.
+        assert_eq!(fetch(&mut part, 5), Arrival::Again);
+        assert!(part.holes.is_empty());
+        assert_eq!(ack(&mut part, 5), Some(6));
+        assert_eq!(ack(&mut part, 6), Some(7));
+        // A hole read back as holding nothing (transaction markers) is passed.
+        assert_eq!(fetch(&mut part, 9), Arrival::Skipped { start: 7, end: 9 });
+        assert_eq!(ack(&mut part, 9), None);
+        assert!(part.fill(7, 9, Vec::new()).is_empty());
+        assert_eq!(part.low_water(), Some(10));
     }
 }

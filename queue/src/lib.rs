@@ -53,6 +53,20 @@ pub enum QueueError {
         /// The item's id.
         item: String,
     },
+    /// The queue's service could not be reached (every Kafka broker down or unreachable, a
+    /// connection refused or timed out): not an answer about the queue's contents, so an empty
+    /// queue is never reported this way. A caller may wait and try again, or give up after a time
+    /// of its choosing.
+    #[error("queue {queue}: {backend} unreachable: {source}")]
+    Unreachable {
+        /// The queue's name.
+        queue: String,
+        /// Which backend (`sqlite`, `sqs`, `kafka`).
+        backend: &'static str,
+        /// What failed to connect.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The backend failed.
     #[error("queue {queue}: {backend} error: {source}")]
     Backend {

@@ -220,7 +220,7 @@ impl SqsQueue {
             .queue_name(&target.name)
             .send()
             .await
-            .map_err(|e| err(explain(&e, &target.name)))?
+            .map_err(|e| sdk_err(&target.name, &e, &target.name))?
             .queue_url
             .unwrap_or_default();
         if dlq {
@@ -231,7 +231,7 @@ impl SqsQueue {
                 .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
                 .send()
                 .await
-                .map_err(|e| err(explain(&e, &dlq_name)))?
+                .map_err(|e| sdk_err(&target.name, &e, &dlq_name))?
                 .queue_url
                 .unwrap_or_default();
             let arn = client
@@ -240,7 +240,7 @@ impl SqsQueue {
                 .attribute_names(QueueAttributeName::QueueArn)
                 .send()
                 .await
-                .map_err(|e| err(explain(&e, &dlq_name)))?
+                .map_err(|e| sdk_err(&target.name, &e, &dlq_name))?
                 .attributes
                 .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
                 .ok_or_else(|| err(format!("{dlq_name}: no QueueArn attribute")))?;
@@ -252,7 +252,7 @@ impl SqsQueue {
                 .attributes(QueueAttributeName::RedrivePolicy, policy)
                 .send()
                 .await
-                .map_err(|e| err(explain(&e, &target.name)))?;
+                .map_err(|e| sdk_err(&target.name, &e, &target.name))?;
         }
         Ok(url)
     }
@@ -310,7 +310,7 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(|e| self.err(explain(&e, &self.name)))?
+            .map_err(|e| sdk_err(&self.name, &e, &self.name))?
             .attributes
             .unwrap_or_default();
         let dlq_name = attrs
@@ -403,7 +403,7 @@ impl SqsQueue {
             let out = req
                 .send()
                 .await
-                .map_err(|e| self.err(explain(&e, &self.name)))?;
+                .map_err(|e| sdk_err(&self.name, &e, &self.name))?;
             if let Some(f) = out.failed().first() {
                 return Err(self.err(format!(
                     "SendMessageBatch refused an entry: {} {}",
@@ -437,7 +437,7 @@ impl SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| self.err(explain(&e, &self.name)))?;
+                .map_err(|e| sdk_err(&self.name, &e, &self.name))?;
         }
         Ok(())
     }
@@ -474,7 +474,7 @@ impl SqsQueue {
             .receipt_handle(&lease.token.0)
             .send()
             .await
-            .map_err(|e| self.err(explain(&e, &self.name)))?;
+            .map_err(|e| sdk_err(&self.name, &e, &self.name))?;
         Ok(())
     }
 
@@ -493,7 +493,7 @@ impl SqsQueue {
                 item: lease.id.clone(),
             }
         } else {
-            self.err(explain(e, &self.name))
+            sdk_err(&self.name, e, &self.name)
         }
     }
 
@@ -508,7 +508,7 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
-            .map_err(|e| self.err(explain(&e, &self.name)))?
+            .map_err(|e| sdk_err(&self.name, &e, &self.name))?
             .attributes
             .unwrap_or_default();
         let get = |k: QueueAttributeName| {
@@ -562,7 +562,7 @@ impl LeaseQueue for SqsQueue {
                 .message_attribute_names("All")
                 .send()
                 .await
-                .map_err(|e| self.err(explain(&e, &self.name)))?;
+                .map_err(|e| sdk_err(&self.name, &e, &self.name))?;
             let messages = resp.messages();
             // The deadline counts from before the call: never later than SQS's own.
             let deadline = started + Duration::from_secs(secs as u64);
@@ -654,7 +654,7 @@ impl LeaseQueue for SqsQueue {
                 )
                 .send()
                 .await
-                .map_err(|e| self.err(explain(&e, &self.name)))?;
+                .map_err(|e| sdk_err(&self.name, &e, &self.name))?;
         }
         Ok(())
     }
@@ -725,7 +725,7 @@ impl LeaseQueue for SqsQueue {
                 .message_attribute_names("All")
                 .send()
                 .await
-                .map_err(|e| self.err(explain(&e, &self.name)))?;
+                .map_err(|e| sdk_err(&self.name, &e, &self.name))?;
             let mut new = 0;
             for m in resp.messages() {
                 let key = m.message_id().unwrap_or("").to_string();
@@ -769,7 +769,7 @@ async fn queue_url(client: &Client, name: &str, calls: &AtomicU64) -> Result<Str
         .queue_name(name)
         .send()
         .await
-        .map_err(|e| backend_err(name, explain(&e, name)))?
+        .map_err(|e| sdk_err(name, &e, name))?
         .queue_url
         .ok_or_else(|| backend_err(name, "GetQueueUrl returned no URL"))
 }
@@ -792,6 +792,30 @@ fn explain<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
             format!("no usable AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile): {detail}")
         }
         _ => detail,
+    }
+}
+
+/// An SDK error as a queue error for `queue`, explained for `name`: [`QueueError::Unreachable`]
+/// when the endpoint could not be reached (so a caller can tell an outage from an empty queue),
+/// else a backend error.
+fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    queue: &str,
+    e: &SdkError<E, R>,
+    name: &str,
+) -> QueueError {
+    let message = explain(e, name);
+    match e {
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => QueueError::Unreachable {
+            queue: queue.to_string(),
+            backend: BACKEND,
+            source: message.into(),
+        },
+        SdkError::TimeoutError(_) => QueueError::Unreachable {
+            queue: queue.to_string(),
+            backend: BACKEND,
+            source: message.into(),
+        },
+        _ => backend_err(queue, message),
     }
 }
 

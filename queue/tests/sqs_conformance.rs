@@ -67,14 +67,19 @@ async fn missing_queue_and_unreachable_endpoint_are_clear_errors() {
         err.contains("does not exist") && err.contains("spotbatch queue create"),
         "{err}"
     );
-    // A port nothing listens on (port 9 is discard, closed on loopback here).
+    // A port nothing listens on (port 9 is discard, closed on loopback here): unreachable, an
+    // error of its own (a worker tells it from an empty queue).
     let err = SqsQueue::open_uri(
         "sqs://q?region=us-east-1&endpoint=http://127.0.0.1:9",
         QueueConfig::default(),
     )
     .await
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    assert!(
+        matches!(err, spotbatch_queue::QueueError::Unreachable { .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("cannot reach the SQS endpoint"), "{err}");
 }
 
