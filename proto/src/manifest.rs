@@ -905,7 +905,17 @@ pub fn resolve(s: &str, base: &Path) -> Result<Url, String> {
         return Err("must not be empty".into());
     }
     if let Some(path) = s.strip_prefix("file://") {
-        return file_url(Path::new(path), base);
+        // A file URL's path is percent-encoded (stored manifests write their locations so): a
+        // folder named `my images` is `file:///my%20images`. A literal `?` or `#` stays part of
+        // the path, as before.
+        let decoded = Url::parse(s)
+            .ok()
+            .filter(|u| u.query().is_none() && u.fragment().is_none())
+            .and_then(|u| u.to_file_path().ok());
+        return match decoded {
+            Some(p) => file_url(&p, base),
+            None => file_url(Path::new(path), base),
+        };
     }
     if let Some((scheme, _)) = s.split_once("://") {
         return match scheme {

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use spotbatch_proto::manifest::one_line;
+
 use crate::backoff::Backoff;
 
 /// What a notice asks of the worker.
@@ -466,6 +468,20 @@ pub async fn watch(
 #[error("{0}")]
 pub struct ResponseError(String);
 
+impl ResponseError {
+    /// The message, on one line (serde quotes unexpected names, and bodies are quoted, as sent).
+    fn new(message: &str) -> Self {
+        Self(one_line(message))
+    }
+}
+
+/// A response body quoted in a message: its first 200 characters.
+fn excerpt(body: &str) -> &str {
+    body.char_indices()
+        .nth(200)
+        .map_or(body, |(i, _)| &body[..i])
+}
+
 impl From<ResponseError> for String {
     fn from(e: ResponseError) -> Self {
         e.0
@@ -481,9 +497,10 @@ pub fn parse_aws_instance_action(body: &str) -> Result<Notice, ResponseError> {
         time: String,
     }
     let a: Action = serde_json::from_str(body)
-        .map_err(|e| ResponseError(format!("instance-action: {e}: {body}")))?;
-    let deadline = parse_rfc3339(&a.time)
-        .ok_or_else(|| ResponseError(format!("instance-action time {:?}", a.time)))?;
+        .map_err(|e| ResponseError::new(&format!("instance-action: {e}: {}", excerpt(body))))?;
+    let deadline = parse_rfc3339(&a.time).ok_or_else(|| {
+        ResponseError::new(&format!("instance-action time {:?}", excerpt(&a.time)))
+    })?;
     Ok(Notice {
         source: "aws",
         kind: a.action,
@@ -505,8 +522,8 @@ pub fn parse_aws_rebalance(
     struct Rebalance {
         notice_time: String,
     }
-    let r: Rebalance =
-        serde_json::from_str(body).map_err(|e| ResponseError(format!("rebalance: {e}: {body}")))?;
+    let r: Rebalance = serde_json::from_str(body)
+        .map_err(|e| ResponseError::new(&format!("rebalance: {e}: {}", excerpt(body))))?;
     debug!(notice_time = %r.notice_time, "aws rebalance recommendation");
     Ok(Notice {
         source: "aws",
@@ -553,8 +570,8 @@ pub fn parse_azure_events(
         #[serde(default)]
         not_before: String,
     }
-    let doc: Doc =
-        serde_json::from_slice(body).map_err(|e| ResponseError(format!("scheduledevents: {e}")))?;
+    let doc: Doc = serde_json::from_slice(body)
+        .map_err(|e| ResponseError::new(&format!("scheduledevents: {e}")))?;
     for e in doc.events {
         if e.event_type == "Preempt" && e.resources.iter().any(|r| r == vm_name) {
             let deadline = chrono::DateTime::parse_from_rfc2822(&e.not_before)
@@ -607,6 +624,19 @@ mod tests {
         let e = parse_aws_instance_action(r#"{"action": "stop", "time": "soon"}"#).unwrap_err();
         assert_eq!(e.to_string(), r#"instance-action time "soon""#);
         assert!(parse_aws_instance_action("<html>").is_err());
+        // Found by fuzzing: the body (and serde's quote of a bad field name) spanned lines.
+        let e = parse_aws_instance_action("{\"0ction\":\n\n-1 \"time\"}").unwrap_err();
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+        let long = format!("{{\"action\": 1, \"x\": \"{}\"}}", "y".repeat(5000));
+        assert!(
+            parse_aws_instance_action(&long)
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 400
+        );
+        let e = parse_azure_events(b"{\"Events\":[{\"Event\nId\":1}]}", "vm-7", now).unwrap_err();
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
         let n = parse_aws_rebalance(
             r#"{"noticeTime":"2026-11-22T21:40:00Z"}"#,
             NoticeAction::StopLeasing,
