@@ -719,6 +719,28 @@ impl Manifest {
                 format!("stored manifest version {} is not supported", stored.v),
             )]);
         }
+        // The job's identity names its output prefix: anything but `NAME-DIGEST` (a `#`, `?`,
+        // `/` or `..` in it) would put its outputs somewhere else.
+        let digest_ok = stored.digest.len() == 64
+            && stored
+                .digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !digest_ok {
+            return Err(vec![FieldError::new(
+                "digest",
+                format!("{:?} is not a hex SHA-256", stored.digest),
+            )]);
+        }
+        if stored.job_id != format!("{}-{}", stored.manifest.name, &stored.digest[..12]) {
+            return Err(vec![FieldError::new(
+                "job_id",
+                format!(
+                    "{:?} is not the manifest's name and digest (NAME-DIGEST)",
+                    stored.job_id
+                ),
+            )]);
+        }
         let mut m = Self::from_raw(stored.manifest, Path::new("/"))?;
         let root = resolve_dir(&m.raw.output.uri, Path::new("/"))
             .map_err(|e| vec![FieldError::new("output.uri", e)])?;
