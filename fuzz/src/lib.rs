@@ -37,8 +37,11 @@ use spotbatch_worker::preprocess::{ImagePreprocessor, ImageTarget, ModelInput, P
 use spotbatch_worker::sink::{JsonlSink, Row, RowSink};
 use spotbatch_worker::source::Payload;
 
+/// A target: takes any bytes, panics when its property does not hold.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the name of its `fuzz_targets/` file and `corpus/` folder).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("stored_manifest", stored_manifest),
     ("shard_task", shard_task),
