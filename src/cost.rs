@@ -142,3 +142,18 @@ pub async fn run(cmd: CostCmd) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_id_with_an_output_folder_names_the_jobs_prefix() {
+        let (job, prefix) = job_prefix("digits-1", Some("/tmp/some out")).unwrap();
+        assert_eq!(job, "digits-1");
+        assert_eq!(prefix.url().as_str(), "file:///tmp/some%20out/digits-1/");
+        let (_, s3) = job_prefix("j", Some("s3://bucket/results/")).unwrap();
+        assert_eq!(s3.url().as_str(), "s3://bucket/results/j/");
+        assert!(job_prefix("no-such-manifest.toml", None).is_err());
+    }
+}

@@ -391,11 +391,15 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     };
     match spotbatch_worker::validate::check(&m).await {
         Ok(s) => {
+            let inputs = if s.inputs_known {
+                format!("{} inputs", s.inputs)
+            } else {
+                "rows not counted before they are read".to_string()
+            };
             println!(
-                "{}: ok — job {}, {} inputs in {} shards; model input {}, output {}",
+                "{}: ok — job {}, {inputs} in {} shards; model input {}, output {}",
                 path.display(),
                 m.job_id,
-                s.inputs,
                 s.shards,
                 s.model_input,
                 s.model_output
@@ -436,6 +440,12 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (total_items, shards) = (prepared.plan.total_items, prepared.plan.shards.len());
+    // JSONL/CSV rows are not counted before they are read.
+    let total = prepared.plan.items_known.then_some(total_items);
+    let of_total = total.map(|t| format!(" of {t}")).unwrap_or_default();
+    for s in &prepared.plan.skipped {
+        eprintln!("warning: input.list: {s} (left out)");
+    }
     let submitted = prepared.submitted.clone();
     if submitted.already_done > 0 {
         eprintln!(
@@ -463,7 +473,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let display = spawn_progress(
         args.progress,
         Arc::clone(&progress),
-        total_items,
+        total,
         submitted.done_items,
         submitted.done_errors,
         finished.clone(),
@@ -487,7 +497,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed().as_secs_f64();
     if end.interrupted {
         eprintln!(
-            "interrupted: leases released; {} of {total_items} items done ({} of {shards} shards). Run the same command again to resume.",
+            "interrupted: leases released; {}{of_total} items done ({} of {shards} shards). Run the same command again to resume.",
             end.items,
             end.done.len(),
         );
@@ -499,7 +509,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         0.0
     };
     println!(
-        "{}: {} of {total_items} items in {}/{shards} shards, {} error rows; {} items processed in {elapsed:.1} s ({rate:.0} items/s) → {output}",
+        "{}: {}{of_total} items in {}/{shards} shards, {} error rows; {} items processed in {elapsed:.1} s ({rate:.0} items/s) → {output}",
         m.job_id,
         end.items,
         end.done.len(),
@@ -553,8 +563,11 @@ async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode>
     )
     .await?;
     let plan = plan_job(&m).await?;
+    for s in &plan.skipped {
+        eprintln!("warning: input.list: {s} (left out)");
+    }
     let layout = JobLayout::for_manifest(&m)?;
-    layout.store_manifest(&m).await?;
+    spotbatch_plan::store_plan(&layout, &m, &plan).await?;
     let report = enqueue_plan(q.as_ref(), &layout, &plan).await?;
     println!(
         "{}: {} shards enqueued on {uri}, {} already done; {} inputs → {}",
@@ -695,27 +708,20 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             uri,
             dlq,
             max_attempts,
-        } => {
-            if uri.starts_with("kafka://") {
-                spotbatch_queue::kafka::create(&uri).await?;
-                let t = spotbatch_queue::kafka::parse_uri(&uri)?;
-                println!(
-                    "{}: topic with {} partitions and {}-dlq ready",
-                    t.topic, t.partitions, t.topic
-                );
-            } else if uri.starts_with("sqlite://") {
-                spotbatch_queue::open(&uri, QueueConfig { max_attempts }).await?;
-                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)");
-            } else {
-                let url = spotbatch_queue::sqs::SqsQueue::create(&uri, dlq, max_attempts).await?;
-                let extra = if dlq {
-                    format!(", dead-letter queue after {max_attempts} receives")
-                } else {
-                    String::new()
-                };
+        } => match spotbatch_queue::create(&uri, dlq, max_attempts).await? {
+            spotbatch_queue::Created::Kafka { topic, partitions } => {
+                println!("{topic}: topic with {partitions} partitions and {topic}-dlq ready")
+            }
+            spotbatch_queue::Created::Sqlite => {
+                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)")
+            }
+            spotbatch_queue::Created::Sqs { url, dlq_after } => {
+                let extra = dlq_after
+                    .map(|n| format!(", dead-letter queue after {n} receives"))
+                    .unwrap_or_default();
                 println!("{url}{extra}");
             }
-        }
+        },
         QueueCommand::Dlq { uri } => {
             let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
             let dead = q.dead_letters(10_000).await?;
@@ -753,7 +759,7 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
 fn spawn_progress(
     mode: ProgressMode,
     p: Arc<Progress>,
-    total: u64,
+    total: Option<u64>,
     done_before: u64,
     errors_before: u64,
     finished: CancellationToken,
@@ -766,18 +772,26 @@ fn spawn_progress(
     let quiet = mode == ProgressMode::None;
     tokio::spawn(async move {
         let started = Instant::now();
+        // Rows as the pipeline makes them (a record job's shard holds thousands).
         let counts = |p: &Progress| {
-            let ok = p.items_ok.load(Ordering::Relaxed);
-            let failed = p.items_failed.load(Ordering::Relaxed);
-            (ok + failed, errors_before + failed)
+            let made = p.rows_made.load(Ordering::Relaxed);
+            let failed = p.rows_made_failed.load(Ordering::Relaxed);
+            (made, errors_before + failed)
         };
         if bar {
-            let pb = indicatif::ProgressBar::new(total);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
+            let (pb, template) = match total {
+                Some(t) => (
+                    indicatif::ProgressBar::new(t),
                     "{bar:40.cyan/blue} {pos}/{len} items  {per_sec}  ETA {eta}  {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{spinner} {pos} items  {per_sec}  {msg}",
+                ),
+            };
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             pb.set_position(done_before);
             loop {
@@ -804,16 +818,21 @@ fn spawn_progress(
                 let (n, errors) = counts(&p);
                 let secs = started.elapsed().as_secs_f64();
                 let rate = n as f64 / secs.max(1e-9);
-                let left = total.saturating_sub(done_before + n);
-                let eta = if rate > 0.0 {
-                    format!("{:.0} s", left as f64 / rate)
-                } else {
-                    "?".into()
-                };
-                eprintln!(
-                    "progress: {}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors",
-                    done_before + n
-                );
+                let done = done_before + n;
+                match total {
+                    Some(total) => {
+                        let left = total.saturating_sub(done);
+                        let eta = if rate > 0.0 {
+                            format!("{:.0} s", left as f64 / rate)
+                        } else {
+                            "?".into()
+                        };
+                        eprintln!(
+                            "progress: {done}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors"
+                        );
+                    }
+                    None => eprintln!("progress: {done} items, {rate:.0} items/s, {errors} errors"),
+                }
             }
         }
     })

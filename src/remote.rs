@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use spotbatch_coordinator::server::{serve, ServeOptions};
-use spotbatch_coordinator::service::{CoordinatorConfig, CoordinatorService};
+use spotbatch_coordinator::server::{serve, start, ServeOptions};
+use spotbatch_coordinator::service::CoordinatorConfig;
 use spotbatch_net::Auth;
 use spotbatch_net::{describe, Client};
 use spotbatch_proto::api::{
     CancelRequest, JobStatus, ListJobsRequest, StatusRequest, SubmitRequest,
 };
-use spotbatch_queue::QueueConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -152,14 +151,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     for p in &args.allow_output {
         allowed.push(url_of(p).with_context(|| format!("--allow-output {p}"))?);
     }
-    let queue = spotbatch_queue::open(
-        &args.queue,
-        QueueConfig {
-            max_attempts: args.max_attempts,
-        },
-    )
-    .await?;
-    let svc = CoordinatorService::open(
+    let svc = start(
         CoordinatorConfig {
             queue_uri: args.queue.clone(),
             max_attempts: args.max_attempts,
@@ -167,24 +159,19 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             missed_heartbeats: 3,
             allowed_outputs: allowed,
         },
-        Arc::from(queue),
         &state,
     )
     .await?;
     let tls = read_identity(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let stop = CancellationToken::new();
     {
+        // SIGTERM or Ctrl-C stops serving (the one signal source every command uses).
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
+            use spotbatch_worker::notice::NoticeSource;
+            spotbatch_worker::notice::SignalSource::new(Duration::ZERO)
+                .next()
+                .await;
             stop.cancel();
         });
     }
@@ -396,22 +383,69 @@ pub async fn cancel(job: &str, args: ClientArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Installs the Prometheus recorder: latencies (`*_seconds`) and batch sizes as histograms with
-/// buckets, so dashboards can take p50/p99 across processes with `histogram_quantile`.
+/// Installs the Prometheus recorder (see `spotbatch_net::exporter`).
 pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    const SECONDS: &[f64] = &[
-        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-        300.0,
-    ];
-    const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
-        .set_buckets_for_metric(Matcher::Full("spotbatch_batch_size".into()), SIZES)?
-        .set_buckets_for_metric(
-            Matcher::Full("spotbatch_batch_fill_ratio".into()),
-            &[0.125, 0.25, 0.5, 0.75, 0.9, 1.0],
-        )?
-        .install_recorder()
-        .context("installing the metrics recorder")
+    spotbatch_net::install_prometheus().context("installing the metrics recorder")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spotbatch_proto::api::{DeadShard, ShardInFlight, WorkerInfo};
+
+    fn status(eta: f64) -> JobStatus {
+        JobStatus {
+            job_id: "j-1".into(),
+            state: "running".into(),
+            items_total: 100,
+            items_done: 40,
+            items_failed: 2,
+            shards_total: 10,
+            shards_done: 4,
+            rate: 12.5,
+            eta_seconds: eta,
+            in_flight: vec![ShardInFlight {
+                shard: "s5".into(),
+                worker: "w".into(),
+            }],
+            dead_lettered: vec![DeadShard {
+                shard: "s9".into(),
+                reason: "bad model".into(),
+                deliveries: 3,
+            }],
+            workers: vec![
+                WorkerInfo {
+                    worker_id: "w".into(),
+                    alive: true,
+                    ..Default::default()
+                },
+                WorkerInfo {
+                    worker_id: "gone".into(),
+                    alive: false,
+                    ..Default::default()
+                },
+            ],
+            output: "file:///o/j-1/".into(),
+            submitted_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_status_line_says_progress_rate_eta_and_who_is_alive() {
+        assert_eq!(
+            status_line(&status(48.0)),
+            "j-1: running — 40/100 items (2 failed), 4/10 shards, 12.5 items/s, ETA 48 s; 1 in flight, 1 dead-lettered, 1 workers alive"
+        );
+        assert!(status_line(&status(-1.0)).contains("ETA unknown"));
+    }
+
+    #[test]
+    fn status_json_has_every_field_and_null_for_an_unknown_eta() {
+        let v = status_json(&status(-1.0));
+        assert!(v["eta_s"].is_null());
+        assert_eq!(v["items"]["failed"], 2);
+        assert_eq!(v["dead_lettered"][0]["reason"], "bad model");
+        assert_eq!(v["workers"][1]["alive"], false);
+        assert_eq!(status_json(&status(3.0))["eta_s"], 3.0);
+    }
 }

@@ -43,6 +43,32 @@ pub struct ServeOptions {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] spotbatch_queue::QueueError),
+    /// Its state could not be read.
+    #[error(transparent)]
+    State(#[from] crate::service::ServiceError),
+}
+
+/// Opens the coordinator's queue (`config.queue_uri`) and its state prefix, rebuilding every job.
+pub async fn start(
+    config: crate::service::CoordinatorConfig,
+    state: &url::Url,
+) -> Result<Arc<CoordinatorService>, StartError> {
+    let queue = spotbatch_queue::open(
+        &config.queue_uri,
+        spotbatch_queue::QueueConfig {
+            max_attempts: config.max_attempts,
+        },
+    )
+    .await?;
+    Ok(CoordinatorService::open(config, Arc::from(queue), state).await?)
+}
+
 /// Serves until `stop` is cancelled. Progress is refreshed from storage every two seconds.
 pub async fn serve(
     svc: Arc<CoordinatorService>,

@@ -5,8 +5,10 @@
 
 pub mod auth;
 pub mod client;
+pub mod exporter;
 pub mod server;
 
 pub use auth::Auth;
 pub use client::{channel, connect, describe, Bearer, Client, ConnectError, MAX_MESSAGE_BYTES};
+pub use exporter::install_prometheus;
 pub use server::{serve_http, with_tls, HttpError, ReadyFn};

@@ -100,7 +100,7 @@ pub async fn prepare(m: &Manifest) -> Result<Prepared, LocalError> {
     let reclaimed = queue.reclaim_all_leases().await?;
     let plan = plan_job(m).await?;
     let layout = JobLayout::for_manifest(m)?;
-    layout.store_manifest(m).await?;
+    spotbatch_plan::store_plan(&layout, m, &plan).await?;
     let submitted = enqueue_plan(&queue, &layout, &plan).await?;
     Ok(Prepared {
         manifest: m.clone(),
