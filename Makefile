@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo demo-text test lint bench bench-gpu bench-sqs bench-chaos bench-steal bench-text bench-fleet text-model clean
+.PHONY: demo demo-text test lint fuzz bench bench-gpu bench-sqs bench-chaos bench-steal bench-text bench-fleet text-model clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -27,6 +27,14 @@ test:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Fuzzing: every target in fuzz/fuzz_targets/ for FUZZ_SECONDS each (default 120), then executions,
+# executions per second and coverage per target (scripts/fuzz.sh). Needs cargo-fuzz (installed from
+# crates.io when missing) and the nightly toolchain, as installed (never fetched), for
+# AddressSanitizer; without nightly it fuzzes on stable with --sanitizer none and says so.
+# `make test` replays the committed corpora (tests/fuzz_replay.rs) on stable.
+fuzz:
+	@scripts/fuzz.sh
 
 bench:
 	@$(ENV) && cargo build --release --locked && $$SPOTBATCH_PYTHON benches/e2e_cpu.py

@@ -78,15 +78,17 @@ impl ShardTask {
         struct Probe {
             v: Option<u32>,
         }
-        let probe: Probe =
-            serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
+        // serde's messages quote the offending text (a field name may hold a newline): the
+        // reason is logged and becomes the dead letter's, one line.
+        let foreign = |e: serde_json::Error| TaskError::Foreign(manifest::one_line(&e.to_string()));
+        let probe: Probe = serde_json::from_slice(body).map_err(foreign)?;
         match probe.v {
             Some(TASK_VERSION | TASK_VERSION_SPLIT) => {}
             Some(other) => return Err(TaskError::Version(other)),
             None => return Err(TaskError::Foreign("no version field \"v\"".into())),
         }
         let task: ShardTask =
-            serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
+            serde_json::from_slice(body).map_err(foreign)?;
         if task.shard.is_empty() || task.job.is_empty() {
             return Err(TaskError::Foreign("empty job or shard".into()));
         }
@@ -365,6 +367,10 @@ mod tests {
             ShardTask::from_bytes(br#"{"v":99,"x":1}"#),
             Err(TaskError::Version(99))
         ));
+        // Found by fuzzing: serde quotes an unknown field's name, newline and all.
+        let e = ShardTask::from_bytes(b"{\"v\":1,\"m\nifest\":1}").unwrap_err();
+        assert!(matches!(e, TaskError::Foreign(_)));
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
     }
 
     #[test]

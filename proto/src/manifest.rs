@@ -888,6 +888,28 @@ impl Manifest {
                 format!("stored manifest version {} is not supported", stored.v),
             )]);
         }
+        // The job's identity names its output prefix: anything but `NAME-DIGEST` (a `#`, `?`,
+        // `/` or `..` in it) would put its outputs somewhere else.
+        let digest_ok = stored.digest.len() == 64
+            && stored
+                .digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !digest_ok {
+            return Err(vec![FieldError::new(
+                "digest",
+                format!("{:?} is not a hex SHA-256", stored.digest),
+            )]);
+        }
+        if stored.job_id != format!("{}-{}", stored.manifest.name, &stored.digest[..12]) {
+            return Err(vec![FieldError::new(
+                "job_id",
+                format!(
+                    "{:?} is not the manifest's name and digest (NAME-DIGEST)",
+                    stored.job_id
+                ),
+            )]);
+        }
         let mut m = Self::from_raw(stored.manifest, Path::new("/"))?;
         let root = resolve_dir(&m.raw.output.uri, Path::new("/"))
             .map_err(|e| vec![FieldError::new("output.uri", e)])?;
@@ -1211,7 +1233,17 @@ pub fn resolve(s: &str, base: &Path) -> Result<Url, String> {
         return Err("must not be empty".into());
     }
     if let Some(path) = s.strip_prefix("file://") {
-        return file_url(Path::new(path), base);
+        // A file URL's path is percent-encoded (stored manifests write their locations so): a
+        // folder named `my images` is `file:///my%20images`. A literal `?` or `#` stays part of
+        // the path, as before.
+        let decoded = Url::parse(s)
+            .ok()
+            .filter(|u| u.query().is_none() && u.fragment().is_none())
+            .and_then(|u| u.to_file_path().ok());
+        return match decoded {
+            Some(p) => file_url(&p, base),
+            None => file_url(Path::new(path), base),
+        };
     }
     if let Some((scheme, _)) = s.split_once("://") {
         return match scheme {

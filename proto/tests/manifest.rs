@@ -260,6 +260,55 @@ fn stored_manifest_round_trips_with_its_identity() {
     assert!(Manifest::from_stored(b"{\"x\":1}").is_err());
 }
 
+/// Found by fuzzing: a stored manifest's job id names its output prefix, and was taken as it
+/// stood; `name-0123#x` put the outputs in another folder (`#` starts a URL fragment).
+#[test]
+fn stored_manifest_refuses_a_job_id_that_is_not_its_name_and_digest() {
+    let m = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    let stored = String::from_utf8(m.to_stored()).unwrap();
+    for (from, to, field) in [
+        (m.job_id.clone(), format!("{}#x", m.job_id), "job_id"),
+        (m.job_id.clone(), "../../elsewhere".to_string(), "job_id"),
+        (
+            m.digest.clone(),
+            format!("{}/..", &m.digest[..61]),
+            "digest",
+        ),
+    ] {
+        let errs = Manifest::from_stored(stored.replace(&from, &to).as_bytes()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, field, "{errs:?}");
+    }
+}
+
+/// Found by fuzzing: a stored manifest writes local locations as file URLs, percent-encoded; read
+/// back they named another folder (`my images` became `my%20images`), so a worker loading the
+/// stored manifest looked for its inputs, model and outputs in the wrong places.
+#[test]
+fn stored_manifest_keeps_local_paths_that_urls_escape() {
+    let text = GOOD
+        .replace("./images", "./my images/100%/ünï?")
+        .replace("./model.onnx", "./models #2/model.onnx")
+        .replace("./out", "./out put");
+    let m = Manifest::parse(&text, Path::new("/jobs/my demo")).unwrap();
+    assert_eq!(
+        m.input.to_file_path().unwrap(),
+        Path::new("/jobs/my demo/my images/100%/ünï?")
+    );
+    let back = Manifest::from_stored(&m.to_stored()).unwrap();
+    assert_eq!(back.input, m.input);
+    assert_eq!(back.model, m.model);
+    assert_eq!(back.labels, m.labels);
+    assert_eq!(back.output, m.output);
+    // A file URL written by hand is read the same way.
+    let by_url = GOOD.replace("./images", "file:///data/my%20images");
+    let m = Manifest::parse(&by_url, Path::new("/jobs")).unwrap();
+    assert_eq!(
+        m.input.to_file_path().unwrap(),
+        Path::new("/data/my images")
+    );
+}
+
 /// `[model]`'s CUDA provider settings: parsed, checked, kept by a stored manifest, absent from
 /// it when unset, and no part of the job's identity (they change how rows are computed).
 #[test]

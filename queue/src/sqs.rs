@@ -840,8 +840,9 @@ fn string_attr(v: &str) -> MessageAttributeValue {
         })
 }
 
-/// SQS bodies are text of a restricted character set; anything else goes base64-encoded.
-fn encode_body(body: &[u8]) -> (String, Option<&'static str>) {
+/// SQS bodies are text of a restricted character set; anything else goes base64-encoded (the
+/// returned encoding goes in the message's `spotbatch-encoding` attribute).
+pub fn encode_body(body: &[u8]) -> (String, Option<&'static str>) {
     match std::str::from_utf8(body) {
         Ok(s) if !s.is_empty() && s.chars().all(sqs_char) => (s.to_string(), None),
         _ => (
@@ -851,7 +852,10 @@ fn encode_body(body: &[u8]) -> (String, Option<&'static str>) {
     }
 }
 
-fn decode_body(body: &str, encoding: Option<&str>) -> Vec<u8> {
+/// A received message's payload: its body text, base64-decoded when its `spotbatch-encoding`
+/// attribute says `base64` (a body that is not valid base64 is taken as it is: the shard decoder
+/// then refuses it and it is dead-lettered).
+pub fn decode_body(body: &str, encoding: Option<&str>) -> Vec<u8> {
     match encoding {
         Some("base64") => base64::engine::general_purpose::STANDARD
             .decode(body)

@@ -44,19 +44,21 @@ pub struct Report {
     pub per_worker: Vec<Ledger>,
 }
 
+/// The sum of counts read back from storage, saturating: a corrupt file's huge count must not
+/// overflow (a panic in debug builds, a wrong small total in release builds).
+pub(crate) fn total(counts: impl Iterator<Item = u64>) -> u64 {
+    counts.fold(0, u64::saturating_add)
+}
+
 /// Adds up ledgers and markers.
 pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
-    let items: u64 = markers.iter().map(|m| m.items).sum();
-    let error_rows: u64 = markers.iter().map(|m| m.errors).sum();
+    let items = total(markers.iter().map(|m| m.items));
+    let error_rows = total(markers.iter().map(|m| m.errors));
     let dollars: f64 = ledgers.iter().map(|l| l.dollars).sum();
     let on_demand: f64 = ledgers.iter().map(|l| l.on_demand_dollars).sum();
     let seconds: f64 = ledgers.iter().map(|l| l.seconds).sum();
-    let inferred: u64 = ledgers.iter().map(|l| l.items).sum();
-    let redone: u64 = ledgers
-        .iter()
-        .map(|l| l.items_redone)
-        .sum::<u64>()
-        .min(inferred);
+    let inferred = total(ledgers.iter().map(|l| l.items));
+    let redone = total(ledgers.iter().map(|l| l.items_redone)).min(inferred);
     let per_item = |total: f64| {
         if inferred > 0 {
             total / inferred as f64
@@ -98,5 +100,48 @@ pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
         dollars_lost: redone as f64 * per_item(dollars),
         by_capacity,
         per_worker: ledgers.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::ShardEvent;
+
+    /// Found by fuzzing: counts read back from corrupt or hostile done markers and ledgers
+    /// overflowed their sums (`spotbatch cost` and `report` panicked in debug builds).
+    #[test]
+    fn huge_counts_read_back_saturate_instead_of_overflowing() {
+        let marker = DoneMarker {
+            job: "j".into(),
+            shard: "s".into(),
+            items: u64::MAX,
+            errors: u64::MAX,
+            part: "p".into(),
+            sha256: String::new(),
+        };
+        let ledger = Ledger {
+            worker: "w".into(),
+            items: u64::MAX,
+            items_redone: u64::MAX,
+            shards: vec![ShardEvent {
+                shard: "s".into(),
+                leased_at_ms: u64::MAX,
+                ended_at_ms: u64::MAX,
+                outcome: "done".into(),
+                items: u64::MAX,
+                attempt: 1,
+                recovery_s: None,
+            }],
+            ..Ledger::default()
+        };
+        let markers = [marker.clone(), marker];
+        let ledgers = [ledger.clone(), ledger];
+        let r = report("j", &ledgers, &markers);
+        assert_eq!((r.items, r.error_rows), (u64::MAX, u64::MAX));
+        assert_eq!((r.items_inferred, r.items_redone), (u64::MAX, u64::MAX));
+        let t = crate::timeline::build("j", &ledgers, &markers);
+        assert_eq!(t.items, u64::MAX);
+        assert_eq!(t.throughput.iter().map(|b| b.items).max(), Some(u64::MAX));
     }
 }

@@ -119,7 +119,7 @@ impl JobLayout {
                 continue;
             }
             if let Some(bytes) = self.prefix.get_opt(&listed.key).await? {
-                match serde_json::from_slice::<DoneMarker>(&bytes) {
+                match parse_done_marker(&bytes) {
                     Ok(m) => out.push(m),
                     Err(e) => {
                         tracing::warn!(key = %listed.key, error = %e, "ignoring unreadable done marker")
@@ -143,8 +143,7 @@ impl JobLayout {
         let mut files = JobFiles::default();
         for item in self.prefix.list().await? {
             let key = item.key;
-            let (is_cost, is_done) = (Self::is_ledger_key(&key), Self::is_done_key(&key));
-            if !is_cost && !is_done {
+            if !Self::is_ledger_key(&key) && !Self::is_done_key(&key) {
                 continue;
             }
             let bytes = self
@@ -155,23 +154,20 @@ impl JobLayout {
                     key: key.clone(),
                     message: e.to_string(),
                 })?;
-            let bad = |e: serde_json::Error, what: &'static str| ReadError::Parse {
-                key: key.clone(),
-                what,
-                message: e.to_string(),
-            };
-            if is_cost {
-                files
-                    .ledgers
-                    .push(serde_json::from_slice(&bytes).map_err(|e| bad(e, "a cost ledger"))?);
-            } else {
-                files
-                    .markers
-                    .push(serde_json::from_slice(&bytes).map_err(|e| bad(e, "a done marker"))?);
-            }
+            files.add(&key, &bytes)?;
         }
         Ok(files)
     }
+}
+
+/// Reads a done marker's bytes (`_done/SHARD.json`).
+pub fn parse_done_marker(bytes: &[u8]) -> Result<DoneMarker, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Reads a cost ledger's bytes (`_cost/WORKER.json`).
+pub fn parse_ledger(bytes: &[u8]) -> Result<Ledger, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 /// A job's ledgers and done markers, read back.
@@ -181,6 +177,28 @@ pub struct JobFiles {
     pub ledgers: Vec<Ledger>,
     /// One per finished shard.
     pub markers: Vec<DoneMarker>,
+}
+
+impl JobFiles {
+    /// Adds one file read back from the job's prefix, by its key (relative to the prefix): a cost
+    /// ledger or a done marker. Returns `false` for any other key (not one of these files).
+    pub fn add(&mut self, key: &str, bytes: &[u8]) -> Result<bool, ReadError> {
+        let bad = |e: serde_json::Error, what: &'static str| ReadError::Parse {
+            key: key.to_string(),
+            what,
+            message: e.to_string(),
+        };
+        if JobLayout::is_ledger_key(key) {
+            let ledger = parse_ledger(bytes).map_err(|e| bad(e, "a cost ledger"))?;
+            self.ledgers.push(ledger);
+        } else if JobLayout::is_done_key(key) {
+            let marker = parse_done_marker(bytes).map_err(|e| bad(e, "a done marker"))?;
+            self.markers.push(marker);
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
 }
 
 /// Why a job's files could not be read back.

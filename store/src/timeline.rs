@@ -5,7 +5,7 @@
 use serde::Serialize;
 use spotbatch_proto::DoneMarker;
 
-use crate::cost::{report as cost_report, Report};
+use crate::cost::{report as cost_report, total, Report};
 use crate::ledger::Ledger;
 
 /// Items finished in one interval.
@@ -89,7 +89,7 @@ pub fn build(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Timeline 
         .map(|(_, e)| e.ended_at_ms)
         .max()
         .unwrap_or(t0)
-        .max(t0 + 1);
+        .max(t0.saturating_add(1));
     let s = |ms: u64| ms.saturating_sub(t0) as f64 / 1000.0;
     let wall = s(t1);
     let n = 40usize;
@@ -105,7 +105,7 @@ pub fn build(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Timeline 
     for (_, e) in events.clone() {
         if e.outcome == "done" || e.outcome == "partial" {
             let i = ((s(e.ended_at_ms) / width) as usize).min(n - 1);
-            throughput[i].items += e.items;
+            throughput[i].items = throughput[i].items.saturating_add(e.items);
         }
     }
     for b in &mut throughput {
@@ -147,7 +147,7 @@ pub fn build(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Timeline 
         job: job.to_string(),
         started_at_ms: t0,
         wall_s: wall,
-        items: markers.iter().map(|m| m.items).sum(),
+        items: total(markers.iter().map(|m| m.items)),
         throughput,
         shards,
         notices,

@@ -56,4 +56,5 @@ pub use job::{JobContext, JobError, Jobs};
 pub use lease::run_worker;
 pub use options::{default_decode_threads, WorkerOptions};
 pub use progress::{Progress, ShardOutcome};
+pub use shard::output::parse_partial;
 pub use steal::Stealing;

@@ -220,4 +220,146 @@ mod tests {
         assert_eq!(d.take(5, true, "peer", &st).len(), 0);
         assert_eq!(d.len(), 0);
     }
+
+    /// What the model says became of one shard put in the deque.
+    enum Fate {
+        /// Waiting in the deque, its owner's task alive.
+        Waiting,
+        /// Waiting in the deque, its owner's task ended (its lease was lost).
+        Orphaned,
+        /// Taken out by its owner for its turn.
+        Left,
+        /// Handed to a thief; the owner holds the hand-off.
+        Given(Given),
+        /// An orphan a take popped and dropped (the queue redelivers it: its lease is gone).
+        Dropped,
+    }
+
+    #[derive(Debug, Clone)]
+    enum DequeOp {
+        Enter,
+        /// The owner of the `n`th shard that is waiting or given (mod their count) takes its turn.
+        Leave(usize),
+        /// The owner of the `n`th waiting shard ends without taking it.
+        OwnerGone(usize),
+        /// A thief steals (at most half, up to `max`).
+        Steal(usize),
+        /// A drain's offer: every one, up to `max`.
+        Drain(usize),
+    }
+
+    fn deque_op() -> impl proptest::strategy::Strategy<Value = DequeOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => Just(DequeOp::Enter),
+            3 => any::<usize>().prop_map(DequeOp::Leave),
+            1 => any::<usize>().prop_map(DequeOp::OwnerGone),
+            2 => (1..5usize).prop_map(DequeOp::Steal),
+            1 => (1..5usize).prop_map(DequeOp::Drain),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Random enters, leaves, owner deaths, steals and drains against a model: no shard is
+        /// lost or held twice — each is waiting, taken by its owner, or handed to exactly one
+        /// thief whose owner heard of it; thieves get the newest first, half or all as asked.
+        #[test]
+        fn no_shard_is_lost_or_held_twice(ops in proptest::collection::vec(deque_op(), 1..80)) {
+            let st = Handoffs::new("owner");
+            let d = Deque::default();
+            // Per shard: its seq, its owner's receiver (None once the owner's task ended), its fate.
+            let mut shards: Vec<(u64, Option<oneshot::Receiver<Given>>, Fate)> = Vec::new();
+            let mut handed = std::collections::HashSet::new();
+            for op in ops {
+                match op {
+                    DequeOp::Enter => {
+                        let n = shards.len() as u32;
+                        let (seq, rx) = d.enter(&n.to_le_bytes(), n + 1);
+                        shards.push((seq, Some(rx), Fate::Waiting));
+                    }
+                    DequeOp::Leave(i) => {
+                        let owners: Vec<usize> = (0..shards.len())
+                            .filter(|j| matches!(shards[*j].2, Fate::Waiting | Fate::Given(_)))
+                            .collect();
+                        if owners.is_empty() {
+                            continue;
+                        }
+                        let j = owners[i % owners.len()];
+                        let left = d.leave(shards[j].0);
+                        match shards[j].2 {
+                            Fate::Waiting => {
+                                assert!(left, "its owner takes a waiting shard");
+                                shards[j].2 = Fate::Left;
+                            }
+                            _ => assert!(!left, "a shard given to a thief is not its owner's to take"),
+                        }
+                    }
+                    DequeOp::OwnerGone(i) => {
+                        let waiting: Vec<usize> = (0..shards.len())
+                            .filter(|j| matches!(shards[*j].2, Fate::Waiting))
+                            .collect();
+                        if waiting.is_empty() {
+                            continue;
+                        }
+                        let j = waiting[i % waiting.len()];
+                        shards[j].1 = None;
+                        shards[j].2 = Fate::Orphaned;
+                    }
+                    DequeOp::Steal(max) | DequeOp::Drain(max) => {
+                        let all = matches!(op, DequeOp::Drain(_));
+                        let mut inside: Vec<usize> = (0..shards.len())
+                            .filter(|j| matches!(shards[*j].2, Fate::Waiting | Fate::Orphaned))
+                            .collect();
+                        let n = if all { inside.len() } else { inside.len().div_ceil(2) }.min(max);
+                        // Newest first; orphans are popped and dropped without counting.
+                        let mut want = Vec::new();
+                        while want.len() < n {
+                            let Some(j) = inside.pop() else { break };
+                            if matches!(shards[j].2, Fate::Orphaned) {
+                                shards[j].2 = Fate::Dropped;
+                            } else {
+                                want.push(j);
+                            }
+                        }
+                        let taken = d.take(max, all, "thief", &st);
+                        let bodies: Vec<Vec<u8>> = taken.iter().map(|h| h.task.clone()).collect();
+                        let want_bodies: Vec<Vec<u8>> =
+                            want.iter().map(|j| (*j as u32).to_le_bytes().to_vec()).collect();
+                        assert_eq!(bodies, want_bodies, "taken newest first, as many as asked");
+                        for (h, j) in taken.iter().zip(&want) {
+                            assert!(handed.insert(h.task.clone()), "a shard handed out twice");
+                            assert_eq!(h.delivery_count, *j as u32 + 1);
+                            let given = shards[*j]
+                                .1
+                                .as_mut()
+                                .expect("a live owner")
+                                .try_recv()
+                                .expect("the owner hears of its shard's hand-off");
+                            assert_eq!((given.id.as_str(), given.thief.as_str()), (h.handoff_id.as_str(), "thief"));
+                            shards[*j].2 = Fate::Given(given);
+                        }
+                    }
+                }
+                // Every shard is in exactly one place.
+                let inside = shards
+                    .iter()
+                    .filter(|s| matches!(s.2, Fate::Waiting | Fate::Orphaned))
+                    .count();
+                assert_eq!(d.len(), inside, "the deque holds what the model says");
+                for (_, rx, fate) in &mut shards {
+                    match fate {
+                        Fate::Waiting | Fate::Left => assert!(
+                            rx.as_mut().expect("a live owner").try_recv().is_err(),
+                            "no hand-off for a shard not handed out"
+                        ),
+                        Fate::Given(g) => {
+                            assert!(st.tell(&g.id, Word::Working), "the thief's words reach the owner");
+                            assert!(matches!(g.words.try_recv(), Ok(Word::Working)));
+                        }
+                        Fate::Orphaned | Fate::Dropped => {}
+                    }
+                }
+            }
+        }
+    }
 }

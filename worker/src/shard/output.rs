@@ -83,15 +83,20 @@ pub(crate) async fn read_partial(
     layout: &JobLayout,
     shard: &str,
 ) -> Result<HashMap<String, Row>, StorageError> {
-    let mut kept = HashMap::new();
-    let Some(bytes) = layout
+    Ok(layout
         .prefix
         .get_opt(&JobLayout::partial_key(shard))
         .await?
-    else {
-        return Ok(kept);
-    };
-    for line in String::from_utf8_lossy(&bytes).lines() {
+        .map(|bytes| parse_partial(&bytes))
+        .unwrap_or_default())
+}
+
+/// A partial result's bytes (JSONL rows) → each kept row by key. A line that is not a JSON
+/// object with a string `key` is not kept (its item is done again); for a key on several lines
+/// the last one is kept.
+pub fn parse_partial(bytes: &[u8]) -> HashMap<String, Row> {
+    let mut kept = HashMap::new();
+    for line in String::from_utf8_lossy(bytes).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
@@ -106,5 +111,5 @@ pub(crate) async fn read_partial(
             );
         }
     }
-    Ok(kept)
+    kept
 }

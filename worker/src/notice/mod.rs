@@ -8,11 +8,17 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+
+mod parse;
+
+pub use parse::{
+    parse_aws_instance_action, parse_aws_rebalance, parse_azure_events, parse_gcp_preempted,
+    ResponseError,
+};
 
 /// What a notice asks of the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,47 +204,17 @@ impl Polled for AwsSource {
     }
 
     async fn poll_once(&mut self) -> Result<Option<Notice>, String> {
-        #[derive(Deserialize)]
-        struct Action {
-            action: String,
-            time: String,
-        }
         if let Some(body) = self.get("/latest/meta-data/spot/instance-action").await? {
-            let a: Action =
-                serde_json::from_str(&body).map_err(|e| format!("instance-action: {e}: {body}"))?;
-            let deadline = parse_rfc3339(&a.time)
-                .ok_or_else(|| format!("instance-action time {:?}", a.time))?;
-            return Ok(Some(Notice {
-                source: "aws",
-                kind: a.action,
-                deadline,
-                action: NoticeAction::Drain,
-                event_id: None,
-            }));
+            return Ok(Some(parse_aws_instance_action(&body)?));
         }
         if let (Some(action), false) = (self.rebalance, self.rebalance_seen) {
             if let Some(body) = self
                 .get("/latest/meta-data/events/recommendations/rebalance")
                 .await?
             {
-                #[derive(Deserialize)]
-                #[serde(rename_all = "camelCase")]
-                struct Rebalance {
-                    notice_time: String,
-                }
-                let r: Rebalance =
-                    serde_json::from_str(&body).map_err(|e| format!("rebalance: {e}: {body}"))?;
-                debug!(notice_time = %r.notice_time, "aws rebalance recommendation");
+                let notice = parse_aws_rebalance(&body, action, SystemTime::now())?;
                 self.rebalance_seen = true;
-                return Ok(Some(Notice {
-                    source: "aws",
-                    kind: "rebalance".into(),
-                    // A recommendation comes before any interruption notice; two minutes is the
-                    // least an interruption notice gives.
-                    deadline: SystemTime::now() + Duration::from_secs(120),
-                    action,
-                    event_id: None,
-                }));
+                return Ok(Some(notice));
             }
         }
         Ok(None)
@@ -301,16 +277,10 @@ impl NoticeSource for GcpSource {
                 Err(e) => Err(e.to_string()),
             };
             match body {
-                Ok(b) if b.trim() == "TRUE" => {
-                    return Notice {
-                        source: "gcp",
-                        kind: "preempted".into(),
-                        deadline: SystemTime::now() + self.grace,
-                        action: NoticeAction::Drain,
-                        event_id: None,
-                    }
-                }
-                Ok(_) => backoff.reset(), // FALSE: the wait ended without a change; watch again
+                Ok(b) => match parse_gcp_preempted(&b, SystemTime::now(), self.grace) {
+                    Some(notice) => return notice,
+                    None => backoff.reset(), // FALSE: the wait ended without a change; watch again
+                },
                 Err(e) => {
                     warn!(source = "gcp", error = %e, "metadata request failed; retrying");
                     backoff.wait().await;
@@ -377,21 +347,6 @@ impl Polled for AzureSource {
     }
 
     async fn poll_once(&mut self) -> Result<Option<Notice>, String> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Doc {
-            events: Vec<Event>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Event {
-            event_id: String,
-            event_type: String,
-            #[serde(default)]
-            resources: Vec<String>,
-            #[serde(default)]
-            not_before: String,
-        }
         let me = self.vm_name().await?;
         let r = self
             .client
@@ -406,25 +361,11 @@ impl Polled for AzureSource {
         if !r.status().is_success() {
             return Err(format!("scheduledevents answered {}", r.status()));
         }
-        let doc: Doc = r
-            .json()
+        let body = r
+            .bytes()
             .await
             .map_err(|e| format!("scheduledevents: {e}"))?;
-        for e in doc.events {
-            if e.event_type == "Preempt" && e.resources.iter().any(|r| r == &me) {
-                let deadline = chrono::DateTime::parse_from_rfc2822(&e.not_before)
-                    .map(SystemTime::from)
-                    .unwrap_or_else(|_| SystemTime::now() + Duration::from_secs(30));
-                return Ok(Some(Notice {
-                    source: "azure",
-                    kind: e.event_type,
-                    deadline,
-                    action: NoticeAction::Drain,
-                    event_id: Some(e.event_id),
-                }));
-            }
-        }
-        Ok(None)
+        Ok(parse_azure_events(&body, &me, SystemTime::now())?)
     }
 }
 
