@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use spotbatch_proto::{shard_id, DoneMarker, Manifest, ShardTask, TASK_VERSION};
 use spotbatch_queue::{LeaseQueue, NewItem, QueueError};
 
-use spotbatch_store::{JobLayout, Prefix, StorageError};
+use spotbatch_store::{JobLayout, Prefix, Skipped, StorageError};
 
 /// What can go wrong while planning or enqueueing.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub struct Plan {
     pub shards: Vec<ShardTask>,
     /// Inputs in the job.
     pub total_items: u64,
+    /// Entries below the input prefix that are not inputs (symlink loops, dangling symlinks…),
+    /// each with why: for a warning, the job runs without them.
+    pub skipped: Vec<Skipped>,
 }
 
 /// Lists the job's inputs and cuts them into shards of `queue.shard_size`, in key order.
@@ -65,17 +68,24 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
                 .map(spotbatch_store::storage::url_decode)
         })
         .filter(|rel| !rel.is_empty());
-    let keys: Vec<String> = input
-        .list()
-        .await?
+    let listed = input.list_inputs().await?;
+    let ours = |k: &str| {
+        outputs_below
+            .as_ref()
+            .is_some_and(|rel| k.starts_with(rel.as_str()))
+    };
+    // Whatever the glob: a folder that could not be walked may hold matching files.
+    let skipped: Vec<Skipped> = listed
+        .skipped
+        .into_iter()
+        .filter(|s| !ours(&s.key))
+        .collect();
+    let keys: Vec<String> = listed
+        .files
         .into_iter()
         .map(|l| l.key)
         .filter(|k| glob.as_ref().is_none_or(|g| g.is_match(k)))
-        .filter(|k| {
-            outputs_below
-                .as_ref()
-                .is_none_or(|rel| !k.starts_with(rel.as_str()))
-        })
+        .filter(|k| !ours(k))
         .collect();
     if keys.is_empty() {
         return Err(PlanError::NoInputs {
@@ -105,6 +115,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         job_id: m.job_id.clone(),
         shards,
         total_items: keys.len() as u64,
+        skipped,
     })
 }
 
@@ -113,6 +124,9 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
 pub struct SubmitReport {
     /// Shards put on the queue.
     pub enqueued: usize,
+    /// How many of them were new on the queue, where the queue can tell (SQLite does not add a
+    /// shard that is already waiting or leased there again); `None` where it cannot.
+    pub new: Option<usize>,
     /// Shards skipped because their done marker exists.
     pub already_done: usize,
     /// Items in the skipped shards.
@@ -143,11 +157,14 @@ pub async fn enqueue_plan(
             body: s.to_bytes(),
         })
         .collect();
+    let mut new = Some(0);
     for chunk in todo.chunks(500) {
-        queue.enqueue(chunk).await?;
+        let added = queue.enqueue_counted(chunk).await?;
+        new = new.zip(added).map(|(a, b)| a + b);
     }
     Ok(SubmitReport {
         enqueued: todo.len(),
+        new: if todo.is_empty() { Some(0) } else { new },
         already_done: done.len(),
         done_items: done.iter().map(|d| d.items).sum(),
         done_errors: done.iter().map(|d| d.errors).sum(),
@@ -246,6 +263,7 @@ mod tests {
             r,
             SubmitReport {
                 enqueued: 1,
+                new: None,
                 already_done: 1,
                 done_items: 2,
                 done_errors: 1

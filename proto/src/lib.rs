@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod manifest;
+mod table;
 
 /// The gRPC APIs, generated at build time: the coordinator's (`proto/coordinator.proto`) and the
 /// workers' to each other for work stealing (`proto/peer.proto`).

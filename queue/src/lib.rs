@@ -146,6 +146,12 @@ pub trait LeaseQueue: Send + Sync + fmt::Debug {
     /// the dead-letter queue re-drives it where the backend can tell (SQLite).
     async fn enqueue(&self, items: &[NewItem]) -> Result<()>;
 
+    /// [`LeaseQueue::enqueue`], saying how many items were new where the backend can tell (an id
+    /// already waiting or leased is not added again: SQLite); `None` where it cannot.
+    async fn enqueue_counted(&self, items: &[NewItem]) -> Result<Option<usize>> {
+        self.enqueue(items).await.map(|()| None)
+    }
+
     /// Leases up to `max` visible items for `visibility`, waiting up to `wait` for at least one.
     /// Returns an empty list when none became visible in time. Items that reach `max_attempts`
     /// deliveries without an ack are dead-lettered here instead of being returned.
@@ -213,7 +219,8 @@ pub async fn open(uri: &str, config: QueueConfig) -> Result<Box<dyn LeaseQueue>>
         "kafka" => Ok(Box::new(kafka::KafkaQueue::open_uri(uri, config).await?)),
         _ => Err(QueueError::InvalidUri {
             uri: uri.to_string(),
-            reason: "expected sqlite://PATH, sqs://NAME or an SQS queue URL".to_string(),
+            reason: "expected sqlite://PATH, sqs://NAME, an SQS queue URL or kafka://BROKER[,BROKER…]/TOPIC"
+                .to_string(),
         }),
     }
 }
