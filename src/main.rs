@@ -434,7 +434,7 @@ async fn check_job(
     match spotbatch_worker::validate::check_with(m, checks).await {
         Ok(s) => {
             if let Some(plan) = &s.plan {
-                warn_skipped(path, plan);
+                warn_skipped(path, m, plan);
             }
             Ok(s)
         }
@@ -447,10 +447,17 @@ async fn check_job(
     }
 }
 
-fn warn_skipped(path: &Path, plan: &Plan) {
+/// A warning per entry left out of the job: a listed entry that is not an input, or a line of
+/// `input.list` that names none.
+fn warn_skipped(path: &Path, m: &Manifest, plan: &Plan) {
+    let field = if m.list.is_some() {
+        "input.list"
+    } else {
+        "input.uri"
+    };
     for s in &plan.skipped {
         say!(
-            "{}: warning: input.uri: {} is not an input: {}",
+            "{}: warning: {field}: {} is not an input (left out): {}",
             path.display(),
             say::key(&s.key),
             s.reason
@@ -467,11 +474,15 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    let inputs = if s.inputs_known {
+        count(s.inputs as u64, "input")
+    } else {
+        "rows not counted before they are read".to_string()
+    };
     println!(
-        "{}: ok — job {}, {} in {}; model input {}, output {}",
+        "{}: ok — job {}, {inputs} in {}; model input {}, output {}",
         path.display(),
         m.job_id,
-        count(s.inputs as u64, "input"),
         count(s.shards as u64, "shard"),
         s.model_input,
         s.model_output
@@ -524,6 +535,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (total_items, shards) = (prepared.plan.total_items, prepared.plan.shards.len());
+    // JSONL/CSV rows are not counted before they are read.
+    let total = prepared.plan.items_known.then_some(total_items);
+    let of_total = total.map(|t| format!(" of {t}")).unwrap_or_default();
     let submitted = prepared.submitted.clone();
     if submitted.already_done > 0 {
         say!(
@@ -560,7 +574,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let display = spawn_progress(
         args.progress,
         Arc::clone(&progress),
-        Some(total_items),
+        total,
         submitted.done_items,
         submitted.done_errors,
         Duration::from_secs(5),
@@ -585,7 +599,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed().as_secs_f64();
     if end.interrupted || control.is_draining() {
         say!(
-            "interrupted: leases released; {} of {total_items} items done ({} of {shards} shards), finished rows of shards in work kept. Run the same command again to resume.",
+            "interrupted: leases released; {}{of_total} items done ({} of {shards} shards), finished rows of shards in work kept. Run the same command again to resume.",
             end.items,
             end.done.len(),
         );
@@ -597,7 +611,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         0.0
     };
     println!(
-        "{}: {} of {total_items} items in {}/{shards} shards, {}; {} processed in {elapsed:.1} s ({} items/s) → {output}",
+        "{}: {}{of_total} items in {}/{shards} shards, {}; {} processed in {elapsed:.1} s ({} items/s) → {output}",
         m.job_id,
         end.items,
         end.done.len(),
@@ -667,7 +681,7 @@ async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode>
     )
     .await?;
     let layout = JobLayout::for_manifest(&m)?;
-    layout.store_manifest(&m).await?;
+    spotbatch_plan::store_plan(&layout, &m, &plan).await?;
     let report = enqueue_plan(q.as_ref(), &layout, &plan).await?;
     // SQLite does not add a shard that is already waiting there again: say how many were new.
     let put = match report.new {
@@ -909,32 +923,23 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             uri,
             dlq,
             max_attempts,
-        } => {
-            if uri.starts_with("kafka://") {
-                spotbatch_queue::kafka::create(&uri).await?;
-                let t = spotbatch_queue::kafka::parse_uri(&uri)?;
+        } => match spotbatch_queue::create(&uri, dlq, max_attempts).await? {
+            spotbatch_queue::Created::Kafka { topic, partitions } => {
                 println!(
-                    "{}: topic with {} and {}-dlq ready",
-                    t.topic,
-                    count(t.partitions as u64, "partition"),
-                    t.topic
-                );
-            } else if uri.starts_with("sqlite://") {
-                spotbatch_queue::open(&uri, QueueConfig { max_attempts }).await?;
-                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)");
-            } else {
-                let url = spotbatch_queue::sqs::SqsQueue::create(&uri, dlq, max_attempts).await?;
-                let extra = if dlq {
-                    format!(
-                        ", dead-letter queue after {}",
-                        count(max_attempts, "receive")
-                    )
-                } else {
-                    String::new()
-                };
+                    "{topic}: topic with {} and {topic}-dlq ready",
+                    count(partitions as u64, "partition")
+                )
+            }
+            spotbatch_queue::Created::Sqlite => {
+                println!("{uri}: ready (SQLite queues keep their dead letters in the same file)")
+            }
+            spotbatch_queue::Created::Sqs { url, dlq_after } => {
+                let extra = dlq_after
+                    .map(|n| format!(", dead-letter queue after {}", count(n as u64, "receive")))
+                    .unwrap_or_default();
                 println!("{url}{extra}");
             }
-        }
+        },
         QueueCommand::Dlq { uri } => {
             let uris = sqlite_queues(&uri).await?;
             let named = uris.is_some();
@@ -1016,10 +1021,11 @@ fn spawn_progress(
     let quiet = mode == ProgressMode::None;
     tokio::spawn(async move {
         let started = Instant::now();
+        // Rows as the pipeline makes them (a record job's shard holds thousands).
         let counts = |p: &Progress| {
-            let ok = p.items_ok.load(Ordering::Relaxed);
-            let failed = p.items_failed.load(Ordering::Relaxed);
-            (ok + failed, errors_before + failed)
+            let made = p.rows_made.load(Ordering::Relaxed);
+            let failed = p.rows_made_failed.load(Ordering::Relaxed);
+            (made, errors_before + failed)
         };
         let eta = |left: u64, rate: f64| {
             if rate > 0.0 {

@@ -63,8 +63,14 @@ fn references(text: &str) -> BTreeSet<String> {
         Some(i) => &text[..i],
         None => text,
     };
+    // Comments (doc links such as [`crate::layout`]) are not imports.
+    let code: String = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = BTreeSet::new();
-    let mut rest = code;
+    let mut rest = code.as_str();
     while let Some(i) = rest.find("crate::") {
         let after = &rest[i + "crate::".len()..];
         // `spotbatch_crate::…` is another crate; `$crate::` is a macro's.

@@ -3,6 +3,9 @@
 //! `--nocapture`, as `make test` does). With a GPU (and the onnxruntime-gpu library at
 //! `ORT_DYLIB_PATH`): GPU preprocessing equals the CPU reference, and CUDA inference gives the same
 //! rows as the CPU on the demo, batch by batch and item by item.
+//!
+//! Built with the `gpu` feature (a default one) only.
+#![cfg(feature = "gpu")]
 
 mod common;
 

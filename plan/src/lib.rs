@@ -1,13 +1,24 @@
-//! From a manifest to shards on the queue: list the job's inputs through object storage, cut them
-//! into deterministic shards (a shard's id is a hash of the job and its keys, so the same
-//! manifest over the same inputs always yields the same shards), and enqueue the shards whose
-//! done marker does not exist yet.
+//! From a manifest to shards on the queue: list the job's inputs through object storage (or read
+//! them from `input.list`), cut them into deterministic shards (a shard's id is a hash of the job
+//! and its keys, so the same manifest over the same inputs always yields the same shards), and
+//! enqueue the shards whose done marker does not exist yet.
+//!
+//! Record inputs (`input.format = jsonl | csv | parquet`) are planned from metadata only: object
+//! sizes cut JSONL/CSV files into byte ranges of `input.split_bytes`, Parquet footers cut Parquet
+//! files into row-group runs of at most `queue.shard_size` rows; a shard is one such part of one
+//! file. The carried columns' types are fixed here (`_schema.json`), so every part file of a job
+//! has the same schema.
 #![warn(missing_docs)]
 
 use std::collections::HashSet;
 
-use spotbatch_proto::{shard_id, DoneMarker, Manifest, ShardTask, TASK_VERSION};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use spotbatch_proto::{
+    shard_id, split_shard_id, DoneMarker, Manifest, ShardTask, TASK_VERSION, TASK_VERSION_SPLIT,
+};
 use spotbatch_queue::{LeaseQueue, NewItem, QueueError};
+use spotbatch_records::{Column, Projection, ReadOptions};
 
 use spotbatch_store::{JobLayout, Prefix, Skipped, StorageError};
 
@@ -32,6 +43,15 @@ pub enum PlanError {
     /// The manifest's glob does not compile (validation catches this first).
     #[error("input.glob: {0}")]
     Glob(String),
+    /// Record files could not be planned (a footer that does not read).
+    #[error("input.uri: {0}")]
+    Records(#[from] spotbatch_records::PlanError),
+    /// The first record file does not have the columns the manifest names.
+    #[error("input.uri: {0}")]
+    Columns(#[from] spotbatch_records::ReadError),
+    /// The input list could not be read.
+    #[error("input.list: {0}")]
+    List(String),
 }
 
 /// A job cut into shards.
@@ -41,25 +61,49 @@ pub struct Plan {
     pub job_id: String,
     /// Shards in key order.
     pub shards: Vec<ShardTask>,
-    /// Inputs in the job.
+    /// Inputs in the job (record jobs: the Parquet rows; JSONL/CSV rows are not known before
+    /// they are read, see `items_known`).
     pub total_items: u64,
-    /// Entries below the input prefix that are not inputs (symlink loops, dangling symlinks…),
-    /// each with why: for a warning, the job runs without them.
+    /// Whether `total_items` counts every input (false for JSONL/CSV record jobs).
+    pub items_known: bool,
+    /// A record job's columns with their types fixed for the whole job.
+    pub schema: Option<Projection>,
+    /// Entries that are not inputs, each with why, for a warning (the job runs without them):
+    /// below the input prefix (symlink loops, dangling symlinks, unreadable folders…), or lines
+    /// of `input.list` that name no usable input (keyed by their place in the list).
     pub skipped: Vec<Skipped>,
 }
 
-/// Lists the job's inputs and cuts them into shards of `queue.shard_size`, in key order.
-pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
-    let input = Prefix::open(&m.input)?;
-    let glob = match &m.raw.input.glob {
-        Some(g) => {
-            Some(spotbatch_proto::compile_glob(g).map_err(|e| PlanError::Glob(e.to_string()))?)
-        }
-        None => None,
+/// How a record job reads its rows, from its manifest: the text column, the id column and the
+/// carried columns (types not yet fixed), and the reader's dialect.
+pub fn projection(m: &Manifest) -> (Projection, ReadOptions) {
+    let i = &m.raw.input;
+    let proj = Projection {
+        text: Some(m.text_column().to_string()),
+        id: i.id_column.as_ref().map(Column::named),
+        columns: m.raw.output.columns.iter().map(Column::named).collect(),
     };
-    // Never read our own outputs back as inputs when the output folder sits inside the input one.
-    let outputs_below = m
-        .output
+    let mut opts = ReadOptions::default();
+    if let Some(d) = i.csv_delimiter.as_deref().and_then(|d| d.bytes().next()) {
+        opts.csv.delimiter = d;
+    }
+    opts.csv.quoted_newlines = i.csv_quoted_newlines;
+    (proj, opts)
+}
+
+/// The record source of a job: the input prefix, or the folder of the one data file it names.
+pub async fn record_source(m: &Manifest) -> Result<spotbatch_records::Source, StorageError> {
+    let input = Prefix::open(&m.input)?;
+    Ok(
+        spotbatch_records::source_for(input.store(), input.root().clone(), input.url().as_str())
+            .await,
+    )
+}
+
+/// Keys of outputs that lie inside the input folder (an output folder below the input one): never
+/// read back as inputs.
+fn outputs_below(m: &Manifest) -> Option<String> {
+    m.output
         .join("..")
         .ok()
         .and_then(|root| {
@@ -67,37 +111,26 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
                 .strip_prefix(m.input.as_str())
                 .map(spotbatch_store::storage::url_decode)
         })
-        .filter(|rel| !rel.is_empty());
-    let listed = input.list_inputs().await?;
-    let ours = |k: &str| {
-        outputs_below
-            .as_ref()
-            .is_some_and(|rel| k.starts_with(rel.as_str()))
+        .filter(|rel| !rel.is_empty())
+}
+
+/// Lists the job's inputs (or reads `input.list`) and cuts them into shards of
+/// `queue.shard_size`, in key order; record jobs are planned from metadata (see the crate docs).
+pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
+    if m.is_records() {
+        return plan_records(m).await;
+    }
+    let (keys, skipped) = match &m.list {
+        Some(list) => list_keys(m, list).await?,
+        None => listed_keys(m).await?,
     };
-    // Whatever the glob: a folder that could not be walked may hold matching files.
-    let skipped: Vec<Skipped> = listed
-        .skipped
-        .into_iter()
-        .filter(|s| !ours(&s.key))
-        .collect();
-    let keys: Vec<String> = listed
-        .files
-        .into_iter()
-        .map(|l| l.key)
-        .filter(|k| glob.as_ref().is_none_or(|g| g.is_match(k)))
-        .filter(|k| !ours(k))
-        .collect();
     if keys.is_empty() {
         return Err(PlanError::NoInputs {
             url: m.input.to_string(),
             glob: m.raw.input.glob.clone(),
         });
     }
-    let manifest_url = m
-        .output
-        .join(JobLayout::MANIFEST_KEY)
-        .ok()
-        .map(|u| u.to_string());
+    let manifest_url = stored_manifest_url(m);
     let shards = keys
         .chunks(m.raw.queue.shard_size)
         .enumerate()
@@ -108,6 +141,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
             index: u32::try_from(i).unwrap_or(u32::MAX),
             manifest_digest: m.digest.clone(),
             keys: chunk.to_vec(),
+            split: None,
             manifest: manifest_url.clone(),
         })
         .collect();
@@ -115,8 +149,186 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         job_id: m.job_id.clone(),
         shards,
         total_items: keys.len() as u64,
+        items_known: true,
+        schema: None,
         skipped,
     })
+}
+
+fn stored_manifest_url(m: &Manifest) -> Option<String> {
+    m.output
+        .join(JobLayout::MANIFEST_KEY)
+        .ok()
+        .map(|u| u.to_string())
+}
+
+/// The keys below the input prefix that match the glob, sorted, and the entries there that are
+/// not inputs (whatever the glob: a folder that could not be walked may hold matching files).
+async fn listed_keys(m: &Manifest) -> Result<(Vec<String>, Vec<Skipped>), PlanError> {
+    let input = Prefix::open(&m.input)?;
+    let glob = match &m.raw.input.glob {
+        Some(g) => {
+            Some(spotbatch_proto::compile_glob(g).map_err(|e| PlanError::Glob(e.to_string()))?)
+        }
+        None => None,
+    };
+    // Never read our own outputs back as inputs when the output folder sits inside the input one.
+    let outputs_below = outputs_below(m);
+    let ours = |k: &str| {
+        outputs_below
+            .as_ref()
+            .is_some_and(|rel| k.starts_with(rel.as_str()))
+    };
+    let listed = input.list_inputs().await?;
+    let skipped = listed
+        .skipped
+        .into_iter()
+        .filter(|s| !ours(&s.key))
+        .collect();
+    let keys = listed
+        .files
+        .into_iter()
+        .map(|l| l.key)
+        .filter(|k| glob.as_ref().is_none_or(|g| g.is_match(k)))
+        .filter(|k| !ours(k))
+        .collect();
+    Ok((keys, skipped))
+}
+
+/// The keys `input.list` names, in its order, each once; entries that name no usable input
+/// (outside `input.uri`, `..`, unreadable) are left out with why.
+async fn list_keys(
+    m: &Manifest,
+    list: &url::Url,
+) -> Result<(Vec<String>, Vec<Skipped>), PlanError> {
+    let bad = |e: String| PlanError::List(format!("{list}: {e}"));
+    let (folder, key) = Prefix::open_object(list).map_err(|e| bad(e.to_string()))?;
+    let size = folder
+        .store()
+        .head(&folder.path_of(&key).map_err(|e| bad(e.to_string()))?)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .size;
+    let source = spotbatch_records::Source::new(
+        folder.store(),
+        folder.root().clone(),
+        folder.url().as_str(),
+    );
+    let format = spotbatch_records::ListFormat::from_key(&key, None);
+    let mut entries =
+        spotbatch_records::read_list(&source, &key, size, &format, &ReadOptions::default())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+    let (mut keys, mut skipped, mut seen) = (Vec::new(), Vec::new(), HashSet::new());
+    while let Some(e) = entries.next().await {
+        let e = e.map_err(|e| bad(e.to_string()))?;
+        match e.entry.map_err(|r| r.to_string()).and_then(|entry| {
+            spotbatch_records::resolve_list_entry(&m.input, &entry).map(|r| (entry, r))
+        }) {
+            Ok((_, spotbatch_records::Resolved::Key(k))) => {
+                if seen.insert(k.clone()) {
+                    keys.push(k);
+                }
+            }
+            Ok((entry, spotbatch_records::Resolved::Url(_))) => skipped.push(Skipped {
+                key: e.at.to_string(),
+                reason: format!(
+                    "{entry:?} is outside input.uri ({}): list inputs below it, or make it the input.uri",
+                    m.input
+                ),
+            }),
+            Err(why) => skipped.push(Skipped {
+                key: e.at.to_string(),
+                reason: why,
+            }),
+        }
+    }
+    Ok((keys, skipped))
+}
+
+/// Plans a record job from its files' metadata, and fixes its column types.
+async fn plan_records(m: &Manifest) -> Result<Plan, PlanError> {
+    let Some(format) = m.raw.input.format.records() else {
+        return Err(PlanError::Glob("not a record job".into()));
+    };
+    let input = Prefix::open(&m.input)?;
+    let glob = match &m.raw.input.glob {
+        Some(g) => {
+            Some(spotbatch_proto::compile_glob(g).map_err(|e| PlanError::Glob(e.to_string()))?)
+        }
+        None => None,
+    };
+    let (source, files) = spotbatch_records::discover(
+        input.store(),
+        input.root().clone(),
+        input.url().as_str(),
+        glob.as_ref(),
+    )
+    .await?;
+    let outputs_below = outputs_below(m);
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|f| {
+            outputs_below
+                .as_ref()
+                .is_none_or(|rel| !f.key.starts_with(rel.as_str()))
+        })
+        .collect();
+    let Some(first) = files.first().cloned() else {
+        return Err(PlanError::NoInputs {
+            url: m.input.to_string(),
+            glob: m.raw.input.glob.clone(),
+        });
+    };
+    let opts = spotbatch_records::PlanOptions {
+        split_bytes: m.raw.input.split_bytes,
+        max_rows: m.raw.queue.shard_size as u64,
+        ..Default::default()
+    };
+    let splits = spotbatch_records::plan_all(&source, files, format, &opts).await?;
+    let (proj, read_opts) = projection(m);
+    // The columns are checked (Parquet schema, CSV header) and typed on the first file.
+    let schema =
+        spotbatch_records::schema::resolve(&source, format, &first, &proj, &read_opts).await?;
+    let manifest_url = stored_manifest_url(m);
+    let items_known = format == spotbatch_records::Format::Parquet;
+    let total_items = splits.iter().filter_map(|s| s.rows()).sum();
+    let shards = splits
+        .into_iter()
+        .enumerate()
+        .map(|(i, split)| ShardTask {
+            v: TASK_VERSION_SPLIT,
+            job: m.job_id.clone(),
+            shard: split_shard_id(&m.job_id, &split),
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            manifest_digest: m.digest.clone(),
+            keys: Vec::new(),
+            split: Some(split),
+            manifest: manifest_url.clone(),
+        })
+        .collect();
+    Ok(Plan {
+        job_id: m.job_id.clone(),
+        shards,
+        total_items,
+        items_known,
+        schema: Some(schema),
+        skipped: Vec::new(),
+    })
+}
+
+/// Stores what workers read beside the results: the manifest (for workers that find the job
+/// through a shard's reference) and a record job's column types.
+pub async fn store_plan(layout: &JobLayout, m: &Manifest, plan: &Plan) -> Result<(), PlanError> {
+    layout.store_manifest(m).await?;
+    if let Some(schema) = &plan.schema {
+        let bytes = serde_json::to_vec_pretty(schema).unwrap_or_default();
+        layout
+            .prefix
+            .put(JobLayout::SCHEMA_KEY, bytes::Bytes::from(bytes))
+            .await?;
+    }
+    Ok(())
 }
 
 /// What [`enqueue_plan`] did.

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod manifest;
+pub mod split;
 mod table;
 
 /// The gRPC APIs, generated at build time: the coordinator's (`proto/coordinator.proto`) and the
@@ -20,14 +21,18 @@ use sha2::{Digest, Sha256};
 
 pub use manifest::{FieldError, Manifest, ManifestError, RawManifest};
 
-/// The version of [`ShardTask`] this build writes and reads.
+/// The version of a [`ShardTask`] naming its input keys (one object per item).
 pub const TASK_VERSION: u32 = 1;
+/// The version of a [`ShardTask`] naming a part of a record file ([`split::Split`]); builds that
+/// only know version 1 refuse it rather than misread it.
+pub const TASK_VERSION_SPLIT: u32 = 2;
 
 /// One queue message: a shard of a job. Small and self-describing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardTask {
-    /// Always [`TASK_VERSION`]: a message with another version is not ours to interpret.
+    /// [`TASK_VERSION`] (keys) or [`TASK_VERSION_SPLIT`] (a split): a message with another
+    /// version is not ours to interpret.
     pub v: u32,
     /// The job id (`name-DIGEST`).
     pub job: String,
@@ -37,8 +42,12 @@ pub struct ShardTask {
     pub index: u32,
     /// Digest of the job's manifest, to find it and to check it is the right one.
     pub manifest_digest: String,
-    /// Input keys, relative to the job's input prefix, in order.
+    /// Input keys, relative to the job's input prefix, in order (version 1; empty in version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
+    /// The part of a record file the shard is (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<split::Split>,
     /// Where the job's stored manifest is (`OUTPUT/JOB/_manifest.json`), for workers that were not
     /// given the manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +62,7 @@ pub enum TaskError {
     Foreign(String),
     /// A spotbatch shard of a version this build does not know.
     #[error(
-        "shard message version {0} is not supported (this build reads version {TASK_VERSION})"
+        "shard message version {0} is not supported (this build reads versions {TASK_VERSION} and {TASK_VERSION_SPLIT})"
     )]
     Version(u32),
 }
@@ -73,16 +82,24 @@ impl ShardTask {
         let probe: Probe =
             serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
         match probe.v {
-            Some(TASK_VERSION) => {}
+            Some(TASK_VERSION | TASK_VERSION_SPLIT) => {}
             Some(other) => return Err(TaskError::Version(other)),
             None => return Err(TaskError::Foreign("no version field \"v\"".into())),
         }
         let task: ShardTask =
             serde_json::from_slice(body).map_err(|e| TaskError::Foreign(e.to_string()))?;
-        if task.keys.is_empty() || task.shard.is_empty() || task.job.is_empty() {
-            return Err(TaskError::Foreign("empty job, shard or key list".into()));
+        if task.shard.is_empty() || task.job.is_empty() {
+            return Err(TaskError::Foreign("empty job or shard".into()));
         }
-        Ok(task)
+        match (task.v, task.keys.is_empty(), &task.split) {
+            (TASK_VERSION, false, None) | (TASK_VERSION_SPLIT, true, Some(_)) => Ok(task),
+            (TASK_VERSION, _, _) => Err(TaskError::Foreign(
+                "a version 1 shard names its keys and no split".into(),
+            )),
+            _ => Err(TaskError::Foreign(
+                "a version 2 shard names a split and no keys".into(),
+            )),
+        }
     }
 }
 
@@ -99,6 +116,16 @@ pub fn shard_id(job: &str, keys: &[String]) -> String {
         h.update([0u8]);
     }
     h.update((keys.len() as u64).to_le_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// A record shard's id: a hash of the job id and exactly the part of the file it is.
+pub fn split_shard_id(job: &str, split: &split::Split) -> String {
+    let mut h = Sha256::new();
+    for part in [job, "split", &split.id_input()] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
     hex::encode(&h.finalize()[..8])
 }
 
@@ -165,18 +192,38 @@ impl OutputRow {
 
 impl Serialize for OutputRow {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.serialize_with(s, &[])
+    }
+}
+
+/// A row's JSON field for its kind.
+fn result_field(kind: manifest::PostKind) -> &'static str {
+    match kind {
+        manifest::PostKind::Classify => "top_k",
+        manifest::PostKind::Embedding => "embedding",
+        manifest::PostKind::Raw => "tensor",
+    }
+}
+
+impl OutputRow {
+    /// Serialises the row as a JSON object: `key`, then the `carried` columns (the input's id and
+    /// carried columns, by name), then the kind's field and `error`.
+    pub fn serialize_with<S: serde::Serializer>(
+        &self,
+        s: S,
+        carried: &[(&str, serde_json::Value)],
+    ) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Tensor<'a> {
             shape: &'a [usize],
             data: &'a [f32],
         }
-        let mut m = s.serialize_map(Some(3))?;
+        let mut m = s.serialize_map(Some(3 + carried.len()))?;
         m.serialize_entry("key", &self.key)?;
-        let field = match self.kind {
-            manifest::PostKind::Classify => "top_k",
-            manifest::PostKind::Embedding => "embedding",
-            manifest::PostKind::Raw => "tensor",
-        };
+        for (name, v) in carried {
+            m.serialize_entry(name, v)?;
+        }
+        let field = result_field(self.kind);
         match &self.value {
             None => m.serialize_entry(field, &())?,
             Some(RowValue::TopK(t)) => m.serialize_entry(field, t)?,
@@ -187,6 +234,56 @@ impl Serialize for OutputRow {
         }
         m.serialize_entry("error", &self.error)?;
         m.end()
+    }
+
+    /// Reads back a row written by [`OutputRow::serialize_with`] (a partial result's line), with
+    /// the values of the `carried` names as written; `None` when the line is not such a row.
+    pub fn from_json_line(
+        line: &str,
+        kind: manifest::PostKind,
+        carried: &[&str],
+    ) -> Option<(Self, Vec<serde_json::Value>)> {
+        #[derive(Deserialize)]
+        struct Tensor {
+            shape: Vec<usize>,
+            data: Vec<f32>,
+        }
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).ok()?;
+        let key = v.remove("key")?.as_str()?.to_string();
+        let error = match v.remove("error") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(e)) => Some(e),
+            Some(_) => return None,
+        };
+        let value = match v.remove(result_field(kind)) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => Some(match kind {
+                manifest::PostKind::Classify => RowValue::TopK(serde_json::from_value(x).ok()?),
+                manifest::PostKind::Embedding => {
+                    RowValue::Embedding(serde_json::from_value(x).ok()?)
+                }
+                manifest::PostKind::Raw => {
+                    let t: Tensor = serde_json::from_value(x).ok()?;
+                    RowValue::Tensor {
+                        shape: t.shape,
+                        data: t.data,
+                    }
+                }
+            }),
+        };
+        let carried = carried
+            .iter()
+            .map(|n| v.remove(*n).unwrap_or(serde_json::Value::Null))
+            .collect();
+        Some((
+            Self {
+                key,
+                kind,
+                value,
+                error,
+            },
+            carried,
+        ))
     }
 }
 
@@ -234,9 +331,29 @@ mod tests {
             index: 0,
             manifest_digest: "d".into(),
             keys: vec!["ünï/ 1.png".into()],
+            split: None,
             manifest: Some("s3://b/out/j-1/_manifest.json".into()),
         };
         assert_eq!(ShardTask::from_bytes(&t.to_bytes()).unwrap(), t);
+        let s = ShardTask {
+            v: TASK_VERSION_SPLIT,
+            keys: Vec::new(),
+            split: Some(split::Split::Jsonl(split::ByteSplit {
+                key: "data/a.jsonl".into(),
+                size: 100,
+                start: 0,
+                end: 50,
+            })),
+            ..t.clone()
+        };
+        assert_eq!(ShardTask::from_bytes(&s.to_bytes()).unwrap(), s);
+        // A version 2 shard without its split, or a version 1 shard with one, is not ours.
+        let mut bad = s.clone();
+        bad.v = TASK_VERSION;
+        assert!(matches!(
+            ShardTask::from_bytes(&bad.to_bytes()),
+            Err(TaskError::Foreign(_))
+        ));
         assert!(matches!(
             ShardTask::from_bytes(b"\x00\xff garbage"),
             Err(TaskError::Foreign(_))
@@ -249,6 +366,34 @@ mod tests {
             ShardTask::from_bytes(br#"{"v":99,"x":1}"#),
             Err(TaskError::Version(99))
         ));
+    }
+
+    #[test]
+    fn rows_with_carried_columns_read_back_as_written() {
+        let row = OutputRow {
+            key: "docs.jsonl#120".into(),
+            kind: manifest::PostKind::Embedding,
+            value: Some(RowValue::Embedding(vec![0.5, -0.25])),
+            error: None,
+        };
+        let carried = [
+            ("id", serde_json::json!(42)),
+            ("lang", serde_json::json!("en")),
+        ];
+        let mut out = Vec::new();
+        row.serialize_with(&mut serde_json::Serializer::new(&mut out), &carried)
+            .unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(
+            line,
+            r#"{"key":"docs.jsonl#120","id":42,"lang":"en","embedding":[0.5,-0.25],"error":null}"#
+        );
+        let (back, values) =
+            OutputRow::from_json_line(&line, manifest::PostKind::Embedding, &["id", "lang"])
+                .unwrap();
+        assert_eq!(back, row);
+        assert_eq!(values, vec![serde_json::json!(42), serde_json::json!("en")]);
+        assert!(OutputRow::from_json_line("not json", manifest::PostKind::Raw, &[]).is_none());
     }
 
     #[test]

@@ -46,6 +46,56 @@ pub struct InputSpec {
     /// Inputs larger than this many bytes become error rows without being read.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// `files` (one object per item, the default), or rows of `jsonl`, `csv` or `parquet` files.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: InputFormat,
+    /// JSONL/CSV: the bytes of a file one shard reads (its records are those starting in it).
+    #[serde(
+        default = "default_split_bytes",
+        skip_serializing_if = "is_default_split_bytes"
+    )]
+    pub split_bytes: u64,
+    /// `files`: a text, CSV or Parquet file listing the object keys or URIs to process, instead
+    /// of listing `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// Records: a column holding a stable id per row, carried into the output under its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
+    /// CSV: the field delimiter (one ASCII character).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv_delimiter: Option<String>,
+    /// CSV: whether quoted fields may hold newlines (RFC 4180, the default). `false` takes every
+    /// line as a record, for files with stray quotes.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub csv_quoted_newlines: bool,
+}
+
+/// What the inputs are (`input.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// One object per item (images, or one document per file).
+    #[default]
+    Files,
+    /// One JSON object per line.
+    Jsonl,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl InputFormat {
+    /// The record format, for record inputs.
+    pub fn records(self) -> Option<crate::split::Format> {
+        match self {
+            InputFormat::Files => None,
+            InputFormat::Jsonl => Some(crate::split::Format::Jsonl),
+            InputFormat::Csv => Some(crate::split::Format::Csv),
+            InputFormat::Parquet => Some(crate::split::Format::Parquet),
+        }
+    }
 }
 
 /// `[model]`
@@ -217,6 +267,54 @@ pub struct PreprocessSpec {
     /// or `gpu`. Decoding is always on the CPU.
     #[serde(default, skip_serializing_if = "is_default")]
     pub device: PreprocessDevice,
+    /// `image` (the default) or `text` (tokenized with a HuggingFace `tokenizer.json`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: PreKind,
+    /// Text: the record column holding the text (default `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// Text: the HuggingFace `tokenizer.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// Text: tokens per item at most (longer texts are truncated; default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+}
+
+/// What an item is to the model (`preprocess.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PreKind {
+    /// An image: decoded, converted, resized, normalised.
+    #[default]
+    Image,
+    /// A text: tokenized; the model is fed `input_ids`, `attention_mask` and, when it has one,
+    /// `token_type_ids`.
+    Text,
+}
+
+/// How a per-token output becomes one embedding (`postprocess.pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The mean over the item's real tokens (its attention mask).
+    #[default]
+    Mean,
+    /// The first token's vector.
+    Cls,
+    /// None: the model's output is already one vector per item.
+    None,
+}
+
+/// The rows' file format (`output.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per line.
+    #[default]
+    Jsonl,
+    /// Apache Parquet with typed columns.
+    Parquet,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -234,6 +332,10 @@ impl Default for PreprocessSpec {
             std: None,
             max_pixels: default_max_pixels(),
             device: PreprocessDevice::default(),
+            kind: PreKind::default(),
+            text_column: None,
+            tokenizer: None,
+            max_length: None,
         }
     }
 }
@@ -270,6 +372,10 @@ pub struct PostprocessSpec {
     /// L2-normalise embeddings.
     #[serde(default)]
     pub normalize: bool,
+    /// Text embeddings: `mean` over the real tokens (the default), `cls`, or `none` when the model
+    /// gives one vector per item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
 }
 
 impl Default for PostprocessSpec {
@@ -280,6 +386,7 @@ impl Default for PostprocessSpec {
             labels: None,
             softmax: false,
             normalize: false,
+            pooling: None,
         }
     }
 }
@@ -288,8 +395,14 @@ impl Default for PostprocessSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// A folder or object-store prefix; rows go to `URI/JOB_ID/part-SHARD.jsonl`.
+    /// A folder or object-store prefix; rows go to `URI/JOB_ID/part-SHARD.jsonl` (or `.parquet`).
     pub uri: String,
+    /// `jsonl` (the default) or `parquet`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: OutputFormat,
+    /// Records: input columns carried through to each output row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 /// `[queue]`
@@ -324,6 +437,20 @@ impl Default for QueueSpec {
 const fn default_max_bytes() -> u64 {
     64 << 20
 }
+const fn default_split_bytes() -> u64 {
+    4 << 20
+}
+fn is_default_split_bytes(v: &u64) -> bool {
+    *v == default_split_bytes()
+}
+const fn default_true() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
+/// Tokens per text item when `preprocess.max_length` is not given.
+pub const DEFAULT_MAX_LENGTH: usize = 128;
 const fn default_batch_size() -> usize {
     32
 }
@@ -418,6 +545,10 @@ pub struct Manifest {
     pub model: Url,
     /// The labels file, if any.
     pub labels: Option<Url>,
+    /// The tokenizer file (text), if any.
+    pub tokenizer: Option<Url>,
+    /// The file listing the inputs (`input.list`), if any.
+    pub list: Option<Url>,
     /// The output prefix for this job: `output.uri/JOB_ID/`.
     pub output: Url,
     /// The queue URI with relative SQLite paths resolved.
@@ -617,6 +748,16 @@ impl Manifest {
                 "only applies to kind = \"embedding\"",
             ));
         }
+        check_records_and_text(&raw, &mut errs);
+        let tokenizer =
+            raw.preprocess.tokenizer.as_deref().map(|t| {
+                resolve(t, base_dir).map_err(|m| FieldError::new("preprocess.tokenizer", m))
+            });
+        let list = raw
+            .input
+            .list
+            .as_deref()
+            .map(|l| resolve(l, base_dir).map_err(|m| FieldError::new("input.list", m)));
         let labels = q
             .labels
             .as_deref()
@@ -658,6 +799,8 @@ impl Manifest {
         let input = take(input);
         let model = take(model);
         let labels = labels.map(&mut take);
+        let tokenizer = tokenizer.map(&mut take);
+        let list = list.map(&mut take);
         let output_root = take(output_root);
         let queue_uri = match queue_uri {
             Ok(q) => Some(q),
@@ -678,6 +821,8 @@ impl Manifest {
             )]);
         };
         let labels = labels.flatten();
+        let tokenizer = tokenizer.flatten();
+        let list = list.flatten();
         let digest = identity_digest(&raw);
         let job_id = format!("{}-{}", raw.name, &digest[..12]);
         let output = output_root
@@ -690,11 +835,33 @@ impl Manifest {
             input,
             model,
             labels,
+            tokenizer,
+            list,
             output,
             queue_uri,
             mean,
             std,
         })
+    }
+
+    /// Whether the inputs are rows of record files.
+    pub fn is_records(&self) -> bool {
+        self.raw.input.format != InputFormat::Files
+    }
+
+    /// The record column holding the text (text items of record inputs).
+    pub fn text_column(&self) -> &str {
+        self.raw.preprocess.text_column.as_deref().unwrap_or("text")
+    }
+
+    /// Tokens per text item at most.
+    pub fn max_length(&self) -> usize {
+        self.raw.preprocess.max_length.unwrap_or(DEFAULT_MAX_LENGTH)
+    }
+
+    /// How per-token outputs become one embedding (text embeddings).
+    pub fn pooling(&self) -> Pooling {
+        self.raw.postprocess.pooling.unwrap_or_default()
     }
 
     /// Channels the model sees per pixel.
@@ -714,6 +881,8 @@ impl Manifest {
         raw.input.uri = self.input.to_string();
         raw.model.uri = self.model.to_string();
         raw.postprocess.labels = self.labels.as_ref().map(|u| u.to_string());
+        raw.preprocess.tokenizer = self.tokenizer.as_ref().map(|u| u.to_string());
+        raw.input.list = self.list.as_ref().map(|u| u.to_string());
         raw.output.uri = self
             .output
             .join("..")
@@ -752,6 +921,143 @@ impl Manifest {
         m.job_id = stored.job_id;
         m.digest = stored.digest;
         Ok(m)
+    }
+}
+
+/// The rules that tie record inputs, text models, pooling and output columns together.
+fn check_records_and_text(raw: &RawManifest, errs: &mut Vec<FieldError>) {
+    let (i, p, q, o) = (&raw.input, &raw.preprocess, &raw.postprocess, &raw.output);
+    let records = i.format != InputFormat::Files;
+    let fmt = |f: InputFormat| match f {
+        InputFormat::Files => "files",
+        InputFormat::Jsonl => "jsonl",
+        InputFormat::Csv => "csv",
+        InputFormat::Parquet => "parquet",
+    };
+    if records && p.kind != PreKind::Text {
+        errs.push(FieldError::new(
+            "preprocess.kind",
+            format!(
+                "input.format = \"{}\" feeds rows of text: set kind = \"text\" (with a tokenizer)",
+                fmt(i.format)
+            ),
+        ));
+    }
+    if i.list.is_some() && records {
+        errs.push(FieldError::new(
+            "input.list",
+            "lists object keys for input.format = \"files\"; record files are found under input.uri",
+        ));
+    }
+    if i.list.is_some() && i.glob.is_some() {
+        errs.push(FieldError::new(
+            "input.glob",
+            "does not apply with input.list (the list names the inputs); leave one out",
+        ));
+    }
+    if !(1024..=(1 << 30)).contains(&i.split_bytes) {
+        errs.push(FieldError::new(
+            "input.split_bytes",
+            format!("{} is out of range 1024..=1073741824", i.split_bytes),
+        ));
+    }
+    for (set, field) in [
+        (i.id_column.is_some(), "input.id_column"),
+        (!o.columns.is_empty(), "output.columns"),
+    ] {
+        if set && !records {
+            errs.push(FieldError::new(
+                field,
+                "applies to record inputs (input.format = \"jsonl\", \"csv\" or \"parquet\")",
+            ));
+        }
+    }
+    for (name, field) in [
+        (i.id_column.as_deref(), "input.id_column"),
+        (p.text_column.as_deref(), "preprocess.text_column"),
+    ] {
+        if name == Some("") {
+            errs.push(FieldError::new(field, "must not be empty"));
+        }
+    }
+    let reserved = ["key", "error", "top_k", "embedding", "tensor"];
+    let mut seen = std::collections::HashSet::new();
+    for c in o.columns.iter().chain(i.id_column.iter()) {
+        if c.is_empty() || reserved.contains(&c.as_str()) {
+            errs.push(FieldError::new(
+                "output.columns",
+                format!("{c:?}: not a usable column name in the output (key, error, top_k, embedding and tensor are spotbatch's)"),
+            ));
+        } else if !seen.insert(c.as_str()) {
+            errs.push(FieldError::new(
+                "output.columns",
+                format!("{c:?} is named twice (the id column is carried already)"),
+            ));
+        }
+    }
+    if let Some(d) = &i.csv_delimiter {
+        if d.len() != 1 || !d.is_ascii() || d == "\"" || d == "\n" || d == "\r" {
+            errs.push(FieldError::new(
+                "input.csv_delimiter",
+                format!("{d:?}: one ASCII character other than a quote or a newline"),
+            ));
+        }
+    }
+    if (i.csv_delimiter.is_some() || !i.csv_quoted_newlines) && i.format != InputFormat::Csv {
+        errs.push(FieldError::new(
+            "input.csv_delimiter",
+            "CSV settings apply to input.format = \"csv\"",
+        ));
+    }
+    match p.kind {
+        PreKind::Text => {
+            if p.tokenizer.is_none() {
+                errs.push(FieldError::new(
+                    "preprocess.tokenizer",
+                    "missing: kind = \"text\" needs a HuggingFace tokenizer.json",
+                ));
+            }
+            if let Some(n) = p.max_length {
+                if !(2..=8192).contains(&n) {
+                    errs.push(FieldError::new(
+                        "preprocess.max_length",
+                        format!("{n} is out of range 2..=8192"),
+                    ));
+                }
+            }
+            for (set, field) in [
+                (p.resize.is_some(), "preprocess.resize"),
+                (p.mean.is_some(), "preprocess.mean"),
+                (p.std.is_some(), "preprocess.std"),
+            ] {
+                if set {
+                    errs.push(FieldError::new(
+                        field,
+                        "applies to images, not kind = \"text\"",
+                    ));
+                }
+            }
+        }
+        PreKind::Image => {
+            for (set, field) in [
+                (p.tokenizer.is_some(), "preprocess.tokenizer"),
+                (p.text_column.is_some(), "preprocess.text_column"),
+                (p.max_length.is_some(), "preprocess.max_length"),
+            ] {
+                if set {
+                    errs.push(FieldError::new(
+                        field,
+                        "applies to kind = \"text\", not images",
+                    ));
+                }
+            }
+        }
+    }
+    if q.pooling.is_some() && (q.kind != PostKind::Embedding || p.kind != PreKind::Text) {
+        errs.push(FieldError::new(
+            "postprocess.pooling",
+            "applies to text embeddings (preprocess.kind = \"text\", kind = \"embedding\")",
+        ));
     }
 }
 

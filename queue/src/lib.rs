@@ -24,9 +24,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub mod conformance;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
 pub mod sqlite;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 
 /// What can go wrong talking to a queue. Every variant names the queue (and the item where there
@@ -206,6 +208,17 @@ impl Default for QueueConfig {
     }
 }
 
+/// The error for a queue scheme whose backend this build left out.
+#[allow(dead_code)] // used only in builds without one of the features
+fn not_built(uri: &str, feature: &str) -> QueueError {
+    QueueError::InvalidUri {
+        uri: uri.to_string(),
+        reason: format!(
+            "this build has no {feature} queues (built without the `{feature}` feature)"
+        ),
+    }
+}
+
 /// Opens a queue from its URI: `sqlite://PATH[?queue=NAME]`, `sqs://NAME[?region=…&endpoint=…]`,
 /// an SQS queue URL, or `kafka://BROKER[,BROKER…]/TOPIC[?partitions=N&group=G]`.
 ///
@@ -215,13 +228,73 @@ pub async fn open(uri: &str, config: QueueConfig) -> Result<Box<dyn LeaseQueue>>
     let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "sqlite" => Ok(Box::new(sqlite::SqliteQueue::open_uri(uri, config).await?)),
+        #[cfg(feature = "sqs")]
         "sqs" | "http" | "https" => Ok(Box::new(sqs::SqsQueue::open_uri(uri, config).await?)),
+        #[cfg(feature = "kafka")]
         "kafka" => Ok(Box::new(kafka::KafkaQueue::open_uri(uri, config).await?)),
+        #[cfg(not(feature = "sqs"))]
+        "sqs" | "http" | "https" => Err(not_built(uri, "sqs")),
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(not_built(uri, "kafka")),
         _ => Err(QueueError::InvalidUri {
             uri: uri.to_string(),
-            reason: "expected sqlite://PATH, sqs://NAME, an SQS queue URL or kafka://BROKER[,BROKER…]/TOPIC"
+            reason: "expected sqlite://PATH, sqs://NAME, an SQS queue URL or kafka://BROKERS/TOPIC"
                 .to_string(),
         }),
+    }
+}
+
+/// What [`create`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A SQLite queue file (dead letters live in the same file).
+    Sqlite,
+    /// A Kafka topic and its `TOPIC-dlq`.
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// Its partitions.
+        partitions: u32,
+    },
+    /// An SQS queue, and its dead-letter queue when asked for.
+    Sqs {
+        /// The queue's URL.
+        url: String,
+        /// Receives before the redrive policy moves a message to the DLQ, when there is one.
+        dlq_after: Option<u32>,
+    },
+}
+
+/// Creates the queue `uri` names (idempotent): a SQLite file, a Kafka topic with its DLQ topic,
+/// or an SQS queue (with `dlq`, `NAME-dlq` and a redrive policy after `max_attempts` receives).
+pub async fn create(uri: &str, dlq: bool, max_attempts: u32) -> Result<Created> {
+    let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "sqlite" => {
+            open(uri, QueueConfig { max_attempts }).await?;
+            Ok(Created::Sqlite)
+        }
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            kafka::create(uri).await?;
+            let t = kafka::parse_uri(uri)?;
+            Ok(Created::Kafka {
+                topic: t.topic,
+                partitions: u32::try_from(t.partitions).unwrap_or(0),
+            })
+        }
+        #[cfg(feature = "sqs")]
+        _ if scheme != "kafka" => Ok(Created::Sqs {
+            url: sqs::SqsQueue::create(uri, dlq, max_attempts).await?,
+            dlq_after: dlq.then_some(max_attempts),
+        }),
+        _ => {
+            let _ = dlq;
+            Err(QueueError::InvalidUri {
+                uri: uri.to_string(),
+                reason: "this build has no such queue backend (sqlite:// always; sqs:// and kafka:// with their features)".into(),
+            })
+        }
     }
 }
 

@@ -36,6 +36,6 @@ pub use list::{read_list, resolve as resolve_list_entry, ListEntry, ListFormat, 
 pub use plan::{plan, plan_all, ByteSplit, Format, PlanOptions, RowSplit, Split};
 pub use reader::{read_bytes, read_parquet_bytes, read_split, RecordStream};
 pub use record::{Column, CsvOptions, Fields, Projection, ReadOptions, Record};
-pub use source::{discover, FileMeta, RangedBytes, Source};
+pub use source::{discover, source_for, FileMeta, RangedBytes, Source};
 pub use value::{Mismatch, Value};
 pub use writer::{PartRow, PartSchema, PartSummary, PartWriter, ResultKind, WriterOptions};

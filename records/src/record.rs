@@ -2,13 +2,14 @@
 //! what it is asked for: a [`Projection`] and [`ReadOptions`].
 
 use arrow_schema::DataType;
+use serde::{Deserialize, Serialize};
 
 use crate::error::RowError;
 use crate::key::RecordKey;
 use crate::value::Value;
 
 /// A column to carry, and the type it has in the job's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     /// The input column (JSON field, CSV header name, Parquet top-level column).
     pub name: String,
@@ -29,7 +30,7 @@ impl Column {
 
 /// The fields a reader extracts from each record; everything else is skipped unparsed (JSON) or
 /// not fetched (Parquet).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Projection {
     /// The text column (`[preprocess] text_column`): must be a string; missing, null or not a
     /// string is that row's error.

@@ -84,12 +84,7 @@ pub async fn discover(
         // A folder (local stores refuse to HEAD one) or nothing is listed below instead.
         if let Ok(meta) = store.head(&path).await {
             let name = path.filename().unwrap_or_default().to_string();
-            let parent = Path::from_iter(path.parts().take(path.parts().count() - 1));
-            let parent_url = url
-                .trim_end_matches('/')
-                .rsplit_once('/')
-                .map_or(url, |(p, _)| p)
-                .to_string();
+            let (parent, parent_url) = parent_of(&path, url);
             return Ok((
                 Source::new(store, parent, parent_url),
                 vec![FileMeta {
@@ -118,6 +113,28 @@ pub async fn discover(
         .await?;
     files.sort_by(|a, b| a.key.cmp(&b.key));
     Ok((source, files))
+}
+
+/// The source a planned job reads from, without listing: when `path` is an object (the input is
+/// one data file), its folder (the splits' keys are the file's name); otherwise `path` itself.
+/// One metadata request at most.
+pub async fn source_for(store: Arc<dyn ObjectStore>, path: Path, url: &str) -> Source {
+    if path.as_ref() != "" && store.head(&path).await.is_ok() {
+        let (parent, parent_url) = parent_of(&path, url);
+        return Source::new(store, parent, parent_url);
+    }
+    Source::new(store, path, url)
+}
+
+/// The folder of the object at `path` (named `url`), and its URL.
+fn parent_of(path: &Path, url: &str) -> (Path, String) {
+    let parent = Path::from_iter(path.parts().take(path.parts().count() - 1));
+    let parent_url = url
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .map_or(url, |(p, _)| p)
+        .to_string();
+    (parent, parent_url)
 }
 
 /// The first continuation read past a range's end; each further one doubles, up to the max.

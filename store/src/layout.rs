@@ -6,7 +6,9 @@
 //! - `_partial/SHARD.jsonl`: rows a drained worker finished before handing the shard back (the
 //!   keys in it are the resume cursor); deleted once the shard is done;
 //! - `_cost/WORKER.json`: a worker's [`Ledger`] for the job;
-//! - `_manifest.json`: the manifest the job was planned from, every location resolved.
+//! - `_manifest.json`: the manifest the job was planned from, every location resolved;
+//! - `_schema.json`: a record job's columns with the types fixed at planning (every part file of
+//!   the job has the same schema).
 
 use bytes::Bytes;
 use spotbatch_proto::{DoneMarker, Manifest};
@@ -47,6 +49,8 @@ const MAX_STATE_FILE_BYTES: u64 = 16 << 20;
 impl JobLayout {
     /// Key of the stored manifest.
     pub const MANIFEST_KEY: &'static str = "_manifest.json";
+    /// Key of a record job's column types.
+    pub const SCHEMA_KEY: &'static str = "_schema.json";
     const DONE_DIR: &'static str = "_done/";
     const PARTIAL_DIR: &'static str = "_partial/";
     const COST_DIR: &'static str = "_cost/";

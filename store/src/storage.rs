@@ -150,6 +150,21 @@ impl Prefix {
         Ok((Self::open(&parent)?, name))
     }
 
+    /// The store.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The root path in the store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The store path of `key` below the prefix (see [`Prefix::get`] for how keys map).
+    pub fn path_of(&self, key: &str) -> Result<Path, StorageError> {
+        self.path(key)
+    }
+
     /// The prefix's URL.
     pub fn url(&self) -> &Url {
         &self.url

@@ -70,7 +70,10 @@ impl Coord {
             .arg(http.to_string())
             .arg("--state")
             .arg(dir.join("state"))
-            .env("SPOTBATCH_LOG", "spotbatch_coordinator=info")
+            .env(
+                "SPOTBATCH_LOG",
+                "spotbatch_coordinator=info,spotbatch_net=info",
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -152,6 +152,20 @@ impl TextTokenizer {
         Self::new(inner, path, max_length)
     }
 
+    /// Loads a `tokenizer.json` from its bytes (read from anywhere); `name` names it in messages.
+    pub fn from_bytes(
+        bytes: &[u8],
+        name: impl Into<PathBuf>,
+        max_length: usize,
+    ) -> Result<Self, TokenizerError> {
+        let path = name.into();
+        let inner = Tokenizer::from_bytes(bytes).map_err(|source| TokenizerError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        Self::new(inner, path, max_length)
+    }
+
     fn new(mut inner: Tokenizer, path: PathBuf, max_length: usize) -> Result<Self, TokenizerError> {
         let special = inner
             .get_post_processor()

@@ -11,6 +11,16 @@ pub struct GpuUnavailable(pub String);
 
 /// How many GPUs the CUDA driver sees; an error says why none can be used (no driver library,
 /// driver failure).
+#[cfg(not(feature = "gpu"))]
+pub fn cuda_device_count() -> Result<usize, GpuUnavailable> {
+    Err(GpuUnavailable(
+        "this build has no GPU support (built without the gpu feature)".into(),
+    ))
+}
+
+/// How many GPUs the CUDA driver sees; an error says why none can be used (no driver library,
+/// driver failure).
+#[cfg(feature = "gpu")]
 pub fn cuda_device_count() -> Result<usize, GpuUnavailable> {
     // SAFETY: only tries to open the driver library.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -34,6 +44,14 @@ pub fn cuda_device_count() -> Result<usize, GpuUnavailable> {
 
 /// Publishes GPU utilisation and memory from NVML every `every`, when NVML is present; returns
 /// whether it is (without NVML the worker says so once and carries on).
+#[cfg(not(feature = "gpu"))]
+pub fn spawn_nvml_metrics(_every: Duration) -> bool {
+    false
+}
+
+/// Publishes GPU utilisation and memory from NVML every `every`, when NVML is present; returns
+/// whether it is (without NVML the worker says so once and carries on).
+#[cfg(feature = "gpu")]
 pub fn spawn_nvml_metrics(every: Duration) -> bool {
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(n) => n,

@@ -3,7 +3,7 @@
 //! | error | policy |
 //! | --- | --- |
 //! | [`ShardError::Item`]: one bad input (not an image, too large, missing, a malformed row, the model failing on it alone) | [`Policy::ErrorRow`]: its row carries the reason, the shard goes on |
-//! | [`ShardError::Storage`], [`ShardError::Job`], [`ShardError::Pipeline`], [`ShardError::Output`], [`ShardError::Peer`] | [`Policy::Retry`]: the attempt fails, the shard is released with the reason; the queue dead-letters it after `max_attempts` |
+//! | [`ShardError::Storage`], [`ShardError::Read`], [`ShardError::Job`], [`ShardError::Pipeline`], [`ShardError::Output`], [`ShardError::Peer`] | [`Policy::Retry`]: the attempt fails, the shard is released with the reason; the queue dead-letters it after `max_attempts` |
 //! | [`ShardError::LeaseLost`] | [`Policy::Stop`]: someone else may own the shard now; write nothing, touch nothing on the queue |
 //! | [`ShardError::Stopped`] | [`Policy::Release`]: handed back without counting an attempt |
 //! | [`ShardError::Foreign`] | [`Policy::DeadLetter`]: a message that can never succeed goes to the dead-letter queue at once |
@@ -11,7 +11,7 @@
 use spotbatch_proto::TaskError;
 use spotbatch_store::{GetError, StorageError};
 
-use crate::job::JobError;
+use crate::engine::EngineError;
 
 /// What becomes of an item or a shard when something goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,9 @@ pub enum ShardError {
     /// Reading inputs or writing outputs failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A record file could not be read (unreadable, changed, lacking a named column).
+    #[error("{0}")]
+    Read(String),
     /// The job could not be prepared on this worker (model, labels, manifest).
     #[error(transparent)]
     Job(#[from] JobError),
@@ -89,6 +92,7 @@ impl ShardError {
         match self {
             ShardError::Item { .. } => Policy::ErrorRow,
             ShardError::Storage(_)
+            | ShardError::Read(_)
             | ShardError::Job(_)
             | ShardError::Pipeline(_)
             | ShardError::Output(_)
@@ -156,4 +160,28 @@ mod tests {
         );
         assert_eq!(down.policy(), Policy::Retry);
     }
+}
+
+/// Why a job could not be prepared on this worker (every shard of it fails the same way).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// A file the job needs could not be read.
+    #[error("{field}: {message}")]
+    File {
+        /// The manifest field naming the file.
+        field: &'static str,
+        /// What went wrong, with the URL.
+        message: String,
+    },
+    /// The model could not be loaded or does not fit the manifest.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The shard names a job this worker was not given.
+    #[error("job {job} (manifest {digest}) is not known to this worker")]
+    Unknown {
+        /// The job id.
+        job: String,
+        /// Its manifest digest.
+        digest: String,
+    },
 }

@@ -2,170 +2,25 @@
 //! post-processing fitted to that model. Loaded once per job per worker and shared by its shards.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
-use spotbatch_proto::manifest::{DeviceSpec, PreprocessDevice};
+use spotbatch_proto::manifest::{DeviceSpec, OutputFormat, PostKind};
 use spotbatch_proto::{sha256_hex, Manifest, ShardTask};
+use spotbatch_records::{PartSchema, ResultKind};
 use spotbatch_store::{JobLayout, Prefix};
-use tracing::{info, warn};
 
-use crate::engine::{
-    CudaOptions, Device, DeviceAllocator, EngineError, EngineLoader, EngineOptions,
-    InferenceEngine, OrtLoader,
-};
-use crate::gpu::{GpuPreprocessor, TensorSpec};
-use crate::model::{check_output, parse_labels, plan_input, InputPlan};
+use crate::engine::{EngineError, EngineLoader, ModelInfo, OrtLoader};
+use crate::model::{check_output, parse_labels};
 use crate::postprocess::Postprocessor;
-use crate::preprocess::{ImagePreprocessor, ImageTarget, Preprocessor};
-use crate::sink::{JsonlSink, RowSink};
-use crate::source::{ItemSource, ObjectSource};
+use crate::sink::{JsonlSink, ParquetSink, RowSink};
+use crate::source::{ItemSource, ObjectSource, RecordSource};
 
-/// Why a job could not be prepared on this worker (every shard of it fails the same way).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum JobError {
-    /// A file the job needs could not be read.
-    #[error("{field}: {message}")]
-    File {
-        /// The manifest field naming the file.
-        field: &'static str,
-        /// What went wrong, with the URL.
-        message: String,
-    },
-    /// The model could not be loaded or does not fit the manifest.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// The shard names a job this worker was not given.
-    #[error("job {job} (manifest {digest}) is not known to this worker")]
-    Unknown {
-        /// The job id.
-        job: String,
-        /// Its manifest digest.
-        digest: String,
-    },
-}
+pub use crate::error::JobError;
+use crate::runtime::ModelFiles;
+pub use crate::runtime::ModelRuntime;
 
 /// Largest model or labels file read (model files are read whole into memory).
 const MAX_MODEL_BYTES: u64 = 4 << 30;
-
-/// A loaded model with its input plan and preprocessing. Jobs whose model file, model settings
-/// and preprocessing are the same share one, so their items fill the same batches.
-pub struct ModelRuntime {
-    /// An item's payload → its model input (run on the decode threads).
-    pub pre: Box<dyn Preprocessor>,
-    /// The input's shape per item.
-    pub plan: InputPlan,
-    /// The loaded model (used by the engine thread only).
-    pub engine: Mutex<Box<dyn InferenceEngine>>,
-    /// GPU preprocessing, when images are resized and normalised on the GPU, with the allocator
-    /// of the input tensors it writes.
-    pub gpu: Option<(Mutex<GpuPreprocessor>, Mutex<DeviceAllocator>)>,
-    /// Items per inference call.
-    pub batch_size: usize,
-    /// How long a partial batch waits for more items.
-    pub max_batch_delay: Duration,
-    /// Where the model runs.
-    pub device: Device,
-}
-
-impl ModelRuntime {
-    /// The batch size a batch of `n` items runs at: the model's fixed batch; on a GPU the next
-    /// power of two up to `batch_size` (padding), so the session sees a few shapes only (cuDNN
-    /// tunes its kernels once per shape); else `n`.
-    pub fn run_size(&self, n: usize) -> usize {
-        match (self.plan.fixed_batch, self.device) {
-            (Some(f), _) => f.max(n),
-            (None, Device::Cuda(_)) => n.next_power_of_two().min(self.batch_size).max(n),
-            (None, Device::Cpu) => n,
-        }
-    }
-}
-
-impl std::fmt::Debug for ModelRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelRuntime")
-            .field("device", &self.device)
-            .field("gpu_preprocess", &self.gpu.is_some())
-            .field("batch_size", &self.batch_size)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ModelRuntime {
-    /// Loads the model and fits the manifest's preprocessing to it.
-    fn load(
-        manifest: &Manifest,
-        model_bytes: &[u8],
-        intra_op_threads: Option<usize>,
-        device: DeviceSpec,
-        loader: &dyn EngineLoader,
-    ) -> Result<Self, JobError> {
-        let opts = EngineOptions {
-            input: manifest.raw.model.input.clone(),
-            output: manifest.raw.model.output.clone(),
-            intra_op_threads: intra_op_threads.unwrap_or(manifest.raw.model.intra_op_threads),
-            device,
-            cuda: CudaOptions::from_manifest(&manifest.raw.model),
-        };
-        if device != DeviceSpec::Cpu && manifest.raw.preprocess.device != PreprocessDevice::Cpu {
-            crate::gpu::compile_kernels_early();
-        }
-        let mut engine = loader.load(model_bytes, &opts)?;
-        let plan = plan_input(manifest, engine.info())?;
-        let image = ImagePreprocessor::new(manifest, &plan);
-        let device = engine.device();
-        let float = engine
-            .info()
-            .input
-            .float
-            .unwrap_or(crate::engine::Float::F32);
-        let want = manifest.raw.preprocess.device;
-        let gpu = match (device, want) {
-            (_, PreprocessDevice::Cpu) => None,
-            (Device::Cpu, PreprocessDevice::Gpu) => return Err(EngineError::Mismatch {
-                field: "preprocess.device",
-                message:
-                    "gpu needs the model on a GPU (model.device = cuda); it runs on the CPU here"
-                        .into(),
-            }
-            .into()),
-            (Device::Cpu, PreprocessDevice::Auto) => None,
-            (Device::Cuda(n), _) => {
-                match GpuPreprocessor::new(n, TensorSpec::for_images(&image, float))
-                    .map_err(|e| e.to_string())
-                    .and_then(|g| Ok((g, engine.device_allocator().map_err(|e| e.to_string())?)))
-                {
-                    Ok((g, a)) => Some((Mutex::new(g), Mutex::new(a))),
-                    Err(e) if want == PreprocessDevice::Gpu => {
-                        return Err(
-                            EngineError::Runtime(format!("preprocess.device = gpu: {e}")).into(),
-                        )
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "preprocessing on the CPU: the GPU path is not usable");
-                        None
-                    }
-                }
-            }
-        };
-        info!(job = %manifest.job_id, device = %device, gpu_preprocess = gpu.is_some(),
-              input = ?engine.info().input.element, "model loaded");
-        let target = if gpu.is_some() {
-            ImageTarget::Pixels
-        } else {
-            ImageTarget::Tensor
-        };
-        Ok(Self {
-            batch_size: plan.fixed_batch.unwrap_or(manifest.raw.model.batch_size),
-            max_batch_delay: Duration::from_millis(manifest.raw.model.max_batch_delay_ms),
-            pre: Box::new(image.with_target(target)),
-            plan,
-            engine: Mutex::new(engine),
-            gpu,
-            device,
-        })
-    }
-}
 
 /// Everything a worker needs to run one job's shards.
 pub struct JobContext {
@@ -173,8 +28,10 @@ pub struct JobContext {
     pub manifest: Manifest,
     /// Reads a shard's items.
     pub source: Arc<dyn ItemSource>,
-    /// Encodes a shard's rows as its part file.
+    /// Writes a shard's rows as its part file.
     pub sink: Arc<dyn RowSink>,
+    /// A record job's carried columns' names (the id column first), as rows carry them.
+    pub carried: Vec<String>,
     /// The job's output prefix.
     pub layout: JobLayout,
     /// Output values → row value.
@@ -199,6 +56,15 @@ impl JobContext {
         let model_bytes = read_url(&manifest.model)
             .await
             .map_err(file_err("model.uri"))?;
+        let tokenizer = match &manifest.tokenizer {
+            Some(url) => Some((
+                url.to_string(),
+                read_url(url)
+                    .await
+                    .map_err(file_err("preprocess.tokenizer"))?,
+            )),
+            None => None,
+        };
         let labels = match &manifest.labels {
             Some(url) => {
                 let bytes = read_url(url)
@@ -224,8 +90,12 @@ impl JobContext {
             None => {
                 let (m, threads) = (manifest.clone(), jobs.intra_op_threads);
                 let loader = Arc::clone(&jobs.loader);
+                let files = ModelFiles {
+                    model: model_bytes,
+                    tokenizer,
+                };
                 let rt = tokio::task::spawn_blocking(move || {
-                    ModelRuntime::load(&m, &model_bytes, threads, device, loader.as_ref())
+                    ModelRuntime::load(&m, &files, threads, device, loader.as_ref())
                 })
                 .await
                 .map_err(|e| EngineError::Runtime(format!("model loading thread failed: {e}")))??;
@@ -243,24 +113,138 @@ impl JobContext {
             .map(|e| e.info().clone())
             .map_err(|_| EngineError::Runtime("engine lock poisoned".into()))?;
         check_output(&manifest, &info, labels.as_deref())?;
-        let input = Prefix::open(&manifest.input).map_err(|e| JobError::File {
-            field: "input.uri",
-            message: e.to_string(),
-        })?;
         let layout = JobLayout::for_manifest(&manifest).map_err(|e| JobError::File {
             field: "output.uri",
             message: e.to_string(),
         })?;
-        let source = Arc::new(ObjectSource::new(input, manifest.raw.input.max_bytes));
+        let planned = jobs
+            .planned
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&manifest.job_id).cloned());
+        let (source, projection) = item_source(&manifest, &layout, planned).await?;
+        let carried: Vec<String> = projection
+            .iter()
+            .flat_map(|p| p.id.iter().chain(&p.columns))
+            .map(|c| c.name.clone())
+            .collect();
+        let sink: Arc<dyn RowSink> = match manifest.raw.output.format {
+            OutputFormat::Jsonl => Arc::new(JsonlSink::new(carried.clone())),
+            OutputFormat::Parquet => Arc::new(ParquetSink::new(
+                part_schema(&manifest, &info, projection.as_ref())?,
+                manifest.raw.postprocess.kind,
+            )),
+        };
+        let mut post = Postprocessor::new(manifest.raw.postprocess.clone(), labels);
+        if runtime.tokenizer.is_some() {
+            post = post.with_pooling(manifest.pooling());
+        }
         Ok(Self {
-            post: Postprocessor::new(manifest.raw.postprocess.clone(), labels),
+            post,
             source,
-            sink: Arc::new(JsonlSink),
+            sink,
+            carried,
             layout,
             runtime,
             manifest,
         })
     }
+}
+
+/// Where a job's items come from: objects below its input prefix, or the rows of its record
+/// files (with the columns and types fixed when it was planned, `_schema.json`).
+async fn item_source(
+    m: &Manifest,
+    layout: &JobLayout,
+    planned: Option<spotbatch_records::Projection>,
+) -> Result<(Arc<dyn ItemSource>, Option<spotbatch_records::Projection>), JobError> {
+    let input_err = |e: String| JobError::File {
+        field: "input.uri",
+        message: e,
+    };
+    if !m.is_records() {
+        let input = Prefix::open(&m.input).map_err(|e| input_err(e.to_string()))?;
+        return Ok((
+            Arc::new(ObjectSource::new(input, m.raw.input.max_bytes)),
+            None,
+        ));
+    }
+    let (mut projection, opts) = spotbatch_plan::projection(m);
+    // The types planning fixed; without them (a job planned before it existed) the columns keep
+    // each value's own type, which JSON output is fine with.
+    let stored = match planned {
+        Some(p) => Some(bytes::Bytes::from(
+            serde_json::to_vec(&p).unwrap_or_default(),
+        )),
+        None => layout
+            .prefix
+            .get_opt(JobLayout::SCHEMA_KEY)
+            .await
+            .map_err(|e| input_err(e.to_string()))?,
+    };
+    match stored {
+        Some(bytes) => {
+            projection = serde_json::from_slice(&bytes).map_err(|e| JobError::File {
+                field: "output.uri",
+                message: format!("{}: not a column schema: {e}", layout.prefix.url_of(JobLayout::SCHEMA_KEY)),
+            })?;
+        }
+        None if m.raw.output.format == OutputFormat::Parquet => {
+            return Err(JobError::File {
+                field: "output.uri",
+                message: format!(
+                    "{} is missing: enqueue the job again (its columns' types are fixed when it is planned)",
+                    layout.prefix.url_of(JobLayout::SCHEMA_KEY)
+                ),
+            })
+        }
+        None => {}
+    }
+    let source = spotbatch_plan::record_source(m)
+        .await
+        .map_err(|e| input_err(e.to_string()))?;
+    Ok((
+        Arc::new(RecordSource::new(source, projection.clone(), opts)),
+        Some(projection),
+    ))
+}
+
+/// The Parquet part files' columns: the carried columns in their job types, and the result.
+fn part_schema(
+    m: &Manifest,
+    info: &ModelInfo,
+    projection: Option<&spotbatch_records::Projection>,
+) -> Result<PartSchema, JobError> {
+    let typed = |c: &spotbatch_records::Column| {
+        (
+            c.name.clone(),
+            c.ty.clone().unwrap_or(arrow_schema::DataType::Utf8),
+        )
+    };
+    let result = match m.raw.postprocess.kind {
+        PostKind::Classify => ResultKind::TopK,
+        PostKind::Raw => ResultKind::Tensor,
+        PostKind::Embedding => {
+            let dim = info.output.dims.last().copied().filter(|d| *d > 0);
+            let Some(dim) = dim else {
+                return Err(JobError::File {
+                    field: "output.format",
+                    message: format!(
+                        "parquet embeddings have a fixed size; the model's output {:?} {:?} does not say it",
+                        info.output.name, info.output.dims
+                    ),
+                });
+            };
+            ResultKind::Embedding { dim: dim as usize }
+        }
+    };
+    Ok(PartSchema {
+        id: projection.and_then(|p| p.id.as_ref()).map(typed),
+        columns: projection
+            .map(|p| p.columns.iter().map(typed).collect())
+            .unwrap_or_default(),
+        result,
+    })
 }
 
 /// What makes two jobs' models interchangeable: the model's bytes, the settings that shape the
@@ -305,6 +289,9 @@ pub struct Jobs {
     intra_op_threads: Option<usize>,
     device: Option<DeviceSpec>,
     loader: Arc<dyn EngineLoader>,
+    /// Record jobs' column types from a plan in hand (`validate`), by job id, used before the
+    /// stored `_schema.json`.
+    planned: std::sync::Mutex<HashMap<String, spotbatch_records::Projection>>,
 }
 
 impl Jobs {
@@ -325,7 +312,17 @@ impl Jobs {
             intra_op_threads,
             device: None,
             loader: Arc::new(OrtLoader),
+            planned: Default::default(),
         }
+    }
+
+    /// Uses `projection` (from a plan in hand) for the record job `job` rather than the stored
+    /// `_schema.json`.
+    pub fn with_planned_schema(self, job: &str, projection: spotbatch_records::Projection) -> Self {
+        if let Ok(mut p) = self.planned.lock() {
+            p.insert(job.to_string(), projection);
+        }
+        self
     }
 
     /// Loads models with `loader` instead of ONNX Runtime (tests load fakes).
@@ -455,6 +452,7 @@ mod tests {
             index: 0,
             manifest_digest: m.digest.clone(),
             keys: vec!["k".into()],
+            split: None,
             manifest: stored,
         }
     }

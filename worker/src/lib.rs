@@ -43,6 +43,7 @@ mod prefetch;
 pub mod preprocess;
 pub mod process;
 pub mod progress;
+pub mod runtime;
 mod shard;
 pub mod sink;
 pub mod source;

@@ -108,7 +108,7 @@ pub async fn prepare_planned(m: &Manifest, plan: Plan) -> Result<Prepared, Local
     // We hold the file: any lease still in it belongs to a run that was killed.
     let reclaimed = queue.reclaim_all_leases().await?;
     let layout = JobLayout::for_manifest(m)?;
-    layout.store_manifest(m).await?;
+    spotbatch_plan::store_plan(&layout, m, &plan).await?;
     let submitted = enqueue_plan(&queue, &layout, &plan).await?;
     Ok(Prepared {
         manifest: m.clone(),

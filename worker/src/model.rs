@@ -1,7 +1,7 @@
 //! Fitting a manifest to a model: the input tensor's per-item shape and image size, the output's
 //! per-item size, and the labels. Every mismatch names the manifest field to change.
 
-use spotbatch_proto::manifest::{Layout, PostKind};
+use spotbatch_proto::manifest::{Layout, Pooling, PostKind};
 use spotbatch_proto::Manifest;
 
 use crate::engine::{EngineError, ModelInfo};
@@ -223,6 +223,54 @@ pub fn parse_labels(text: &str) -> Vec<String> {
     labels
 }
 
+/// Fits a text job to its model: the output must be per token (`[batch, seq, hidden]`) for
+/// `mean`/`cls` pooling, one vector per item (`[batch, hidden]`) for `none` or for `classify`.
+/// Text items have no fixed input size; the plan carries only the model's fixed batch, if any.
+pub fn plan_text(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineError> {
+    let out = &info.output;
+    let rank = out.dims.len();
+    let want = match (m.raw.postprocess.kind, m.pooling()) {
+        (PostKind::Embedding, Pooling::Mean | Pooling::Cls) => 3,
+        (PostKind::Embedding, Pooling::None) | (PostKind::Classify, _) => 2,
+        (PostKind::Raw, _) => rank,
+    };
+    if rank != want {
+        let field = if m.raw.postprocess.kind == PostKind::Embedding {
+            "postprocess.pooling"
+        } else {
+            "postprocess.kind"
+        };
+        let hint = if want == 3 {
+            "; a model giving one vector per item needs pooling = \"none\""
+        } else if m.raw.postprocess.kind == PostKind::Embedding {
+            "; a per-token output needs pooling = \"mean\" or \"cls\""
+        } else {
+            ""
+        };
+        return Err(mismatch(
+            field,
+            format!(
+                "the model's output {:?} is {:?} ({rank} dimensions); this needs {want}{hint}",
+                out.name, out.dims
+            ),
+        ));
+    }
+    let fixed_batch = info
+        .input
+        .dims
+        .first()
+        .copied()
+        .filter(|b| *b > 0)
+        .map(|b| b as usize);
+    Ok(InputPlan {
+        width: 0,
+        height: 0,
+        item_shape: Vec::new(),
+        item_len: 0,
+        fixed_batch,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +293,7 @@ mod tests {
         ModelInfo {
             input: t("pixels", dims.to_vec()),
             output: t("probs", vec![-1, 10]),
+            token_inputs: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
-//! One item's output values → the row's value: top-k classes, an embedding, or the raw tensor.
+//! One item's output values → the row's value: top-k classes, an embedding (for a text model's
+//! per-token output, pooled over the item's own tokens first), or the raw tensor.
 
-use spotbatch_proto::manifest::{PostKind, PostprocessSpec};
+use spotbatch_proto::manifest::{Pooling, PostKind, PostprocessSpec};
 use spotbatch_proto::{RowValue, Scored};
 
 /// Turns one item's slice of the output tensor into a row value.
@@ -8,12 +9,59 @@ use spotbatch_proto::{RowValue, Scored};
 pub struct Postprocessor {
     spec: PostprocessSpec,
     labels: Option<Vec<String>>,
+    /// Text embeddings: how per-token outputs become one vector.
+    pooling: Option<spotbatch_text::Pooling>,
 }
 
 impl Postprocessor {
     /// For a manifest's `[postprocess]` and the labels file's lines.
     pub fn new(spec: PostprocessSpec, labels: Option<Vec<String>>) -> Self {
-        Self { spec, labels }
+        Self {
+            spec,
+            labels,
+            pooling: None,
+        }
+    }
+
+    /// Text embeddings pool per-token outputs this way (`postprocess.pooling`).
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = Some(match pooling {
+            Pooling::Mean => spotbatch_text::Pooling::Mean,
+            Pooling::Cls => spotbatch_text::Pooling::Cls,
+            Pooling::None => spotbatch_text::Pooling::None,
+        });
+        self
+    }
+
+    /// A text item's value: `values` its slice of the output (`item_shape` without the batch
+    /// dimension: `[seq, hidden]` per token, or `[hidden]`), `tokens` its real token count (the
+    /// first `tokens` positions; the rest is the batch's padding).
+    pub fn apply_text(
+        &self,
+        values: &[f32],
+        item_shape: &[usize],
+        tokens: usize,
+    ) -> Result<RowValue, String> {
+        let (Some(pooling), PostKind::Embedding) = (self.pooling, self.spec.kind) else {
+            return self.apply(values, item_shape);
+        };
+        if values.iter().any(|v| v.is_nan()) {
+            return Err("model output contains NaN".into());
+        }
+        let mut shape = vec![1];
+        shape.extend_from_slice(item_shape);
+        let seq = if item_shape.len() == 2 {
+            item_shape[0]
+        } else {
+            1
+        };
+        let mask: Vec<i64> = (0..seq).map(|s| i64::from(s < tokens)).collect();
+        let mut e = spotbatch_text::pooling::pool(pooling, values, &shape, &mask, 1)
+            .map_err(|e| format!("postprocess.pooling: {e}"))?;
+        if self.spec.normalize {
+            e.normalize();
+        }
+        Ok(RowValue::Embedding(e.values))
     }
 
     /// The row kind.
@@ -103,7 +151,35 @@ mod tests {
             labels: None,
             softmax,
             normalize,
+            pooling: None,
         }
+    }
+
+    #[test]
+    fn text_embeddings_pool_over_the_items_own_tokens_only() {
+        let post = Postprocessor::new(spec(PostKind::Embedding, 0, false, true), None)
+            .with_pooling(Pooling::Mean);
+        // Three positions of two values; the item has two real tokens, the third is padding.
+        let values = [1.0, 3.0, 3.0, 1.0, 100.0, 100.0];
+        let Ok(RowValue::Embedding(e)) = post.apply_text(&values, &[3, 2], 2) else {
+            panic!("an embedding");
+        };
+        // Mean of (1,3) and (3,1) = (2,2), normalised.
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((e[0] - h).abs() < 1e-6 && (e[1] - h).abs() < 1e-6, "{e:?}");
+        let cls = Postprocessor::new(spec(PostKind::Embedding, 0, false, false), None)
+            .with_pooling(Pooling::Cls);
+        assert_eq!(
+            cls.apply_text(&values, &[3, 2], 2),
+            Ok(RowValue::Embedding(vec![1.0, 3.0]))
+        );
+        // A per-token output with pooling "none" is the wrong shape, said as such.
+        let none = Postprocessor::new(spec(PostKind::Embedding, 0, false, false), None)
+            .with_pooling(Pooling::None);
+        assert!(none
+            .apply_text(&values, &[3, 2], 2)
+            .unwrap_err()
+            .starts_with("postprocess.pooling"));
     }
 
     #[test]

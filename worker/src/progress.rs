@@ -12,6 +12,11 @@ pub struct Progress {
     pub items_ok: AtomicU64,
     /// Rows written with an error.
     pub items_failed: AtomicU64,
+    /// Rows made by the pipeline, as they come (also in shards not written yet): what a progress
+    /// display counts, since a shard of a record job can hold thousands of rows.
+    pub rows_made: AtomicU64,
+    /// Error rows among them.
+    pub rows_made_failed: AtomicU64,
     /// Shards written and acked.
     pub shards_done: AtomicU64,
     /// Shards found already done when leased (acked without work).

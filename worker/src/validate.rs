@@ -14,8 +14,10 @@ use crate::job::{read_url, JobContext, JobError};
 /// What the checks found out, for the success message.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// Inputs matching the glob.
+    /// Inputs matching the glob (record jobs: Parquet rows; JSONL/CSV rows are not counted).
     pub inputs: usize,
+    /// Whether `inputs` counts them all.
+    pub inputs_known: bool,
     /// Shards they make.
     pub shards: usize,
     /// The model input's name and per-item shape.
@@ -58,9 +60,16 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
 pub async fn check_with(m: &Manifest, checks: Checks) -> Result<Summary, Vec<FieldError>> {
     let mut errs = Vec::new();
     let mut plan = None;
+    let mut schema = None;
     if checks.inputs {
         match spotbatch_plan::plan_job(m).await {
-            Ok(p) => plan = Some(p),
+            Ok(p) => {
+                if let Some(e) = sample_text_column(m, &p).await {
+                    errs.push(e);
+                }
+                schema = p.schema.clone();
+                plan = Some(p);
+            }
             Err(e) => errs.push(FieldError::new(
                 "input.uri",
                 e.to_string().trim_start_matches("input.uri ").to_string(),
@@ -102,20 +111,34 @@ pub async fn check_with(m: &Manifest, checks: Checks) -> Result<Summary, Vec<Fie
             files_ok = false;
         }
     }
+    if let Some(tokenizer) = &m.tokenizer {
+        if let Err(e) = read_url(tokenizer).await {
+            errs.push(FieldError::new("preprocess.tokenizer", e));
+            files_ok = false;
+        }
+    }
     let mut summary = None;
     if files_ok {
         // The model's shapes are the same on every device: check them on the CPU, quietly (no
         // word about where inference will run: this is not where it runs).
         let mut on_cpu = m.clone();
         on_cpu.raw.preprocess.device = PreprocessDevice::Cpu;
-        let jobs = crate::Jobs::new([], Some(1)).with_device(Some(DeviceSpec::Cpu));
+        let mut jobs = crate::Jobs::new([], Some(1)).with_device(Some(DeviceSpec::Cpu));
+        if let Some(schema) = schema {
+            jobs = jobs.with_planned_schema(&m.job_id, schema);
+        }
         match JobContext::load(on_cpu, &jobs).await {
             Ok(ctx) => {
                 let rt = &ctx.runtime;
                 let info = rt.engine.lock().map(|e| e.info().clone()).ok();
                 if let Some(info) = info {
+                    let input = if info.token_inputs.is_empty() {
+                        format!("{:?} {:?}", info.input.name, rt.plan.item_shape)
+                    } else {
+                        format!("{:?} (tokens)", info.token_inputs)
+                    };
                     summary = Some((
-                        format!("{:?} {:?}", info.input.name, rt.plan.item_shape),
+                        input,
                         format!("{:?} {:?}", info.output.name, info.output.dims),
                     ));
                 }
@@ -140,6 +163,7 @@ pub async fn check_with(m: &Manifest, checks: Checks) -> Result<Summary, Vec<Fie
     let (model_input, model_output) = summary.unwrap_or_default();
     Ok(Summary {
         inputs: plan.as_ref().map_or(0, |p| p.total_items as usize),
+        inputs_known: plan.as_ref().is_none_or(|p| p.items_known),
         shards: plan.as_ref().map_or(0, |p| p.shards.len()),
         model_input,
         model_output,
@@ -162,4 +186,40 @@ pub fn device_here(device: DeviceSpec) -> Result<(), String> {
             "asks for device cuda:{n}, but this machine has no GPU ({e}); use auto or cpu"
         )),
     }
+}
+
+/// JSONL rows have no schema: the first rows of the first split are read, and a text column none
+/// of them has is an error (a typo would otherwise make every row an error row).
+async fn sample_text_column(m: &Manifest, plan: &spotbatch_plan::Plan) -> Option<FieldError> {
+    use futures::StreamExt;
+    const SAMPLE: usize = 50;
+    let split = plan.shards.first()?.split.clone()?;
+    if split.format() != spotbatch_proto::split::Format::Jsonl {
+        return None;
+    }
+    let source = spotbatch_plan::record_source(m).await.ok()?;
+    let (proj, opts) = spotbatch_plan::projection(m);
+    let records = spotbatch_records::read_split(&source, &split, &proj, &opts)
+        .await
+        .ok()?;
+    let sample: Vec<_> = records.take(SAMPLE).collect().await;
+    let column = m.text_column();
+    let missing = sample
+        .iter()
+        .filter(|r| {
+            matches!(r, Ok(spotbatch_records::Record {
+                fields: Err(spotbatch_records::RowError::Missing { column: c, .. }),
+                ..
+            }) if c == column)
+        })
+        .count();
+    (missing > 0 && missing == sample.len()).then(|| {
+        FieldError::new(
+            "preprocess.text_column",
+            format!(
+                "{column:?}: none of the first {missing} rows of {} has it",
+                source.url_of(split.key())
+            ),
+        )
+    })
 }

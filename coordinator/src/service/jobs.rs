@@ -116,7 +116,9 @@ impl CoordinatorService {
                 Bytes::from(m.to_stored()),
             )
             .await?;
-        layout.store_manifest(&m).await?;
+        spotbatch_plan::store_plan(&layout, &m, &plan)
+            .await
+            .map_err(ApiError::Plan)?;
         let record = JobRecord {
             job_id: m.job_id.clone(),
             digest: m.digest.clone(),
@@ -129,7 +131,13 @@ impl CoordinatorService {
             shards: plan
                 .shards
                 .iter()
-                .map(|s| (s.shard.clone(), s.keys.len() as u64))
+                .map(|s| {
+                    let items = s
+                        .split
+                        .as_ref()
+                        .map_or(s.keys.len() as u64, |sp| sp.rows().unwrap_or(0));
+                    (s.shard.clone(), items)
+                })
                 .collect(),
             cancelled: false,
         };

@@ -62,16 +62,17 @@ impl FakeEngine {
         let info = ModelInfo {
             input: TensorInfo {
                 name: "x".into(),
-                element: "Float32".into(),
+                element: "f32".into(),
                 float: Some(Float::F32),
                 dims: input_dims,
             },
             output: TensorInfo {
                 name: "scores".into(),
-                element: "Float32".into(),
+                element: "f32".into(),
                 float: Some(Float::F32),
                 dims: vec![-1, model.classes as i64],
             },
+            token_inputs: Vec::new(),
         };
         Self { model, info }
     }

@@ -91,11 +91,17 @@ impl std::fmt::Display for Device {
 /// The chosen input and output of a loaded model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
-    /// The input fed with the preprocessed batch.
+    /// The input fed with the preprocessed batch (a text model's `input_ids`).
     pub input: TensorInfo,
     /// The output read for rows.
     pub output: TensorInfo,
+    /// A text model's inputs, by name, in the model's order (`input_ids`, `attention_mask`,
+    /// `token_type_ids`); empty for image models.
+    pub token_inputs: Vec<String>,
 }
+
+/// The inputs a tokenizer feeds, by their names in BERT-style ONNX models.
+pub const TOKEN_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
 
 /// One inference result: the output tensor for the whole batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +122,15 @@ pub trait InferenceEngine: Send {
     }
     /// Runs one batch. `shape` is the input's full shape, batch first; `input` holds its values.
     fn run(&mut self, input: &[f32], shape: &[i64]) -> Result<BatchOutput, EngineError>;
+    /// Runs one batch of texts: each of the model's [`ModelInfo::token_inputs`] fed from the
+    /// batch's buffer of that name.
+    fn run_tokens(
+        &mut self,
+        batch: &spotbatch_text::TokenBatch,
+    ) -> Result<BatchOutput, EngineError> {
+        let _ = batch;
+        Err(EngineError::Run("this model takes no token inputs".into()))
+    }
     /// An allocator of input tensors in this engine's GPU memory (the model's input element
     /// type), to be written there by the GPU preprocessing and run with [`Self::run_device`].
     fn device_allocator(&mut self) -> Result<DeviceAllocator, EngineError> {
@@ -201,6 +216,8 @@ pub struct EngineOptions {
     pub device: DeviceSpec,
     /// CUDA execution provider settings (ignored on the CPU).
     pub cuda: CudaOptions,
+    /// A text model: fed `input_ids`, `attention_mask` and (when it has it) `token_type_ids`.
+    pub tokens: bool,
 }
 
 /// Settings of ONNX Runtime's CUDA execution provider; `None` keeps ONNX Runtime's default.

@@ -12,9 +12,11 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use spotbatch_proto::manifest::{one_line, DeviceSpec};
 use tracing::warn;
 
+use spotbatch_text::TokenBatch;
+
 use super::{
     BatchOutput, Device, DeviceAllocator, DeviceTensor, EngineError, EngineLoader, EngineOptions,
-    Float, InferenceEngine, ModelInfo, TensorInfo, ORT_DYLIB_ENV,
+    Float, InferenceEngine, ModelInfo, TensorInfo, ORT_DYLIB_ENV, TOKEN_INPUTS,
 };
 use crate::device::cuda_device_count;
 
@@ -140,17 +142,22 @@ impl OrtEngine {
             .iter()
             .map(|o| tensor_info(o.name(), o.dtype()))
             .collect();
-        let input = pick("model.input", "input", &inputs, opts.input.as_deref())?;
+        let (input, token_inputs) = if opts.tokens {
+            token_inputs(&inputs)?
+        } else {
+            let input = pick("model.input", "input", &inputs, opts.input.as_deref())?;
+            if input.float.is_none() {
+                return Err(EngineError::Mismatch {
+                    field: "model.input",
+                    message: format!(
+                        "{:?} takes {} values; spotbatch feeds float32 or float16",
+                        input.name, input.element
+                    ),
+                });
+            }
+            (input, Vec::new())
+        };
         let output = pick("model.output", "output", &outputs, opts.output.as_deref())?;
-        if input.float.is_none() {
-            return Err(EngineError::Mismatch {
-                field: "model.input",
-                message: format!(
-                    "{:?} takes {} values; spotbatch feeds float32 or float16",
-                    input.name, input.element
-                ),
-            });
-        }
         if output.float.is_none() {
             return Err(EngineError::Mismatch {
                 field: "model.output",
@@ -171,7 +178,11 @@ impl OrtEngine {
         }
         Ok(Self {
             session,
-            info: ModelInfo { input, output },
+            info: ModelInfo {
+                input,
+                output,
+                token_inputs,
+            },
             device,
         })
     }
@@ -238,6 +249,23 @@ impl InferenceEngine for OrtEngine {
             self.session.run(ort::inputs![name => tensor])
         }
         .map_err(run_err)?;
+        read_output(&self.info, &outputs)
+    }
+
+    fn run_tokens(&mut self, batch: &TokenBatch) -> Result<BatchOutput, EngineError> {
+        let run_err = |e: ort::Error| EngineError::Run(one_line(&e.to_string()));
+        let shape = vec![batch.batch as i64, batch.seq as i64];
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
+        for name in &self.info.token_inputs {
+            let data: &[i64] = match name.as_str() {
+                "input_ids" => &batch.input_ids,
+                "attention_mask" => &batch.attention_mask,
+                _ => &batch.token_type_ids,
+            };
+            let tensor = TensorRef::from_array_view((shape.clone(), data)).map_err(run_err)?;
+            inputs.push((name.clone(), tensor.into()));
+        }
+        let outputs = self.session.run(inputs).map_err(run_err)?;
         read_output(&self.info, &outputs)
     }
 
@@ -310,6 +338,43 @@ fn tensor_info(name: &str, ty: &ValueType) -> TensorInfo {
             dims: Vec::new(),
         },
     }
+}
+
+/// A text model's inputs: `input_ids` and any of `attention_mask` and `token_type_ids`, all
+/// int64; an input the tokenizer does not feed is a mismatch naming it.
+fn token_inputs(inputs: &[TensorInfo]) -> Result<(TensorInfo, Vec<String>), EngineError> {
+    let mut names = Vec::new();
+    for i in inputs {
+        if !TOKEN_INPUTS.contains(&i.name.as_str()) {
+            return Err(EngineError::Mismatch {
+                field: "model.uri",
+                message: format!(
+                    "the model takes {:?}, which a tokenizer does not feed (it feeds {})",
+                    i.name,
+                    TOKEN_INPUTS.join(", ")
+                ),
+            });
+        }
+        if i.element != "i64" {
+            return Err(EngineError::Mismatch {
+                field: "model.uri",
+                message: format!(
+                    "the model's {:?} takes {} values; token inputs are int64",
+                    i.name, i.element
+                ),
+            });
+        }
+        names.push(i.name.clone());
+    }
+    let ids = inputs
+        .iter()
+        .find(|i| i.name == "input_ids")
+        .cloned()
+        .ok_or_else(|| EngineError::Mismatch {
+            field: "model.uri",
+            message: "a text model needs an input named \"input_ids\"".into(),
+        })?;
+    Ok((ids, names))
 }
 
 fn pick(

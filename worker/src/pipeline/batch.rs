@@ -1,6 +1,5 @@
-//! The engine thread: fills batches across items, shards and jobs that share one model runtime,
-//! up to the batch size or until the oldest item has waited `model.max_batch_delay_ms`, then runs
-//! them. A batch preprocessed on the GPU is packed, copied up and its kernels started here, then
+//! The engine thread: forms batches across items, shards and jobs that share one model runtime
+//! (by arrival for images, by length for texts: [`super::policy`]), then runs them. A batch preprocessed on the GPU is packed, copied up and its kernels started here, then
 //! handed to the infer thread, so that the next batch's packing, copy and kernels overlap the
 //! model's compute on the current one; rows are made on the post thread.
 
@@ -10,18 +9,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::infer::{self, BatchError};
+use super::policy::Batching;
 use super::post::{self, Ran};
 use super::{Decoded, ShardWork};
 use crate::engine::DeviceTensor;
 use crate::gpu::Prepared;
-use crate::job::ModelRuntime;
-
-/// A batch being filled: items of jobs that share one model runtime.
-struct Filling {
-    rt: Arc<ModelRuntime>,
-    items: Vec<Decoded>,
-    until: Instant,
-}
+use crate::runtime::ModelRuntime;
 
 /// A batch whose input is being written on the GPU, on its way to the infer thread.
 struct InFlight {
@@ -59,10 +52,9 @@ pub(crate) fn engine_loop(
                 finish_gpu(f, &infer_post);
             }
         });
-    let mut filling: Vec<Filling> = Vec::new();
-    let mut dispatch = |batch: Filling| {
-        let items: Vec<Decoded> = batch
-            .items
+    let mut batching: Vec<Batching> = Vec::new();
+    let mut dispatch = |rt: &Arc<ModelRuntime>, items: Vec<Decoded>| {
+        let items: Vec<Decoded> = items
             .into_iter()
             .filter(|d| !d.work.cancel.is_cancelled())
             .collect();
@@ -75,7 +67,7 @@ pub(crate) fn engine_loop(
             let _ = f.write_all(keys.as_bytes());
         }
         metrics::histogram!("spotbatch_batch_fill_ratio")
-            .record(items.len() as f64 / batch.rt.batch_size.max(1) as f64);
+            .record(items.len() as f64 / rt.batch_size.max(1) as f64);
         if tracing::enabled!(tracing::Level::DEBUG) {
             let mut jobs: Vec<&str> = items
                 .iter()
@@ -88,13 +80,13 @@ pub(crate) fn engine_loop(
             shards.sort_unstable();
             shards.dedup();
             debug!(items = items.len(), shards = shards.len(), jobs = jobs.len(),
-                   device = %batch.rt.device, "batch dispatched");
+                   device = %rt.device, "batch dispatched");
         }
-        match (&batch.rt.gpu, &infer) {
+        match (&rt.gpu, &infer) {
             (Some(gpu), Ok(_)) => {
-                let prepared = infer::prepare_on_gpu(&batch.rt, gpu, &items);
+                let prepared = infer::prepare_on_gpu(rt, gpu, &items);
                 let next = InFlight {
-                    rt: batch.rt,
+                    rt: Arc::clone(rt),
                     items,
                     prepared,
                 };
@@ -102,14 +94,14 @@ pub(crate) fn engine_loop(
                     finish_gpu(f, &post_tx);
                 }
             }
-            _ => infer::run_batch(&batch.rt, items, None, &post_tx),
+            _ => infer::run_batch(rt, items, None, &post_tx),
         }
         if let Some(pause) = throttle {
             std::thread::sleep(pause);
         }
     };
     loop {
-        let next = match filling.iter().map(|b| b.until).min() {
+        let next = match batching.iter().filter_map(Batching::deadline).min() {
             Some(t) => rx.recv_deadline(t),
             None => rx
                 .recv()
@@ -119,34 +111,35 @@ pub(crate) fn engine_loop(
             Ok(d) if d.work.cancel.is_cancelled() => {}
             Ok(d) => {
                 let rt = Arc::clone(&d.work.ctx.runtime);
-                let at = match filling.iter().position(|b| Arc::ptr_eq(&b.rt, &rt)) {
+                let at = match batching.iter().position(|b| Arc::ptr_eq(&b.rt, &rt)) {
                     Some(i) => i,
                     None => {
-                        filling.push(Filling {
-                            until: Instant::now() + rt.max_batch_delay,
-                            rt,
-                            items: Vec::new(),
-                        });
-                        filling.len() - 1
+                        batching.push(Batching::new(Arc::clone(&rt)));
+                        batching.len() - 1
                     }
                 };
-                filling[at].items.push(d);
-                if filling[at].items.len() >= filling[at].rt.batch_size {
-                    let full = filling.swap_remove(at);
-                    dispatch(full);
+                if let Some(items) = batching[at].push(d, Instant::now()) {
+                    dispatch(&rt, items);
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
-                let (due, wait): (Vec<_>, Vec<_>) = filling.drain(..).partition(|b| b.until <= now);
-                filling = wait;
-                for b in due {
-                    dispatch(b);
+                for b in &mut batching {
+                    if let Some(items) = b.due(now) {
+                        let rt = Arc::clone(&b.rt);
+                        dispatch(&rt, items);
+                    }
                 }
+                // A runtime no batch is forming for any more is forgotten (its jobs may be done).
+                batching.retain(|b| b.deadline().is_some());
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                for b in std::mem::take(&mut filling) {
-                    dispatch(b);
+                let now = Instant::now();
+                for b in &mut batching {
+                    while let Some(items) = b.flush(now) {
+                        let rt = Arc::clone(&b.rt);
+                        dispatch(&rt, items);
+                    }
                 }
                 break;
             }

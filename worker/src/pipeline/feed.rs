@@ -18,7 +18,9 @@ use crate::control::Control;
 use crate::cost::CostMeter;
 use crate::error::{Policy, ShardError};
 use crate::job::JobContext;
+use crate::progress::Progress;
 use crate::sink::Row;
+use crate::source::Payload;
 
 /// How far a shard's pipeline got.
 #[derive(Debug)]
@@ -48,6 +50,7 @@ impl Pipeline {
     pub(crate) async fn work_shard(
         &self,
         control: &Control,
+        progress: &Progress,
         cost: &Arc<CostMeter>,
         ctx: &Arc<JobContext>,
         task: &ShardTask,
@@ -68,6 +71,10 @@ impl Pipeline {
         // This shard's items fed into the pipeline and not yet collected.
         let outstanding = AtomicIsize::new(0);
         let kind = ctx.post.kind();
+        // A record's carried values (its id and carried columns), set aside for its row while its
+        // text goes through the pipeline.
+        let carried: std::sync::Mutex<HashMap<usize, Vec<spotbatch_records::Value>>> =
+            Default::default();
         let feed = async {
             let mut named = 0;
             let mut all = true;
@@ -95,12 +102,24 @@ impl Pipeline {
                     },
                 };
                 named += 1;
-                let Some(payload) = item.payload else {
+                let payload = match item.payload {
                     // Kept from a partial result: its row goes straight to the collector.
-                    if let Some(row) = kept.remove(&item.key) {
-                        work.send(ToShard::Kept(idx, row));
+                    None => {
+                        if let Some(row) = kept.remove(&item.key) {
+                            work.send(ToShard::Kept(idx, row));
+                        }
+                        continue;
                     }
-                    continue;
+                    Some(Payload::Record(fields)) => {
+                        let values: Vec<_> = fields.id.into_iter().chain(fields.columns).collect();
+                        if !values.is_empty() {
+                            if let Ok(mut c) = carried.lock() {
+                                c.insert(idx, values);
+                            }
+                        }
+                        Payload::Text(fields.text.unwrap_or_default())
+                    }
+                    Some(other) => other,
                 };
                 // Counted before it goes in, so its row cannot overtake the count.
                 outstanding.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +146,7 @@ impl Pipeline {
                 permit,
             });
         };
-        let low_water = 2 * ctx.runtime.batch_size;
+        let low_water = ctx.runtime.low_water();
         let mut rows: Vec<Option<Row>> = Vec::new();
         let collect = async {
             let mut permit: Option<tokio::sync::SemaphorePermit<'_>> = None;
@@ -164,7 +183,17 @@ impl Pipeline {
                 tokio::select! {
                     m = rx.recv() => match m {
                         Some(ToShard::Row(idx, row)) => {
-                            if place(&mut rows, idx, Row::New(row)) {
+                            let values = carried
+                                .lock()
+                                .ok()
+                                .and_then(|mut c| c.remove(&idx))
+                                .unwrap_or_default();
+                            let failed = row.error.is_some();
+                            if place(&mut rows, idx, Row::New(row, values)) {
+                                progress.rows_made.fetch_add(1, Ordering::Relaxed);
+                                if failed {
+                                    progress.rows_made_failed.fetch_add(1, Ordering::Relaxed);
+                                }
                                 have += 1;
                                 if outstanding.fetch_sub(1, Ordering::Relaxed) > 0 {
                                     self.in_pipeline.fetch_sub(1, Ordering::Relaxed);

@@ -15,8 +15,8 @@ use crate::cost::CostMeter;
 use crate::engine::{BatchOutput, DeviceAllocator, DeviceTensor, EngineError, InferenceEngine};
 use crate::error::{ItemError, ShardError};
 use crate::gpu::{GpuError, GpuPreprocessor, Prepared};
-use crate::job::ModelRuntime;
 use crate::preprocess::{ModelInput, Pixels};
+use crate::runtime::ModelRuntime;
 
 /// Why a batch could not run.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub(crate) fn prepare_on_gpu(
         .iter()
         .filter_map(|d| match &d.input {
             ModelInput::Pixels(p) => Some(p),
-            ModelInput::Values(_) => None,
+            ModelInput::Values(_) | ModelInput::Tokens(_) => None,
         })
         .collect();
     if pixels.len() != items.len() {
@@ -176,12 +176,16 @@ thread_local! {
     static BATCH_INPUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs CPU-preprocessed items (padding to a fixed batch size).
+/// Runs CPU-preprocessed items (padding to a fixed batch size); texts are packed and padded to
+/// their batch's longest item.
 fn infer_cpu(
     engine: &mut dyn InferenceEngine,
     rt: &ModelRuntime,
     items: &[Decoded],
 ) -> Result<BatchOutput, BatchError> {
+    if let Some(tokenizer) = &rt.tokenizer {
+        return infer_tokens(engine, tokenizer, items);
+    }
     let n = items.len();
     let run_n = rt.run_size(n);
     BATCH_INPUT.with_borrow_mut(|input| {
@@ -192,12 +196,36 @@ fn infer_cpu(
                 ModelInput::Pixels(_) => {
                     return Err(BatchError::Mixed("CPU inference got GPU-bound pixels"))
                 }
+                ModelInput::Tokens(_) => {
+                    return Err(BatchError::Mixed("an image model got a text"))
+                }
             }
         }
         input.resize(run_n * rt.plan.item_len, 0.0);
         let out = engine.run(input, &input_shape(rt, run_n))?;
         check_batch(out, run_n)
     })
+}
+
+/// Runs a batch of texts: their tokens padded to the longest, fed by name.
+fn infer_tokens(
+    engine: &mut dyn InferenceEngine,
+    tokenizer: &spotbatch_text::TextTokenizer,
+    items: &[Decoded],
+) -> Result<BatchOutput, BatchError> {
+    let encoded = items
+        .iter()
+        .map(|d| match &d.input {
+            ModelInput::Tokens(t) => Ok(t),
+            _ => Err(BatchError::Mixed(
+                "a text model got an item that is not text",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = tokenizer.pack(encoded);
+    metrics::histogram!("spotbatch_padding_efficiency_ratio").record(batch.padding_efficiency());
+    let out = engine.run_tokens(&batch)?;
+    check_batch(out, items.len())
 }
 
 /// Runs a batch whose input was written on the GPU. The wait for that writing to finish is

@@ -19,6 +19,7 @@ pub(crate) mod batch;
 pub(crate) mod decode;
 pub(crate) mod feed;
 pub(crate) mod infer;
+pub(crate) mod policy;
 pub(crate) mod post;
 
 use std::sync::atomic::AtomicIsize;

@@ -9,6 +9,7 @@ use spotbatch_proto::OutputRow;
 use super::{Decoded, ToShard};
 use crate::engine::BatchOutput;
 use crate::error::ItemError;
+use crate::preprocess::ModelInput;
 
 /// A batch the model has run, on its way to the post thread for its rows.
 pub(crate) struct Ran {
@@ -53,9 +54,10 @@ fn item_value(
         .data
         .get(i * per..(i + 1) * per)
         .ok_or_else(|| ItemError::Output("model returned no output for this item".into()))?;
-    d.work
-        .ctx
-        .post
-        .apply(values, &out.shape[1..])
-        .map_err(ItemError::Output)
+    let post = &d.work.ctx.post;
+    match &d.input {
+        ModelInput::Tokens(t) => post.apply_text(values, &out.shape[1..], t.len()),
+        _ => post.apply(values, &out.shape[1..]),
+    }
+    .map_err(ItemError::Output)
 }

@@ -58,7 +58,11 @@ pub struct ImagePreprocessor {
 
 impl Preprocessor for ImagePreprocessor {
     fn prepare(&self, payload: &Payload) -> Result<ModelInput, ItemError> {
-        let Payload::Object(bytes) = payload;
+        let Payload::Object(bytes) = payload else {
+            return Err(ItemError::Input(
+                "an image job got a record (set preprocess.kind = \"text\")".into(),
+            ));
+        };
         match self.target {
             ImageTarget::Tensor => {
                 let mut values = Vec::with_capacity(self.item_len());

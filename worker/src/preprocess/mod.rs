@@ -1,14 +1,16 @@
 //! The preprocessor seam: one item's input as the source read it ([`Payload`]) → the model's input
 //! for that item ([`ModelInput`]). One implementation per input kind (images today), each run on
 //! the decode threads; a bad input is that item's [`ItemError`] (its error row), never a panic
-//! or the shard's failure.
+//! or the shard's failure. Images ([`image`]) and texts ([`text`]).
 
 pub mod image;
+pub mod text;
 
 use crate::error::ItemError;
 use crate::source::Payload;
 
 pub use image::{ImagePreprocessor, ImageTarget, Pixels};
+pub use text::TextPreprocessor;
 
 /// One item's input to the model.
 #[derive(Debug, Clone)]
@@ -17,6 +19,18 @@ pub enum ModelInput {
     Values(Vec<f32>),
     /// Its decoded pixels, resized and normalised on the GPU when its batch is packed.
     Pixels(Pixels),
+    /// Its tokens (a text), padded when its batch is packed.
+    Tokens(spotbatch_text::Encoded),
+}
+
+impl ModelInput {
+    /// Its length where batching by length pays (tokens), else 1.
+    pub fn len_for_batching(&self) -> usize {
+        match self {
+            ModelInput::Tokens(t) => t.len(),
+            ModelInput::Values(_) | ModelInput::Pixels(_) => 1,
+        }
+    }
 }
 
 /// Turns one item's payload into its model input. Used from several decode threads at once.
@@ -45,6 +59,10 @@ pub(crate) mod conformance {
             (ModelInput::Pixels(x), ModelInput::Pixels(y)) => {
                 assert_eq!(x.rgb.len(), want_len, "pixel bytes per item");
                 assert_eq!(x.rgb, y.rgb);
+            }
+            (ModelInput::Tokens(x), ModelInput::Tokens(y)) => {
+                assert_eq!(x.len(), want_len, "tokens per item");
+                assert_eq!(x, y);
             }
             _ => panic!("the same input gave different kinds of model input"),
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use spotbatch_proto::{sha256_hex, DoneMarker, ShardTask};
+use spotbatch_proto::{DoneMarker, ShardTask};
 use spotbatch_store::{JobLayout, StorageError};
 
 use crate::error::ShardError;
@@ -33,21 +33,21 @@ pub(crate) async fn write_done(
     task: &ShardTask,
     rows: &[Row],
 ) -> Result<Written, ShardError> {
-    let body = sink
-        .encode(rows)
-        .map_err(|e| ShardError::Output(e.to_string()))?;
     let written = count(rows);
     let key = JobLayout::part_key_as(&task.shard, sink.format());
+    let sha256 = sink
+        .write(&layout.prefix, &key, rows)
+        .await
+        .map_err(|e| ShardError::Output(e.to_string()))?;
     let marker = DoneMarker {
         job: task.job.clone(),
         shard: task.shard.clone(),
         items: written.items,
         errors: written.errors,
         part: key.clone(),
-        sha256: sha256_hex(&body),
+        sha256,
     };
     let marker = serde_json::to_vec(&marker).map_err(|e| ShardError::Output(e.to_string()))?;
-    layout.prefix.put(&key, Bytes::from(body)).await?;
     layout
         .prefix
         .put(&JobLayout::done_key(&task.shard), Bytes::from(marker))
@@ -59,13 +59,15 @@ pub(crate) async fn write_done(
     Ok(written)
 }
 
-/// Writes the rows a drained shard finished as its partial result (no done marker).
+/// Writes the rows a drained shard finished as its partial result (no done marker): JSON lines,
+/// carried values under `carried` (the job's carried columns' names).
 pub(crate) async fn write_partial(
     layout: &JobLayout,
+    carried: &[String],
     task: &ShardTask,
     rows: &[Row],
 ) -> Result<Written, ShardError> {
-    let body = JsonlSink
+    let body = JsonlSink::new(carried.to_vec())
         .encode(rows)
         .map_err(|e| ShardError::Output(e.to_string()))?;
     layout

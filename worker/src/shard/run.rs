@@ -77,6 +77,7 @@ async fn work(
     let cancel = node.control.stop.child_token();
     let fed = node.pipeline.work_shard(
         &node.control,
+        &node.progress,
         &node.cost,
         &ctx,
         task,
@@ -103,7 +104,7 @@ async fn work(
                 })
             }
             Collected::Partial(rows) => {
-                let w = write_partial(&ctx.layout, task, &rows).await?;
+                let w = write_partial(&ctx.layout, &ctx.carried, task, &rows).await?;
                 Ok(Outcome::Partial {
                     done: w.items as usize,
                     total: task.keys.len(),

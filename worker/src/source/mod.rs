@@ -4,24 +4,34 @@
 //! ends the stream and fails the attempt. Items whose rows are kept from a partial result are
 //! named but not read.
 //!
-//! Today: [`ObjectSource`], one object per item, the shard naming their keys.
+//! Two sources: [`objects::ObjectSource`], one object per item, the shard naming their keys; and
+//! [`records::RecordSource`], the rows of a part of a JSONL, CSV or Parquet file, the shard naming
+//! the part (a split).
+
+pub mod objects;
+pub mod records;
+
+pub use objects::ObjectSource;
+pub use records::RecordSource;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use spotbatch_proto::ShardTask;
-use spotbatch_store::Prefix;
 
 use crate::error::ShardError;
 
 /// One item's input as its source read it.
 #[derive(Debug, Clone)]
 pub enum Payload {
-    /// A whole object (an image file).
+    /// A whole object (an image file, or a document).
     Object(Bytes),
+    /// A record's fields (its text, id and carried columns).
+    Record(spotbatch_records::Fields),
+    /// A record's text, once its carried columns are set aside for its row.
+    Text(String),
 }
 
 /// One item of a shard.
@@ -44,62 +54,9 @@ pub trait ItemSource: Send + Sync + std::fmt::Debug {
     fn read(&self, task: &ShardTask, kept: Arc<HashSet<String>>, concurrency: usize) -> ItemStream;
 }
 
-/// One object per item: the shard's keys, below the job's input prefix.
-#[derive(Debug, Clone)]
-pub struct ObjectSource {
-    prefix: Prefix,
-    max_bytes: u64,
-}
-
-impl ObjectSource {
-    /// Objects below `prefix`; larger than `max_bytes` is the item's error, without reading it.
-    pub fn new(prefix: Prefix, max_bytes: u64) -> Self {
-        Self { prefix, max_bytes }
-    }
-}
-
-impl ItemSource for ObjectSource {
-    fn read(&self, task: &ShardTask, kept: Arc<HashSet<String>>, concurrency: usize) -> ItemStream {
-        let (prefix, max_bytes) = (self.prefix.clone(), self.max_bytes);
-        // Each fetch is a task of its own: it goes on while the pipeline has no room for its
-        // result yet (an object store's request needs polling to progress), and its time is the
-        // store's alone, not the wait for room. Dropped unfinished (a drain), it is aborted.
-        futures::stream::iter(task.keys.clone())
-            .map(move |key| {
-                let prefix = prefix.clone();
-                let skip = kept.contains(&key);
-                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                    if skip {
-                        return Ok(SourceItem { key, payload: None });
-                    }
-                    let t0 = Instant::now();
-                    let r = prefix.get(&key, max_bytes).await;
-                    metrics::histogram!("spotbatch_stage_seconds", "stage" => "fetch")
-                        .record(t0.elapsed().as_secs_f64());
-                    match r {
-                        Ok(bytes) => Ok(SourceItem {
-                            key,
-                            payload: Some(Payload::Object(bytes)),
-                        }),
-                        Err(e) => Err(ShardError::from_get(&key, e)),
-                    }
-                }))
-            })
-            .buffered(concurrency.max(1))
-            .map(|joined| match joined {
-                Ok(item) => item,
-                // A fetch that panicked: the attempt fails and is retried.
-                Err(e) => Err(ShardError::Pipeline(format!(
-                    "reading an input failed: {e}"
-                ))),
-            })
-            .boxed()
-    }
-}
-
 /// Checks every [`ItemSource`] must pass, run by each implementation's tests: every item of the
-/// shard once, in order; kept items named and not read; an unreadable item is that item's error
-/// and the items after it still come.
+/// shard once, in order; kept items named and not read; an unreadable item (a record: a row that
+/// does not parse) is that item's error and the items after it still come.
 pub mod conformance {
     use super::*;
 
@@ -126,10 +83,15 @@ pub mod conformance {
                     }
                     (Ok(item), Some(b)) => {
                         assert_eq!(&item.key, key, "in order");
-                        let Some(Payload::Object(got)) = &item.payload else {
-                            panic!("{key}: no payload");
+                        let got: &[u8] = match &item.payload {
+                            Some(Payload::Object(got)) => got.as_ref(),
+                            Some(Payload::Record(f)) => {
+                                f.text.as_deref().map(str::as_bytes).unwrap_or_default()
+                            }
+                            Some(Payload::Text(t)) => t.as_bytes(),
+                            None => panic!("{key}: no payload"),
                         };
-                        assert_eq!(got.as_ref(), b.as_slice(), "{key}'s bytes");
+                        assert_eq!(got, b.as_slice(), "{key}'s bytes (a record's text)");
                     }
                     (Err(ShardError::Item { key: k, .. }), None) => assert_eq!(k, key),
                     (other, _) => panic!("{key}: unexpected {other:?}"),
