@@ -109,7 +109,7 @@ def one(mode, args):
         stolen = sum(int(m) for m in re.findall(r"stole unstarted shards.*? shards=(\d+)", normal))
         done = {}
         for name in ("straggler", "normal"):
-            m = re.search(r": (\d+) shards done", open(os.path.join(d, f"{name}.log")).read())
+            m = re.search(r": (\d+) shards? done", open(os.path.join(d, f"{name}.log")).read())
             done[name] = int(m.group(1)) if m else -1
         def metric(name):
             m = re.search(rf"^{name} ([0-9.e+-]+)$", last, re.M)

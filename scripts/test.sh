@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 : "${ORT_DYLIB_PATH:?run through make test}"
 : "${SPOTBATCH_PYTHON:?run through make test}"
 PARALLEL=(architecture notices deploy fuzz_replay e2e_demo e2e_bad_input)
-SERIAL=(e2e_records e2e_resume e2e_drain e2e_sqs e2e_coordinator e2e_steal e2e_metrics e2e_dashboard e2e_kafka e2e_chaos)
+SERIAL=(e2e_records e2e_resume e2e_drain e2e_first_hour e2e_sqs e2e_coordinator e2e_steal e2e_metrics e2e_dashboard e2e_kafka e2e_chaos)
 # Run with --nocapture so that GPU checks skipped on a machine without a GPU say so in the log.
 GPU=(gpu)
 # Every end-to-end test file must be in one of the two lists, so none is silently left out.

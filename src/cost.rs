@@ -2,7 +2,6 @@
 //! job's output (`_cost/*.json`) and its done markers: dollars spent, saved against on-demand,
 //! per 1000 items, and what interruptions cost (work redone, time lost).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,6 +9,8 @@ use spotbatch_proto::Manifest;
 use spotbatch_store::cost::report;
 use spotbatch_store::ledger::{self as cost, Capacity, Ledger, Prices};
 use spotbatch_store::{JobLayout, Prefix};
+
+use crate::say::count;
 
 /// What this machine costs (for cost accounting; without prices nothing is accounted).
 #[derive(clap::Args, Debug, Clone)]
@@ -64,14 +65,23 @@ pub struct CostCmd {
     json: bool,
 }
 
-/// Reads a job's ledgers and done markers.
+/// Reads a job's ledgers and done markers; a job folder with neither is an error that says where
+/// it looked.
 pub async fn read_job(
+    job: &str,
     prefix: &Prefix,
 ) -> anyhow::Result<(Vec<Ledger>, Vec<spotbatch_proto::DoneMarker>)> {
     let layout = JobLayout {
         prefix: prefix.clone(),
     };
     let files = layout.read_files().await?;
+    if files.ledgers.is_empty() && files.markers.is_empty() {
+        anyhow::bail!(
+            "{job}: no worker ledgers or done shards under {}: nothing of this job ran there \
+             (is it the job's output.uri? without --output, JOB is the manifest)",
+            prefix.url()
+        );
+    }
     Ok((files.ledgers, files.markers))
 }
 
@@ -79,21 +89,25 @@ pub async fn read_job(
 pub fn job_prefix(job: &str, output: Option<&str>) -> anyhow::Result<(String, Prefix)> {
     Ok(match output {
         Some(out) => {
-            let base = url::Url::parse(out)
-                .or_else(|_| {
-                    let p = std::path::absolute(PathBuf::from(out))?;
-                    url::Url::from_directory_path(&p)
-                        .map_err(|_| anyhow::anyhow!("--output {out}: not a folder or URL"))
-                })
-                .with_context(|| format!("--output {out}"))?;
+            // A folder or prefix, with or without its trailing slash, as the manifest's
+            // output.uri takes it.
+            let cwd = std::env::current_dir().context("the current folder")?;
+            let base = spotbatch_proto::manifest::resolve_dir(out, &cwd)
+                .map_err(|e| anyhow::anyhow!("--output {out}: {e}"))?;
             let url = base
                 .join(&format!("{job}/"))
                 .with_context(|| format!("job {job}"))?;
             (job.to_string(), Prefix::open(&url)?)
         }
         None => {
-            let m =
-                Manifest::load(std::path::Path::new(job)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let path = std::path::Path::new(job);
+            if !path.exists() {
+                anyhow::bail!(
+                    "{job}: no such manifest file; to name a job by its id, add --output with \
+                     the job's output.uri"
+                );
+            }
+            let m = Manifest::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
             (m.job_id.clone(), JobLayout::for_manifest(&m)?.prefix)
         }
     })
@@ -101,12 +115,14 @@ pub fn job_prefix(job: &str, output: Option<&str>) -> anyhow::Result<(String, Pr
 
 pub async fn run(cmd: CostCmd) -> anyhow::Result<ExitCode> {
     let (job, prefix) = job_prefix(&cmd.job, cmd.output.as_deref())?;
-    let (ledgers, markers) = read_job(&prefix).await?;
+    let (ledgers, markers) = read_job(&job, &prefix).await?;
+    let all = ledgers.len();
     let ledgers: Vec<Ledger> = ledgers.into_iter().filter(|l| l.priced).collect();
     if ledgers.is_empty() {
         anyhow::bail!(
-            "{job}: no cost ledgers under {} (workers record cost only when given prices: \
-             --price-per-hour and --on-demand-price-per-hour, or --instance-type)",
+            "{job}: {} under {}, none with prices: workers record cost only when given prices \
+             (--price-per-hour and --on-demand-price-per-hour, or --instance-type)",
+            count(all as u64, "worker ledger"),
             prefix.url()
         );
     }
@@ -116,8 +132,11 @@ pub async fn run(cmd: CostCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "job {}: {} items ({} error rows), {} worker ledgers",
-        r.job, r.items, r.error_rows, r.workers
+        "job {}: {} ({}), {}",
+        r.job,
+        count(r.items, "item"),
+        count(r.error_rows, "error row"),
+        count(r.workers as u64, "worker ledger")
     );
     println!(
         "  spent             ${:.4}  ({:.0} machine-seconds)",
@@ -134,12 +153,19 @@ pub async fn run(cmd: CostCmd) -> anyhow::Result<ExitCode> {
     );
     println!("  per 1000 items    ${:.4}", r.dollars_per_1k_items);
     println!(
-        "  interruptions     {} items redone ({:.2} % of the job), {:.1} s and ${:.4} lost",
-        r.items_redone,
+        "  interruptions     {} redone ({:.2} % of the job), {:.1} s and ${:.4} lost",
+        count(r.items_redone, "item"),
         r.redone_fraction * 100.0,
         r.seconds_lost,
         r.dollars_lost
     );
+    if r.failed_attempts > 0 {
+        println!(
+            "  failures          {}; {} not done (dead-lettered unless retried)",
+            count(r.failed_attempts, "failed attempt"),
+            count(r.shards_failed, "shard")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -154,6 +180,17 @@ mod tests {
         assert_eq!(prefix.url().as_str(), "file:///tmp/some%20out/digits-1/");
         let (_, s3) = job_prefix("j", Some("s3://bucket/results/")).unwrap();
         assert_eq!(s3.url().as_str(), "s3://bucket/results/j/");
-        assert!(job_prefix("no-such-manifest.toml", None).is_err());
+        // Without the trailing slash: the same folder, not its parent.
+        let (_, bare) = job_prefix("j", Some("file:///tmp/results")).unwrap();
+        assert_eq!(bare.url().as_str(), "file:///tmp/results/j/");
+        let (_, s3) = job_prefix("j", Some("s3://bucket/results")).unwrap();
+        assert_eq!(s3.url().as_str(), "s3://bucket/results/j/");
+        let err = job_prefix("no-such-manifest.toml", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no such manifest file") && err.contains("--output"),
+            "{err}"
+        );
     }
 }

@@ -9,20 +9,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clap::{Parser, Subcommand, ValueEnum};
-use spotbatch_plan::{enqueue_plan, plan_job};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
+use spotbatch_plan::{enqueue_plan, Plan};
 use spotbatch_proto::manifest::DeviceSpec;
 use spotbatch_proto::{Manifest, ManifestError, ShardTask};
 use spotbatch_queue::QueueConfig;
 use spotbatch_store::JobLayout;
 use spotbatch_worker::notice::{self, NoticeAction};
+use spotbatch_worker::validate::Checks;
 use spotbatch_worker::{drain, process, Control, Progress, WorkerOptions};
 use tokio_util::sync::CancellationToken;
+
+use say::count;
 
 mod cost;
 mod remote;
 mod report;
+#[macro_use]
+mod say;
 mod timings;
+
+/// Shards a worker holds at once by default, for `run` and `worker` alike.
+const DEFAULT_PREFETCH: u16 = 4;
+
+/// How long `run`'s first Ctrl-C (or SIGTERM) gives the shards in work to finish their batches
+/// and keep their rows as partial results, as a worker's SIGTERM does.
+const RUN_INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -85,9 +97,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// Create a queue: for SQS the queue and, with --dlq, NAME-dlq and a redrive policy.
+    /// Create a queue: for SQS the queue and, with --dlq, NAME-dlq and a redrive policy; for
+    /// Kafka the topic and TOPIC-dlq; for SQLite the file.
     Create {
-        /// `sqs://NAME[?region=…&endpoint=…]` or `sqlite://PATH`.
+        /// `sqs://NAME[?region=…&endpoint=…]`, `kafka://BROKER[,BROKER…]/TOPIC[?partitions=N]` or
+        /// `sqlite://PATH`.
         uri: String,
         /// Also create the dead-letter queue and point the redrive policy at it.
         #[arg(long)]
@@ -98,27 +112,26 @@ enum QueueCommand {
     },
     /// List the dead-letter queue: each shard with its deliveries and the reason.
     Dlq {
-        /// The queue URI.
+        /// The queue URI. A SQLite file without `?queue=NAME`: every queue in it, named (`run`
+        /// keeps one queue per job there).
         uri: String,
     },
     /// Show how many items are visible, in flight and dead-lettered.
     Depth {
-        /// The queue URI.
+        /// The queue URI. A SQLite file without `?queue=NAME`: every queue in it, named.
         uri: String,
     },
 }
 
 #[derive(clap::Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["queue", "coordinator"])))]
 struct WorkerArgs {
-    /// The queue to work (`sqs://NAME…`, an SQS URL, `kafka://…`, or `sqlite://PATH[?queue=NAME]`).
-    #[arg(
-        long,
-        required_unless_present = "coordinator",
-        conflicts_with = "coordinator"
-    )]
+    /// The queue to work (`sqs://NAME…`, an SQS URL, `kafka://…`, or `sqlite://PATH[?queue=NAME]`,
+    /// which must exist); or give --coordinator instead.
+    #[arg(long, conflicts_with = "coordinator")]
     queue: Option<String>,
-    /// Register with this coordinator (it names the queue), heartbeat and report shard outcomes.
-    /// Token from SPOTBATCH_TOKEN.
+    /// Register with this coordinator (it names the queue), heartbeat and report shard outcomes;
+    /// or give --queue instead. Token from SPOTBATCH_TOKEN.
     #[arg(long, env = "SPOTBATCH_COORDINATOR")]
     coordinator: Option<String>,
     /// CA certificate (PEM) for an https:// coordinator and https:// peers.
@@ -141,8 +154,14 @@ struct WorkerArgs {
     exit_when_empty: bool,
     /// Most shards held at once (one in work, the rest leased but unstarted). Within it the
     /// depth adapts: enough unstarted shards for a tenth of the lease timeout at the measured pace.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..=64))]
     prefetch: u16,
+    /// How to show progress: a line redrawn on a terminal, else a line every --progress-secs.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// With plain progress: a progress line this often, when something changed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_secs: u64,
     /// Threads decoding images (default: half the cores).
     #[arg(long)]
     decode_threads: Option<usize>,
@@ -267,7 +286,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
     /// Shards each worker holds at once (one in work, the rest waiting).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..=64))]
     prefetch: u16,
     /// Threads per worker decoding images (default: half the cores).
     #[arg(long)]
@@ -326,14 +345,35 @@ fn check_device(asked: Option<DeviceSpec>) -> Option<ExitCode> {
     Some(ExitCode::from(2))
 }
 
+/// Exit codes, the same for the same mistake in every command.
+mod exit {
+    use std::process::ExitCode;
+
+    /// The manifest, what it names, or the command line is wrong: nothing was started.
+    pub fn invalid() -> ExitCode {
+        ExitCode::from(2)
+    }
+
+    /// The job failed (dead-lettered shards, a failed or cancelled job) or an error stopped the
+    /// command.
+    pub fn failed() -> ExitCode {
+        ExitCode::from(1)
+    }
+
+    /// Interrupted (Ctrl-C): run the same command again to resume.
+    pub fn interrupted() -> ExitCode {
+        ExitCode::from(130)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = say::log_filter(std::env::var("SPOTBATCH_LOG").ok().as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPOTBATCH_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(say::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Both rustls back ends are linked (the AWS SDK brings aws-lc); the coordinator's TLS uses ring.
@@ -345,7 +385,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return exit::failed();
         }
     };
     let result = runtime.block_on(async {
@@ -367,8 +407,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            say!("error: {e:#}");
+            exit::failed()
         }
     }
 }
@@ -380,8 +420,49 @@ fn load_manifest(path: &Path) -> Result<Manifest, ExitCode> {
             ManifestError::Invalid { .. } => eprintln!("{e}"),
             ManifestError::Read { .. } => eprintln!("error: {e}"),
         }
-        ExitCode::from(2)
+        exit::invalid()
     })
+}
+
+/// The checks `validate` makes, made by every command that starts a job: each problem on one
+/// line naming its field (then exit 2), and a warning for each input entry that is not an input.
+async fn check_job(
+    path: &Path,
+    m: &Manifest,
+    checks: Checks,
+) -> Result<spotbatch_worker::validate::Summary, ExitCode> {
+    match spotbatch_worker::validate::check_with(m, checks).await {
+        Ok(s) => {
+            if let Some(plan) = &s.plan {
+                warn_skipped(path, m, plan);
+            }
+            Ok(s)
+        }
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{}: {e}", path.display());
+            }
+            Err(exit::invalid())
+        }
+    }
+}
+
+/// A warning per entry left out of the job: a listed entry that is not an input, or a line of
+/// `input.list` that names none.
+fn warn_skipped(path: &Path, m: &Manifest, plan: &Plan) {
+    let field = if m.list.is_some() {
+        "input.list"
+    } else {
+        "input.uri"
+    };
+    for s in &plan.skipped {
+        say!(
+            "{}: warning: {field}: {} is not an input (left out): {}",
+            path.display(),
+            say::key(&s.key),
+            s.reason
+        );
+    }
 }
 
 async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
@@ -389,30 +470,24 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
-    match spotbatch_worker::validate::check(&m).await {
-        Ok(s) => {
-            let inputs = if s.inputs_known {
-                format!("{} inputs", s.inputs)
-            } else {
-                "rows not counted before they are read".to_string()
-            };
-            println!(
-                "{}: ok — job {}, {inputs} in {} shards; model input {}, output {}",
-                path.display(),
-                m.job_id,
-                s.shards,
-                s.model_input,
-                s.model_output
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errs) => {
-            for e in errs {
-                eprintln!("{}: {e}", path.display());
-            }
-            Ok(ExitCode::from(2))
-        }
-    }
+    let s = match check_job(path, &m, Checks::default()).await {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let inputs = if s.inputs_known {
+        count(s.inputs as u64, "input")
+    } else {
+        "rows not counted before they are read".to_string()
+    };
+    println!(
+        "{}: ok — job {}, {inputs} in {}; model input {}, output {}",
+        path.display(),
+        m.job_id,
+        count(s.shards as u64, "shard"),
+        s.model_input,
+        s.model_output
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -423,6 +498,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(code) = check_device(args.device) {
         return Ok(code);
     }
+    if !m.queue_uri.starts_with("sqlite://") {
+        eprintln!(
+            "{}: queue.uri: `spotbatch run` uses the embedded SQLite queue; {} is for `enqueue` and `worker`",
+            args.manifest.display(),
+            m.queue_uri
+        );
+        return Ok(exit::invalid());
+    }
     let prices = args.cost.prices()?;
     let timings = if args.timings {
         Some(timings::Timings::install()?)
@@ -431,43 +514,61 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Without ONNX Runtime every shard would fail; say so once instead.
     spotbatch_worker::engine::ort_environment()?;
+    // Refuse up front what `validate` refuses, rather than dead-letter every shard for it.
+    let checks = Checks {
+        device: args.device,
+        ..Checks::default()
+    };
+    let plan = match check_job(&args.manifest, &m, checks).await {
+        Ok(s) => s.plan,
+        Err(code) => return Ok(code),
+    };
     let started = Instant::now();
-    let prepared = spotbatch_worker::local::prepare(&m).await?;
+    let prepared = match plan {
+        Some(plan) => spotbatch_worker::local::prepare_planned(&m, plan).await?,
+        None => spotbatch_worker::local::prepare(&m).await?,
+    };
     if prepared.reclaimed > 0 {
-        eprintln!(
-            "resuming: {} shard(s) left in work by an interrupted run are back on the queue",
-            prepared.reclaimed
+        say!(
+            "resuming: {} left in work by an interrupted run are back on the queue",
+            count(prepared.reclaimed, "shard")
         );
     }
     let (total_items, shards) = (prepared.plan.total_items, prepared.plan.shards.len());
     // JSONL/CSV rows are not counted before they are read.
     let total = prepared.plan.items_known.then_some(total_items);
     let of_total = total.map(|t| format!(" of {t}")).unwrap_or_default();
-    for s in &prepared.plan.skipped {
-        eprintln!("warning: input.list: {s} (left out)");
-    }
     let submitted = prepared.submitted.clone();
     if submitted.already_done > 0 {
-        eprintln!(
-            "resuming: {} of {shards} shards already done ({} items), skipped",
-            submitted.already_done, submitted.done_items
+        say!(
+            "resuming: {} of {shards} shards already done ({}), skipped",
+            submitted.already_done,
+            count(submitted.done_items, "item")
         );
     }
     let progress = Arc::new(Progress::default());
     let control = Control::default();
     let finished = CancellationToken::new();
-    // Ctrl-C or SIGTERM stops at once, releasing every lease; a second exits now.
+    // Ctrl-C or SIGTERM drains, as a worker's SIGTERM does: nothing new starts, unstarted shards
+    // go back at once, the batches in work finish and their rows are kept as partial results; a
+    // second stops at once, a third exits now.
     tokio::spawn(drain::watch(
-        vec![Box::new(notice::SignalSource::new(Duration::ZERO))],
+        vec![Box::new(notice::SignalSource::new(RUN_INTERRUPT_GRACE))],
         control.clone(),
-        drain::FirstSignal::Stop,
+        drain::FirstSignal::Drain,
         finished.clone(),
-        |e| match e {
+        |e| {
+            match e {
+            drain::DrainEvent::Draining(..) => say!(
+                "interrupted: finishing the batches in work and keeping their rows (at most {} s; Ctrl-C again to stop at once)",
+                RUN_INTERRUPT_GRACE.as_secs()
+            ),
             drain::DrainEvent::Stopping(_) => {
-                eprintln!("stopping: releasing leases (press Ctrl-C again to exit at once)")
+                say!("stopping now: leases released, nothing more written (Ctrl-C again to exit at once)")
             }
             drain::DrainEvent::Exit(_) => std::process::exit(130),
-            _ => {}
+            drain::DrainEvent::StopLeasing(_) => {}
+        }
         },
     ));
     let display = spawn_progress(
@@ -476,6 +577,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         total,
         submitted.done_items,
         submitted.done_errors,
+        Duration::from_secs(5),
         finished.clone(),
     );
     let opts = spotbatch_worker::local::LocalOptions {
@@ -495,13 +597,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = display.await;
     let end = result?;
     let elapsed = started.elapsed().as_secs_f64();
-    if end.interrupted {
-        eprintln!(
-            "interrupted: leases released; {}{of_total} items done ({} of {shards} shards). Run the same command again to resume.",
+    if end.interrupted || control.is_draining() {
+        say!(
+            "interrupted: leases released; {}{of_total} items done ({} of {shards} shards), finished rows of shards in work kept. Run the same command again to resume.",
             end.items,
             end.done.len(),
         );
-        return Ok(ExitCode::from(130));
+        return Ok(exit::interrupted());
     }
     let rate = if elapsed > 0.0 {
         end.processed as f64 / elapsed
@@ -509,12 +611,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         0.0
     };
     println!(
-        "{}: {}{of_total} items in {}/{shards} shards, {} error rows; {} items processed in {elapsed:.1} s ({rate:.0} items/s) → {output}",
+        "{}: {}{of_total} items in {}/{shards} shards, {}; {} processed in {elapsed:.1} s ({} items/s) → {output}",
         m.job_id,
         end.items,
         end.done.len(),
-        end.errors,
-        end.processed,
+        count(end.errors, "error row"),
+        count(end.processed, "item"),
+        say::rate(rate),
     );
     if let Some(t) = &timings {
         eprint!("{}", t.report(elapsed, usize::from(args.workers)));
@@ -525,25 +628,27 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let keys = d
                 .keys
                 .as_ref()
-                .map(|(a, b)| format!("{a}..{b}"))
+                .map(|(a, b)| format!("{}..{}", say::key(a), say::key(b)))
                 .unwrap_or_else(|| "?".into());
             eprintln!(
-                "dead-lettered: shard {} (#{index}, keys {keys}) after {} deliveries: {}",
-                d.id, d.deliveries, d.reason
+                "dead-lettered: shard {} (#{index}, keys {keys}) after {}: {}",
+                d.id,
+                count(d.deliveries, "delivery"),
+                d.reason
             );
         }
         eprintln!(
-            "{}: {} shard(s) dead-lettered; fix the cause and run again to retry them",
+            "{}: {} dead-lettered; fix the cause and run again to retry them",
             m.job_id,
-            end.dead.len()
+            count(end.dead.len() as u64, "shard")
         );
-        return Ok(ExitCode::from(1));
+        return Ok(exit::failed());
     }
     if end.done.len() < shards {
         bail!(
-            "{}: {} shards are neither done nor dead-lettered",
+            "{}: {} neither done nor dead-lettered",
             m.job_id,
-            shards - end.done.len()
+            count((shards - end.done.len()) as u64, "shard")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -554,6 +659,19 @@ async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode>
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
+    // Refuse up front what `validate` refuses (the device is the workers' machines' business).
+    spotbatch_worker::engine::ort_environment()?;
+    let checks = Checks {
+        here: false,
+        ..Checks::default()
+    };
+    let plan = match check_job(path, &m, checks).await {
+        Ok(s) => s.plan,
+        Err(code) => return Ok(code),
+    };
+    let Some(plan) = plan else {
+        bail!("{}: the job was not planned", m.job_id);
+    };
     let uri = queue.unwrap_or_else(|| m.queue_uri.clone());
     let q = spotbatch_queue::open(
         &uri,
@@ -562,18 +680,75 @@ async fn enqueue(path: &Path, queue: Option<String>) -> anyhow::Result<ExitCode>
         },
     )
     .await?;
-    let plan = plan_job(&m).await?;
-    for s in &plan.skipped {
-        eprintln!("warning: input.list: {s} (left out)");
-    }
     let layout = JobLayout::for_manifest(&m)?;
     spotbatch_plan::store_plan(&layout, &m, &plan).await?;
     let report = enqueue_plan(q.as_ref(), &layout, &plan).await?;
+    // SQLite does not add a shard that is already waiting there again: say how many were new.
+    let put = match report.new {
+        Some(new) if new < report.enqueued => format!(
+            "{} enqueued on {uri} ({} already waiting there)",
+            count(new as u64, "new shard"),
+            report.enqueued - new
+        ),
+        _ => format!(
+            "{} enqueued on {uri}",
+            count(report.enqueued as u64, "shard")
+        ),
+    };
     println!(
-        "{}: {} shards enqueued on {uri}, {} already done; {} inputs → {}",
-        m.job_id, report.enqueued, report.already_done, plan.total_items, m.output
+        "{}: {put}, {} already done; {} → {}",
+        m.job_id,
+        report.already_done,
+        count(plan.total_items, "input"),
+        m.output
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `sqlite://` queue a command reads must exist: opening it would create an empty one.
+fn existing_sqlite(uri: &str) -> anyhow::Result<()> {
+    if !uri.starts_with("sqlite://") {
+        return Ok(());
+    }
+    let (path, _) = spotbatch_queue::sqlite::parse_uri(uri)?;
+    if !path.exists() {
+        bail!(
+            "{uri}: no such queue file {} (`spotbatch enqueue`, `run` or `queue create` makes one)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The queues a command about `uri` covers: the one it names, or for a SQLite file without
+/// `?queue=NAME`, every queue in the file (`run` keeps one per job there). `None`: just `uri`.
+async fn sqlite_queues(uri: &str) -> anyhow::Result<Option<Vec<String>>> {
+    if !uri.starts_with("sqlite://") {
+        return Ok(None);
+    }
+    existing_sqlite(uri)?;
+    let (path, named) = spotbatch_queue::sqlite::parse_uri(uri)?;
+    let names = spotbatch_queue::sqlite::queue_names(&path).await?;
+    if uri.contains("queue=") {
+        if !names.contains(&named) && !names.is_empty() {
+            bail!(
+                "{uri}: no queue {named:?} in {} (it holds {})",
+                path.display(),
+                names.join(", ")
+            );
+        }
+        return Ok(None);
+    }
+    if names.is_empty() || names == ["default"] {
+        return Ok(None);
+    }
+    let base = uri.split('?').next().unwrap_or(uri);
+    Ok(Some(
+        names
+            .into_iter()
+            .map(|n| format!("{base}?queue={n}"))
+            .collect(),
+    ))
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -587,7 +762,24 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             Err(code) => return Ok(code),
         }
     }
+    if let Some(q) = &args.queue {
+        if let Err(e) = existing_sqlite(q) {
+            say!("error: --queue {e:#}");
+            return Ok(exit::invalid());
+        }
+    }
     spotbatch_worker::engine::ort_environment()?;
+    // The jobs it is given must be workable here: refuse up front what `validate` refuses.
+    for (path, m) in args.manifests.iter().zip(&manifests) {
+        let checks = Checks {
+            inputs: false,
+            device: args.device,
+            here: true,
+        };
+        if let Err(code) = check_job(path, m, checks).await {
+            return Ok(code);
+        }
+    }
     let coordinator = match &args.coordinator {
         Some(url) => Some(process::CoordinatorSettings {
             url: url.clone(),
@@ -642,6 +834,17 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         azure_url: a.azure_metadata_url.clone(),
         azure_vm_name: a.azure_vm_name.clone(),
     };
+    let progress = Arc::new(Progress::default());
+    let finished = CancellationToken::new();
+    let display = spawn_progress(
+        args.progress,
+        Arc::clone(&progress),
+        None,
+        0,
+        0,
+        Duration::from_secs(args.progress_secs),
+        finished.clone(),
+    );
     let cfg = process::ProcessConfig {
         queue: args.queue.clone(),
         coordinator,
@@ -665,39 +868,51 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ort_threads: args.ort_threads,
         device: args.device,
         notices,
+        progress: Some(progress),
     };
     let s = process::run(cfg, |e| match e {
         process::ProcessEvent::Metrics(id, bound) => {
-            eprintln!("{id}: metrics on http://{bound}/metrics")
+            say!("{id}: metrics on http://{bound}/metrics")
         }
-        process::ProcessEvent::Drain(drain::DrainEvent::StopLeasing(n)) => eprintln!(
+        process::ProcessEvent::Drain(drain::DrainEvent::StopLeasing(n)) => say!(
             "{} notice ({}): no new work will be leased",
-            n.source, n.kind
+            n.source,
+            n.kind
         ),
-        process::ProcessEvent::Drain(drain::DrainEvent::Draining(n, left)) => eprintln!(
+        process::ProcessEvent::Drain(drain::DrainEvent::Draining(n, left)) => say!(
             "{} notice ({}): draining, deadline in {:.1} s (a second signal stops at once)",
             n.source,
             n.kind,
             left.as_secs_f64()
         ),
         process::ProcessEvent::Drain(drain::DrainEvent::Stopping(_)) => {
-            eprintln!("second signal: stopping now")
+            say!("second signal: stopping now")
         }
         process::ProcessEvent::Drain(drain::DrainEvent::Exit(_)) => std::process::exit(130),
     })
-    .await?;
+    .await;
+    finished.cancel();
+    let _ = display.await;
+    let s = s?;
     let p = &s.progress;
-    eprintln!(
-        "{}: {} shards done ({} skipped as already done, {} failed attempts), {} items ({} error rows) in {:.1} s{}{}",
+    let items = p.items_ok.load(Ordering::Relaxed) + p.items_failed.load(Ordering::Relaxed);
+    say!(
+        "{}: {} done ({} skipped as already done, {}), {} ({}) in {:.1} s{}{}",
         s.id,
-        p.shards_done.load(Ordering::Relaxed),
+        count(p.shards_done.load(Ordering::Relaxed), "shard"),
         p.shards_skipped.load(Ordering::Relaxed),
-        p.attempts_failed.load(Ordering::Relaxed),
-        p.items_ok.load(Ordering::Relaxed) + p.items_failed.load(Ordering::Relaxed),
-        p.items_failed.load(Ordering::Relaxed),
+        count(p.attempts_failed.load(Ordering::Relaxed), "failed attempt"),
+        count(items, "item"),
+        count(p.items_failed.load(Ordering::Relaxed), "error row"),
         s.elapsed.as_secs_f64(),
-        s.queue_requests.map(|n| format!(", {n} queue requests")).unwrap_or_default(),
-        if s.drained { "; drained, leases released" } else { "" },
+        s.queue_requests
+            .map(|n| format!(", {}", count(n, "queue request")))
+            .unwrap_or_default(),
+        if s.drained {
+            "; drained, leases released"
+        } else {
+            ""
+        },
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -710,58 +925,92 @@ async fn queue_command(cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             max_attempts,
         } => match spotbatch_queue::create(&uri, dlq, max_attempts).await? {
             spotbatch_queue::Created::Kafka { topic, partitions } => {
-                println!("{topic}: topic with {partitions} partitions and {topic}-dlq ready")
+                println!(
+                    "{topic}: topic with {} and {topic}-dlq ready",
+                    count(partitions as u64, "partition")
+                )
             }
             spotbatch_queue::Created::Sqlite => {
                 println!("{uri}: ready (SQLite queues keep their dead letters in the same file)")
             }
             spotbatch_queue::Created::Sqs { url, dlq_after } => {
                 let extra = dlq_after
-                    .map(|n| format!(", dead-letter queue after {n} receives"))
+                    .map(|n| format!(", dead-letter queue after {}", count(n as u64, "receive")))
                     .unwrap_or_default();
                 println!("{url}{extra}");
             }
         },
         QueueCommand::Dlq { uri } => {
-            let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
-            let dead = q.dead_letters(10_000).await?;
-            for d in &dead {
-                let what = match ShardTask::from_bytes(&d.body) {
-                    Ok(t) => format!(
-                        "job {} shard {} (#{}, {} keys)",
-                        t.job,
-                        t.shard,
-                        t.index,
-                        t.keys.len()
-                    ),
-                    Err(_) => format!(
-                        "item {} ({} bytes, not a spotbatch shard)",
-                        d.id,
-                        d.body.len()
-                    ),
+            let uris = sqlite_queues(&uri).await?;
+            let named = uris.is_some();
+            for uri in uris.unwrap_or_else(|| vec![uri.clone()]) {
+                let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
+                let dead = q.dead_letters(10_000).await?;
+                let queue = if named {
+                    format!("{}: ", q.name())
+                } else {
+                    String::new()
                 };
-                println!("{what}: {} deliveries: {}", d.delivery_count, d.reason);
+                for d in &dead {
+                    let what = match ShardTask::from_bytes(&d.body) {
+                        Ok(t) => format!(
+                            "job {} shard {} (#{}, {})",
+                            t.job,
+                            t.shard,
+                            t.index,
+                            count(t.keys.len() as u64, "key")
+                        ),
+                        Err(_) => format!(
+                            "item {} ({} bytes, not a spotbatch shard)",
+                            d.id,
+                            d.body.len()
+                        ),
+                    };
+                    println!(
+                        "{queue}{what}: {}: {}",
+                        count(d.delivery_count, "delivery"),
+                        d.reason
+                    );
+                }
+                say!("{}: {} dead-lettered", q.name(), dead.len());
             }
-            eprintln!("{}: {} dead-lettered", q.name(), dead.len());
         }
-        QueueCommand::Depth { uri } => {
-            let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
-            let d = q.depth().await?;
-            println!(
-                "visible {} in_flight {} dead {}",
-                d.visible, d.in_flight, d.dead
-            );
-        }
+        QueueCommand::Depth { uri } => match sqlite_queues(&uri).await? {
+            Some(uris) => {
+                for uri in uris {
+                    let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
+                    let d = q.depth().await?;
+                    println!(
+                        "{}: visible {} in_flight {} dead {}",
+                        q.name(),
+                        d.visible,
+                        d.in_flight,
+                        d.dead
+                    );
+                }
+            }
+            None => {
+                let q = spotbatch_queue::open(&uri, QueueConfig::default()).await?;
+                let d = q.depth().await?;
+                println!(
+                    "visible {} in_flight {} dead {}",
+                    d.visible, d.in_flight, d.dead
+                );
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Shows progress until `finished`: a bar (or, without a total, a line redrawn) on a terminal,
+/// else a line every `every` when something changed.
 fn spawn_progress(
     mode: ProgressMode,
     p: Arc<Progress>,
     total: Option<u64>,
     done_before: u64,
     errors_before: u64,
+    every: Duration,
     finished: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let bar = match mode {
@@ -778,60 +1027,86 @@ fn spawn_progress(
             let failed = p.rows_made_failed.load(Ordering::Relaxed);
             (made, errors_before + failed)
         };
+        let eta = |left: u64, rate: f64| {
+            if rate > 0.0 {
+                format!("ETA {:.0} s", left as f64 / rate)
+            } else {
+                "ETA ?".into()
+            }
+        };
         if bar {
-            let (pb, template) = match total {
-                Some(t) => (
-                    indicatif::ProgressBar::new(t),
-                    "{bar:40.cyan/blue} {pos}/{len} items  {per_sec}  ETA {eta}  {msg}",
-                ),
-                None => (
-                    indicatif::ProgressBar::new_spinner(),
-                    "{spinner} {pos} items  {per_sec}  {msg}",
-                ),
-            };
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(template)
+            let pb = match total {
+                Some(t) => indicatif::ProgressBar::new(t).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40.cyan/blue} {pos}/{len} items  {msg}",
+                    )
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
+                ),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
             pb.set_position(done_before);
+            say::set_bar(Some(pb.clone()));
             loop {
                 let (n, errors) = counts(&p);
+                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let shards = count(p.shards_in_flight.load(Ordering::Relaxed) as u64, "shard");
                 pb.set_position(done_before + n);
-                pb.set_message(format!(
-                    "{errors} errors, {} shards in work",
-                    p.shards_in_flight.load(Ordering::Relaxed)
-                ));
+                pb.set_message(match total {
+                    Some(t) => format!(
+                        "{} items/s  {}  {}, {shards} in work",
+                        say::rate(rate),
+                        eta(t.saturating_sub(done_before + n), rate),
+                        count(errors, "error row")
+                    ),
+                    None => format!(
+                        "{} done, {} ({}), {} items/s, {shards} held",
+                        count(p.shards_done.load(Ordering::Relaxed), "shard"),
+                        count(n, "item"),
+                        count(errors, "error row"),
+                        say::rate(rate)
+                    ),
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = finished.cancelled() => break,
                 }
             }
+            say::set_bar(None);
             pb.finish_and_clear();
         } else if !quiet {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(every);
             tick.tick().await;
+            let mut last = (0u64, Instant::now(), u64::MAX);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = finished.cancelled() => break,
                 }
                 let (n, errors) = counts(&p);
-                let secs = started.elapsed().as_secs_f64();
-                let rate = n as f64 / secs.max(1e-9);
-                let done = done_before + n;
+                let shards_done = p.shards_done.load(Ordering::Relaxed);
+                if total.is_none() && (n, shards_done) == (last.0, last.2) {
+                    continue;
+                }
+                let now = Instant::now();
+                let rate =
+                    (n - last.0.min(n)) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-9);
+                last = (n, now, shards_done);
                 match total {
-                    Some(total) => {
-                        let left = total.saturating_sub(done);
-                        let eta = if rate > 0.0 {
-                            format!("{:.0} s", left as f64 / rate)
-                        } else {
-                            "?".into()
-                        };
-                        eprintln!(
-                            "progress: {done}/{total} items, {rate:.0} items/s, ETA {eta}, {errors} errors"
-                        );
-                    }
-                    None => eprintln!("progress: {done} items, {rate:.0} items/s, {errors} errors"),
+                    Some(t) => say!(
+                        "progress: {}/{t} items, {} items/s, {}, {}",
+                        done_before + n,
+                        say::rate(rate),
+                        eta(t.saturating_sub(done_before + n), rate),
+                        count(errors, "error row")
+                    ),
+                    None => say!(
+                        "progress: {} done, {} ({}), {} items/s, {} held",
+                        count(shards_done, "shard"),
+                        count(n, "item"),
+                        count(errors, "error row"),
+                        say::rate(rate),
+                        count(p.shards_in_flight.load(Ordering::Relaxed) as u64, "shard")
+                    ),
                 }
             }
         }

@@ -18,6 +18,8 @@ use spotbatch_proto::api::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::say::{self, count};
+
 #[derive(Args)]
 pub struct CoordinatorArgs {
     /// gRPC address.
@@ -238,14 +240,18 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     println!("{}", reply.job_id);
     eprintln!(
-        "{}: {} shards ({} enqueued, {} already done), {} inputs → {}",
+        "{}: {} ({} enqueued, {} already done), {} → {}",
         reply.job_id,
-        reply.shards_total,
+        count(reply.shards_total, "shard"),
         reply.shards_enqueued,
         reply.shards_already_done,
-        reply.items_total,
+        count(reply.items_total, "input"),
         reply.output
     );
+    let name = args.manifest.display();
+    for note in &reply.notes {
+        eprintln!("{name}: note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -253,14 +259,14 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
     serde_json::json!({
         "job": s.job_id,
         "state": s.state,
-        "items": {"total": s.items_total, "done": s.items_done, "failed": s.items_failed},
+        "items": {"total": s.items_total, "done": s.items_done, "failed": s.items_failed, "dead": s.items_dead},
         "shards": {"total": s.shards_total, "done": s.shards_done},
         "rate_items_per_s": s.rate,
         "eta_s": if s.eta_seconds < 0.0 { serde_json::Value::Null } else { serde_json::json!(s.eta_seconds) },
         "in_flight": s.in_flight.iter().map(|f| serde_json::json!({"shard": f.shard, "worker": f.worker})).collect::<Vec<_>>(),
         "dead_lettered": s.dead_lettered.iter().map(|d| serde_json::json!({"shard": d.shard, "reason": d.reason, "deliveries": d.deliveries})).collect::<Vec<_>>(),
         "workers": s.workers.iter().map(|w| serde_json::json!({
-            "id": w.worker_id, "alive": w.alive, "capacity": w.capacity, "device": w.device,
+            "id": w.worker_id, "alive": w.alive, "exited": w.exited, "capacity": w.capacity, "device": w.device,
             "items_per_s": w.items_per_second, "shards": w.shards, "unstarted": w.unstarted,
         })).collect::<Vec<_>>(),
         "output": s.output,
@@ -273,20 +279,42 @@ fn status_line(s: &JobStatus) -> String {
     } else {
         format!("ETA {:.0} s", s.eta_seconds)
     };
+    let dead_items = if s.items_dead > 0 {
+        format!(", {} in dead-lettered shards", s.items_dead)
+    } else {
+        String::new()
+    };
+    let alive = s.workers.iter().filter(|w| w.alive).count() as u64;
+    let exited = s.workers.iter().filter(|w| w.exited).count() as u64;
+    let dead = s.workers.len() as u64 - alive - exited;
+    let mut workers = format!("{} alive", count(alive, "worker"));
+    if exited > 0 {
+        workers.push_str(&format!(", {exited} exited"));
+    }
+    if dead > 0 {
+        workers.push_str(&format!(", {dead} dead"));
+    }
     format!(
-        "{}: {} — {}/{} items ({} failed), {}/{} shards, {:.1} items/s, {eta}; {} in flight, {} dead-lettered, {} workers alive",
+        "{}: {} — {}/{} items ({}{dead_items}), {}/{} shards, {} items/s, {eta}; {} in flight, {} dead-lettered, {workers}",
         s.job_id,
         s.state,
         s.items_done,
         s.items_total,
-        s.items_failed,
+        count(s.items_failed, "error row"),
         s.shards_done,
         s.shards_total,
-        s.rate,
+        say::rate(s.rate),
         s.in_flight.len(),
         s.dead_lettered.len(),
-        s.workers.iter().filter(|w| w.alive).count()
     )
+}
+
+/// `status`'s exit code, as `run`'s: 0 done (or still running), 1 failed or cancelled.
+fn status_code(s: &JobStatus) -> ExitCode {
+    match s.state.as_str() {
+        "failed" | "cancelled" => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -301,50 +329,65 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)
         }
     };
+    let print_dead = |s: &JobStatus| {
+        for d in &s.dead_lettered {
+            println!(
+                "  dead-lettered shard {} after {}: {}",
+                d.shard,
+                count(d.deliveries, "delivery"),
+                d.reason
+            );
+        }
+    };
     if args.json {
         let s = get(&mut c).await?;
         println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(status_code(&s));
     }
     if !args.watch {
         let s = get(&mut c).await?;
         println!("{}", status_line(&s));
-        for d in &s.dead_lettered {
-            println!(
-                "  dead-lettered shard {} after {} deliveries: {}",
-                d.shard, d.deliveries, d.reason
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        print_dead(&s);
+        return Ok(status_code(&s));
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    loop {
-        let s = get(&mut c).await?;
+    crate::say::set_bar(Some(bar.clone()));
+    let end = loop {
+        let s = match get(&mut c).await {
+            Ok(s) => s,
+            Err(e) => {
+                crate::say::set_bar(None);
+                return Err(e);
+            }
+        };
         bar.set_length(s.items_total);
         bar.set_position(s.items_done);
         bar.set_message(format!(
-            "{} · {:.1}/s · {} · {} failed · {} dead shards",
+            "{} · {} items/s · {} · {} · {} dead-lettered",
             s.state,
-            s.rate,
+            say::rate(s.rate),
             if s.eta_seconds < 0.0 {
                 "ETA ?".into()
             } else {
-                format!("ETA {:.0}s", s.eta_seconds)
+                format!("ETA {:.0} s", s.eta_seconds)
             },
-            s.items_failed,
-            s.dead_lettered.len()
+            count(s.items_failed, "error row"),
+            count(s.dead_lettered.len() as u64, "shard"),
         ));
         if s.state != "running" {
-            bar.finish();
-            println!("{}", status_line(&s));
-            return Ok(ExitCode::SUCCESS);
+            break s;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    };
+    crate::say::set_bar(None);
+    bar.finish();
+    println!("{}", status_line(&end));
+    print_dead(&end);
+    Ok(status_code(&end))
 }
 
 pub async fn jobs(args: ClientArgs) -> anyhow::Result<ExitCode> {
@@ -424,9 +467,16 @@ mod tests {
                     alive: false,
                     ..Default::default()
                 },
+                WorkerInfo {
+                    worker_id: "left".into(),
+                    alive: false,
+                    exited: true,
+                    ..Default::default()
+                },
             ],
             output: "file:///o/j-1/".into(),
             submitted_unix_ms: 0,
+            items_dead: 10,
         }
     }
 
@@ -434,9 +484,14 @@ mod tests {
     fn the_status_line_says_progress_rate_eta_and_who_is_alive() {
         assert_eq!(
             status_line(&status(48.0)),
-            "j-1: running — 40/100 items (2 failed), 4/10 shards, 12.5 items/s, ETA 48 s; 1 in flight, 1 dead-lettered, 1 workers alive"
+            "j-1: running — 40/100 items (2 error rows, 10 in dead-lettered shards), 4/10 shards, 12.5 items/s, ETA 48 s; 1 in flight, 1 dead-lettered, 1 worker alive, 1 exited, 1 dead"
         );
         assert!(status_line(&status(-1.0)).contains("ETA unknown"));
+        // A failed or cancelled job exits 1, as `run` does for dead letters.
+        let mut s = status(0.0);
+        assert_eq!(status_code(&s), ExitCode::SUCCESS);
+        s.state = "failed".into();
+        assert_eq!(status_code(&s), ExitCode::from(1));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `spotbatch report`: one self-contained HTML page (inline SVG, no scripts or links to fetch) with
-//! a job's throughput over time, its shards on each worker with preemption notices and recoveries,
-//! and its cost, drawn from the workers' ledgers and the done markers beside the output. The data
-//! behind the charts is embedded too (`<script type="application/json" id="spotbatch-data">`).
+//! a job's rows written over time (and their rate), its shards on each worker with preemption
+//! notices and recoveries, and its cost, drawn from the workers' ledgers and the done markers
+//! beside the output. The data behind the charts is embedded too
+//! (`<script type="application/json" id="spotbatch-data">`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use spotbatch_store::cost::Report;
 use spotbatch_store::timeline::{build, Timeline as Data};
 
 use crate::cost::{job_prefix, read_job};
+use crate::say::count;
 
 /// `spotbatch report`.
 #[derive(clap::Args, Debug)]
@@ -21,9 +23,9 @@ pub struct ReportCmd {
     /// The output location (`output.uri`) when JOB is a job id.
     #[arg(long)]
     output: Option<String>,
-    /// Where to write the page.
-    #[arg(long, default_value = "report.html")]
-    out: PathBuf,
+    /// The HTML page to write.
+    #[arg(long, alias = "out", default_value = "report.html")]
+    html: PathBuf,
 }
 
 fn esc(s: &str) -> String {
@@ -33,46 +35,252 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Chart width, the room for lane labels on the left and for the right axis.
 const W: f64 = 900.0;
-const LEFT: f64 = 140.0;
+const LEFT: f64 = 160.0;
+const RIGHT: f64 = 70.0;
+/// Characters of a lane label that fit in `LEFT` at the page's 12 px.
+const LABEL_CHARS: usize = 21;
 
-fn throughput_svg(d: &Data) -> String {
-    let h = 220.0;
-    let max = d
-        .throughput
+/// A label that fits its lane: long names are cut (with …) and shown whole on hover.
+fn label(x: f64, y: f64, text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let shown: String = if chars.len() > LABEL_CHARS {
+        chars[..LABEL_CHARS - 1].iter().collect::<String>() + "…"
+    } else {
+        text.to_string()
+    };
+    format!(
+        "<text class=\"label\" x=\"{x:.1}\" y=\"{y:.1}\"><title>{}</title>{}</text>",
+        esc(text),
+        esc(&shown)
+    )
+}
+
+/// About `n` round tick values from 0 to at least `max` (steps of 1, 2 or 5 × 10^k).
+fn ticks(max: f64, n: usize) -> Vec<f64> {
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let raw = max / n.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
-        .map(|b| b.items_per_s)
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    let bw = (W - LEFT) / d.throughput.len().max(1) as f64;
-    let mut svg = format!(
-        "<svg id=\"throughput\" viewBox=\"0 0 {W} {}\" width=\"{W}\" height=\"{}\" role=\"img\">",
-        h + 30.0,
-        h + 30.0
-    );
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let steps = (max / step).ceil() as usize;
+    (0..=steps).map(|i| i as f64 * step).collect()
+}
+
+/// A tick's label: whole numbers as such, small steps with their decimals.
+fn tick_label(v: f64, step: f64) -> String {
+    if step >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        let decimals = (-step.log10().floor()) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+/// The time axis under a chart: ticks and their labels in seconds, and the axis line.
+fn time_axis(svg: &mut String, wall: f64, x: impl Fn(f64) -> f64, y: f64) {
+    let t = ticks(wall, 8);
+    let step = t.get(1).copied().unwrap_or(1.0);
     let _ = write!(
         svg,
-        "<text x=\"4\" y=\"14\">{max:.1} items/s</text><text x=\"4\" y=\"{h}\">0</text>"
+        "<line class=\"axis\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#555\"/>",
+        W - RIGHT
     );
-    for (i, b) in d.throughput.iter().enumerate() {
-        let bh = b.items_per_s / max * (h - 20.0);
+    for v in t.iter().filter(|v| **v <= wall * 1.0001) {
         let _ = write!(
             svg,
-            "<rect class=\"bar\" fill=\"#4a8\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" data-start-s=\"{:.3}\" data-items=\"{}\" data-items-per-s=\"{:.3}\"><title>{:.1}–{:.1} s: {} items ({:.1}/s)</title></rect>",
-            LEFT + i as f64 * bw,
-            h - bh,
-            (bw - 1.0).max(1.0),
-            b.start_s,
-            b.items,
-            b.items_per_s,
-            b.start_s,
-            b.end_s,
-            b.items,
-            b.items_per_s
+            "<line class=\"tick\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{y:.1}\" y2=\"{1:.1}\" stroke=\"#555\"/><text class=\"tick-label\" x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{3} s</text>",
+            x(*v),
+            y + 5.0,
+            y + 18.0,
+            tick_label(*v, step)
         );
     }
-    let _ = write!(svg, "<text x=\"{LEFT}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1} s</text></svg>", h + 20.0, W - 4.0, h + 20.0, d.wall_s);
+}
+
+/// A vertical axis at `ax` from `top` to `bottom` for values 0..`max`, its labels on `side`.
+fn value_axis(
+    svg: &mut String,
+    max: f64,
+    ax: f64,
+    top: f64,
+    bottom: f64,
+    right: bool,
+    unit: &str,
+    class: &str,
+) -> f64 {
+    let t = ticks(max, 5);
+    let top_value = t.last().copied().unwrap_or(1.0).max(1e-12);
+    let step = t.get(1).copied().unwrap_or(1.0);
+    let y = |v: f64| bottom - v / top_value * (bottom - top);
+    let _ = write!(
+        svg,
+        "<line class=\"axis {class}\" x1=\"{ax:.1}\" x2=\"{ax:.1}\" y1=\"{top:.1}\" y2=\"{bottom:.1}\" stroke=\"#555\"/>"
+    );
+    for v in &t {
+        let (x2, tx, anchor) = if right {
+            (ax + 5.0, ax + 8.0, "start")
+        } else {
+            (ax - 5.0, ax - 8.0, "end")
+        };
+        let _ = write!(
+            svg,
+            "<line class=\"tick\" x1=\"{ax:.1}\" x2=\"{x2:.1}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#555\"/><line x1=\"{LEFT}\" x2=\"{1:.1}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#eee\"/><text class=\"tick-label {class}\" x=\"{tx:.1}\" y=\"{2:.1}\" text-anchor=\"{anchor}\">{3}{unit}</text>",
+            y(*v),
+            W - RIGHT,
+            y(*v) + 4.0,
+            tick_label(*v, step)
+        );
+    }
+    top_value
+}
+
+/// Legend entries in a row: (colour, outline, text); a `line` entry is drawn as a line.
+fn legend(svg: &mut String, y: f64, entries: &[(&str, &str, &str)]) {
+    let mut x = LEFT;
+    for (fill, kind, text) in entries {
+        let _ = match *kind {
+            "line" => write!(
+                svg,
+                "<line x1=\"{x:.1}\" x2=\"{:.1}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"{fill}\" stroke-width=\"3\"/>",
+                x + 16.0,
+                y - 4.0
+            ),
+            "vline" => write!(
+                svg,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{fill}\" stroke-width=\"3\"/>",
+                x + 8.0,
+                y - 11.0,
+                y + 2.0
+            ),
+            "dot" => write!(
+                svg,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{fill}\"/>",
+                x + 8.0,
+                y - 4.0
+            ),
+            outline => write!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"16\" height=\"10\" fill=\"{fill}\" stroke=\"{outline}\"/>",
+                y - 9.0
+            ),
+        };
+        let _ = write!(
+            svg,
+            "<text class=\"legend\" x=\"{:.1}\" y=\"{y:.1}\">{}</text>",
+            x + 20.0,
+            esc(text)
+        );
+        x += 20.0 + text.chars().count() as f64 * 6.6 + 18.0;
+    }
+}
+
+fn throughput_svg(d: &Data) -> String {
+    let (top, bottom) = (30.0, 230.0);
+    let h = bottom + 30.0;
+    let wall = d.wall_s.max(1e-9);
+    let x = |t: f64| LEFT + t / wall * (W - LEFT - RIGHT);
+    let mut svg = format!(
+        "<svg id=\"throughput\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\">"
+    );
+    legend(
+        &mut svg,
+        14.0,
+        &[
+            ("#2a6", "line", "rows written (left axis)"),
+            (
+                "#c60",
+                "line",
+                &format!("rate over {:.1} s, rows/s (right axis)", d.rate_window_s),
+            ),
+        ],
+    );
+    let final_items = d.cumulative.last().map_or(0, |w| w.items);
+    let items_top = value_axis(
+        &mut svg,
+        final_items.max(1) as f64,
+        LEFT,
+        top,
+        bottom,
+        false,
+        "",
+        "items",
+    );
+    let max_rate = d.rate.iter().map(|r| r.items_per_s).fold(0.0f64, f64::max);
+    let rate_top = value_axis(
+        &mut svg,
+        max_rate.max(1e-9),
+        W - RIGHT,
+        top,
+        bottom,
+        true,
+        "/s",
+        "rate",
+    );
+    time_axis(&mut svg, wall, x, bottom);
+    let y_items = |v: u64| bottom - v as f64 / items_top * (bottom - top);
+    // Rows written: a step up at each shard done.
+    let mut points = format!("{:.1},{:.1}", x(0.0), bottom);
+    let mut prev = 0;
+    for w in &d.cumulative {
+        let _ = write!(
+            points,
+            " {0:.1},{1:.1} {0:.1},{2:.1}",
+            x(w.at_s),
+            y_items(prev),
+            y_items(w.items)
+        );
+        prev = w.items;
+    }
+    let _ = write!(points, " {:.1},{:.1}", x(wall), y_items(prev));
+    let _ = write!(
+        svg,
+        "<polyline class=\"cumulative\" points=\"{points}\" fill=\"none\" stroke=\"#2a6\" stroke-width=\"2\" data-final-items=\"{final_items}\"><title>{final_items} rows written</title></polyline>"
+    );
+    let rate: Vec<String> = d
+        .rate
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.1},{:.1}",
+                x(r.at_s),
+                bottom - r.items_per_s / rate_top * (bottom - top)
+            )
+        })
+        .collect();
+    let _ = write!(
+        svg,
+        "<polyline class=\"rate\" points=\"{}\" fill=\"none\" stroke=\"#c60\" stroke-width=\"1.5\"/></svg>",
+        rate.join(" ")
+    );
     svg
+}
+
+/// How a shard's bar is coloured, by how the attempt ended; every one is in the legend.
+const OUTCOMES: &[(&str, &str, &str)] = &[
+    ("done", "#3a7", "done"),
+    ("partial", "#e90", "partial (drained mid-shard, rows kept)"),
+    ("released", "#999", "released unstarted"),
+    ("interrupted", "#bbb", "interrupted (stopped at once)"),
+    ("handed_over", "#9bd", "handed to a peer"),
+    ("skipped", "#ddd", "already done"),
+    ("failed", "#d33", "failed"),
+    ("lease_lost", "#a3c", "lease lost"),
+];
+
+fn colour(outcome: &str) -> &'static str {
+    OUTCOMES
+        .iter()
+        .find(|(o, _, _)| *o == outcome)
+        .map_or("#d33", |(_, c, _)| *c)
 }
 
 fn timeline_svg(d: &Data) -> String {
@@ -104,49 +312,65 @@ fn timeline_svg(d: &Data) -> String {
         }
         lanes.push(ends.len().max(1));
     }
+    // The legend takes two lines above the lanes.
+    let first = 48.0;
     let tops: Vec<f64> = lanes
         .iter()
-        .scan(4.0, |y, n| {
+        .scan(first, |y, n| {
             let top = *y;
-            *y += *n as f64 * row_h + 10.0;
+            *y += (*n as f64 * row_h).max(16.0) + 10.0;
             Some(top)
         })
         .collect();
-    let h = tops.last().copied().unwrap_or(0.0)
-        + lanes.last().copied().unwrap_or(1) as f64 * row_h
-        + 30.0;
-    let x = |t: f64| LEFT + t / d.wall_s.max(1e-9) * (W - LEFT - 10.0);
+    let bottom = tops
+        .last()
+        .zip(lanes.last())
+        .map_or(first, |(t, n)| t + (*n as f64 * row_h).max(16.0) + 4.0);
+    let h = bottom + 30.0;
+    let wall = d.wall_s.max(1e-9);
+    let x = |t: f64| LEFT + t / wall * (W - LEFT - RIGHT);
     let lane_of = |w: &str| workers.iter().position(|v| *v == w).unwrap_or(0);
     let y = |w: &str| tops[lane_of(w)];
-    let lane = |w: &str| lanes[lane_of(w)] as f64 * row_h;
+    let lane = |w: &str| (lanes[lane_of(w)] as f64 * row_h).max(16.0);
     let mut svg = format!(
         "<svg id=\"timeline\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\">"
     );
+    let (half, rest) = OUTCOMES.split_at(4);
+    legend(
+        &mut svg,
+        14.0,
+        &half
+            .iter()
+            .map(|(_, c, t)| (*c, "none", *t))
+            .collect::<Vec<_>>(),
+    );
+    let mut second: Vec<(&str, &str, &str)> =
+        rest.iter().map(|(_, c, t)| (*c, "none", *t)).collect();
+    second.extend([
+        ("#fff", "#000", "redelivered (outline)"),
+        ("#d00", "vline", "preemption notice"),
+        ("#06c", "dot", "leased again (time back on the queue)"),
+    ]);
+    legend(&mut svg, 32.0, &second);
     for w in &workers {
         let _ = write!(
             svg,
-            "<text x=\"4\" y=\"{:.1}\">{}</text>",
-            y(w) + 12.0,
-            esc(w)
+            "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/>",
+            W - RIGHT,
+            y(w) + lane(w) + 5.0
         );
+        svg.push_str(&label(4.0, y(w) + 11.0, w));
     }
+    time_axis(&mut svg, wall, x, bottom);
     for (b, row) in d.shards.iter().zip(&rows) {
-        let color = match b.outcome.as_str() {
-            "done" => "#3a7",
-            "partial" => "#e90",
-            "released" | "interrupted" => "#999",
-            "skipped" => "#ccc",
-            // Leased here, worked by a peer (whose own bar says "done").
-            "handed_over" => "#9bd",
-            _ => "#d33",
-        };
         let _ = write!(
             svg,
-            "<rect class=\"shard\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" stroke=\"{}\" data-shard=\"{}\" data-outcome=\"{}\" data-attempt=\"{}\"><title>{} {} attempt {}: {} ({} items), {:.2}–{:.2} s</title></rect>",
+            "<rect class=\"shard\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" stroke=\"{}\" data-shard=\"{}\" data-outcome=\"{}\" data-attempt=\"{}\"><title>{} {} attempt {}: {} ({} items), {:.2}–{:.2} s</title></rect>",
             x(b.start_s),
             y(&b.worker) + *row as f64 * row_h,
             (x(b.end_s) - x(b.start_s)).max(1.5),
             row_h - 2.0,
+            colour(&b.outcome),
             if b.attempt > 1 { "#000" } else { "none" },
             esc(&b.shard),
             esc(&b.outcome),
@@ -160,7 +384,6 @@ fn timeline_svg(d: &Data) -> String {
             b.end_s
         );
     }
-    let _ = write!(svg, "<text x=\"{LEFT}\" y=\"{:.1}\">0 s</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.1} s</text>", h - 8.0, W - 4.0, h - 8.0, d.wall_s);
     for n in &d.notices {
         let _ = write!(
             svg,
@@ -190,24 +413,58 @@ fn timeline_svg(d: &Data) -> String {
 
 fn cost_svg(r: &Report) -> String {
     let lane = 26.0;
-    let h = lane * r.per_worker.len() as f64 + 10.0;
+    let top = 24.0;
+    let bottom = top + lane * r.per_worker.len() as f64;
+    let h = bottom + 30.0;
     let max = r
         .per_worker
         .iter()
         .map(|l| l.on_demand_dollars.max(l.dollars))
         .fold(0.0f64, f64::max)
         .max(1e-12);
+    let t = ticks(max, 6);
+    let step = t.get(1).copied().unwrap_or(1.0);
+    let top_value = t.last().copied().unwrap_or(1.0).max(1e-12);
+    let scale = |v: f64| v / top_value * (W - LEFT - RIGHT);
     let mut svg = format!(
         "<svg id=\"cost\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\">"
     );
-    for (i, l) in r.per_worker.iter().enumerate() {
-        let y = i as f64 * lane + 4.0;
-        let scale = |v: f64| v / max * (W - LEFT - 170.0);
+    legend(
+        &mut svg,
+        14.0,
+        &[
+            ("#3a7", "none", "spent on spot"),
+            ("#e90", "none", "spent on demand"),
+            ("#ddd", "none", "the same time on demand"),
+        ],
+    );
+    let _ = write!(
+        svg,
+        "<line class=\"axis\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{bottom:.1}\" y2=\"{bottom:.1}\" stroke=\"#555\"/>",
+        W - RIGHT
+    );
+    for v in &t {
+        // Enough decimals to tell the ticks apart.
+        let decimals = if step >= 1.0 {
+            0
+        } else {
+            (-step.log10().floor()) as usize
+        };
         let _ = write!(
             svg,
-            "<text x=\"4\" y=\"{:.1}\">{}</text><rect class=\"od\" x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#ddd\" data-dollars=\"{:.9}\"><title>on demand ${:.4}</title></rect><rect class=\"spent\" x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" data-dollars=\"{:.9}\" data-worker=\"{}\"><title>{} {}: ${:.4}</title></rect><text x=\"{:.1}\" y=\"{:.1}\">${:.4} of ${:.4}</text>",
-            y + 14.0,
-            esc(&l.worker),
+            "<line class=\"tick\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{bottom:.1}\" y2=\"{1:.1}\" stroke=\"#555\"/><text class=\"tick-label\" x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">${3:.decimals$}</text>",
+            LEFT + scale(*v),
+            bottom + 5.0,
+            bottom + 18.0,
+            v
+        );
+    }
+    for (i, l) in r.per_worker.iter().enumerate() {
+        let y = top + i as f64 * lane + 4.0;
+        svg.push_str(&label(4.0, y + 14.0, &l.worker));
+        let _ = write!(
+            svg,
+            "<rect class=\"od\" x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#ddd\" data-dollars=\"{:.9}\"><title>on demand ${:.4}</title></rect><rect class=\"spent\" x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" data-dollars=\"{:.9}\" data-worker=\"{}\"><title>{} {}: ${:.4}</title></rect><text x=\"{:.1}\" y=\"{:.1}\">${:.4} of ${:.4}</text>",
             scale(l.on_demand_dollars),
             lane - 8.0,
             l.on_demand_dollars,
@@ -230,43 +487,131 @@ fn cost_svg(r: &Report) -> String {
     svg
 }
 
+fn row(html: &mut String, name: &str, value: &str, class: &str) {
+    let _ = write!(
+        html,
+        "<tr class=\"{class}\"><td>{}</td><td>{}</td></tr>",
+        esc(name),
+        esc(value)
+    );
+}
+
+fn summary(d: &Data) -> String {
+    let mut html = String::from("<table id=\"summary\">");
+    let ok = d.items.saturating_sub(d.error_rows);
+    row(
+        &mut html,
+        "rows written",
+        &format!(
+            "{} ({} with a result, {})",
+            d.items,
+            ok,
+            count(d.error_rows, "error row")
+        ),
+        "items",
+    );
+    row(
+        &mut html,
+        "shards",
+        &format!(
+            "{} done, {} leased in all",
+            d.shards_done,
+            count(d.shards.len() as u64, "time")
+        ),
+        "shards",
+    );
+    row(
+        &mut html,
+        "failed attempts",
+        &d.failed_attempts.to_string(),
+        if d.failed_attempts > 0 {
+            "failed bad"
+        } else {
+            "failed"
+        },
+    );
+    row(
+        &mut html,
+        "shards failed, not done",
+        &format!("{} (dead-lettered unless retried)", d.shards_failed),
+        if d.shards_failed > 0 {
+            "dead bad"
+        } else {
+            "dead"
+        },
+    );
+    row(
+        &mut html,
+        "wall time",
+        &format!("{:.1} s", d.wall_s),
+        "wall",
+    );
+    row(
+        &mut html,
+        "preemption notices",
+        &d.notices.len().to_string(),
+        "notices",
+    );
+    row(
+        &mut html,
+        "redelivered shards",
+        &d.redelivered.to_string(),
+        "redelivered",
+    );
+    if let Some(c) = &d.cost {
+        row(&mut html, "spent", &format!("${:.4}", c.dollars), "spent");
+        row(
+            &mut html,
+            "on demand would be",
+            &format!("${:.4}", c.on_demand_dollars),
+            "on-demand",
+        );
+        row(
+            &mut html,
+            "saved",
+            &format!(
+                "${:.4} ({:.1} %)",
+                c.saved_dollars,
+                c.saved_fraction * 100.0
+            ),
+            "saved",
+        );
+        row(
+            &mut html,
+            "per 1000 items",
+            &format!("${:.4}", c.dollars_per_1k_items),
+            "per-1k",
+        );
+        row(
+            &mut html,
+            "work redone",
+            &format!(
+                "{}, {:.1} s, ${:.4}",
+                count(c.items_redone, "item"),
+                c.seconds_lost,
+                c.dollars_lost
+            ),
+            "redone",
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
 fn page(d: &Data) -> anyhow::Result<String> {
     let data = serde_json::to_string(d)?.replace("</", "<\\/");
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>spotbatch report: {job}</title><style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222}}h2{{margin-top:28px}}svg text{{font-size:12px}}table{{border-collapse:collapse}}td{{padding:2px 12px 2px 0}}</style></head><body><h1>Job {job}</h1>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>spotbatch report: {job}</title><style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222}}h2{{margin-top:28px}}svg text{{font-size:12px;fill:#222}}table{{border-collapse:collapse}}td{{padding:2px 12px 2px 0}}tr.bad td{{color:#b00;font-weight:600}}</style></head><body><h1>Job {job}</h1>",
         job = esc(&d.job)
     );
-    let _ = write!(
-        html,
-        "<table><tr><td>items</td><td>{}</td></tr><tr><td>shards leased</td><td>{}</td></tr><tr><td>wall time</td><td>{:.1} s</td></tr><tr><td>preemption notices</td><td>{}</td></tr><tr><td>redelivered shards</td><td>{}</td></tr>",
-        d.items,
-        d.shards.len(),
-        d.wall_s,
-        d.notices.len(),
-        d.shards.iter().filter(|b| b.attempt > 1).count()
-    );
-    if let Some(c) = &d.cost {
-        let _ = write!(
-            html,
-            "<tr><td>spent</td><td>${:.4}</td></tr><tr><td>on demand would be</td><td>${:.4}</td></tr><tr><td>saved</td><td>${:.4} ({:.1} %)</td></tr><tr><td>per 1000 items</td><td>${:.4}</td></tr><tr><td>work redone</td><td>{} items, {:.1} s, ${:.4}</td></tr>",
-            c.dollars,
-            c.on_demand_dollars,
-            c.saved_dollars,
-            c.saved_fraction * 100.0,
-            c.dollars_per_1k_items,
-            c.items_redone,
-            c.seconds_lost,
-            c.dollars_lost
-        );
-    }
-    html.push_str("</table>");
-    let _ = write!(html, "<h2>Throughput over time</h2><p>Items finished per interval (done shards, and partial results of drained ones).</p>{}", throughput_svg(d));
-    let _ = write!(html, "<h2>Preemptions and recoveries</h2><p>Each shard on the worker that leased it: green done, orange partial (drained mid-shard), grey released unstarted, red failed; a black outline marks a redelivery; red lines are preemption notices; blue dots are shards leased again after waiting on the queue.</p>{}", timeline_svg(d));
+    html.push_str(&summary(d));
+    let _ = write!(html, "<h2>Rows written over time</h2><p>Rows written as shards finish (a drained shard's kept rows count when the shard is done), and their rate over a window of a tenth of the job.</p>{}", throughput_svg(d));
+    let _ = write!(html, "<h2>Preemptions and recoveries</h2><p>Each shard attempt on the worker that leased it, coloured by how it ended.</p>{}", timeline_svg(d));
     match &d.cost {
         Some(c) => {
-            let _ = write!(html, "<h2>Cost</h2><p>Per worker: spent (green spot, orange on demand) against what the same time would cost on demand (grey).</p>{}", cost_svg(c));
+            let _ = write!(html, "<h2>Cost</h2><p>Per worker: what it spent on the job against what the same time would cost on demand.</p>{}", cost_svg(c));
         }
         None => html.push_str("<h2>Cost</h2><p>No prices were given to the workers (--price-per-hour, or --instance-type), so cost was not accounted.</p>"),
     }
@@ -279,21 +624,78 @@ fn page(d: &Data) -> anyhow::Result<String> {
 
 pub async fn run(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
     let (job, prefix) = job_prefix(&cmd.job, cmd.output.as_deref())?;
-    let (ledgers, markers) = read_job(&prefix).await?;
+    let (ledgers, markers) = read_job(&job, &prefix).await?;
     if ledgers.iter().all(|l| l.shards.is_empty()) {
         anyhow::bail!(
-            "{job}: no worker ledgers with shards under {}",
+            "{job}: {} under {}, none with a shard on it (workers write theirs as they go)",
+            count(ledgers.len() as u64, "worker ledger"),
             prefix.url()
         );
     }
     let d = build(&job, &ledgers, &markers);
     let html = page(&d)?;
-    std::fs::write(&cmd.out, html).with_context(|| format!("writing {}", cmd.out.display()))?;
-    eprintln!(
-        "{job}: report with {} shards from {} workers written to {}",
-        d.shards.len(),
-        ledgers.len(),
-        cmd.out.display()
+    std::fs::write(&cmd.html, html).with_context(|| format!("writing {}", cmd.html.display()))?;
+    crate::say!(
+        "{job}: report of {} on {} written to {}",
+        count(d.shards.len() as u64, "shard attempt"),
+        count(ledgers.len() as u64, "worker"),
+        cmd.html.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        assert_eq!(ticks(10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(ticks(540.0, 5), vec![0.0, 200.0, 400.0, 600.0]);
+        let small = ticks(0.03, 6);
+        assert!(
+            small.last().copied().unwrap() >= 0.03 && small.len() <= 8,
+            "{small:?}"
+        );
+        assert_eq!(tick_label(0.005, 0.005), "0.005");
+        assert_eq!(tick_label(200.0, 100.0), "200");
+    }
+
+    #[test]
+    fn long_lane_labels_are_cut_and_kept_whole_on_hover() {
+        let name = "worker-with-a-very-long-name-from-kubernetes-7f9c";
+        let l = label(4.0, 10.0, name);
+        assert!(l.contains(&format!("<title>{name}</title>")), "{l}");
+        let shown = l
+            .rsplit("</title>")
+            .next()
+            .unwrap()
+            .trim_end_matches("</text>");
+        assert_eq!(shown.chars().count(), LABEL_CHARS, "{shown}");
+        assert!(shown.ends_with('…'));
+        assert!(label(4.0, 10.0, "w1").ends_with(">w1</text>"));
+    }
+
+    #[test]
+    fn every_outcome_has_its_own_colour_in_the_legend() {
+        let mut colours: Vec<&str> = OUTCOMES.iter().map(|(_, c, _)| *c).collect();
+        colours.sort_unstable();
+        colours.dedup();
+        assert_eq!(colours.len(), OUTCOMES.len());
+        for o in [
+            "done",
+            "partial",
+            "released",
+            "interrupted",
+            "skipped",
+            "handed_over",
+            "failed",
+            "lease_lost",
+        ] {
+            assert!(
+                OUTCOMES.iter().any(|(k, _, _)| *k == o),
+                "{o} has no colour"
+            );
+        }
+    }
 }

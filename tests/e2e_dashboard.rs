@@ -326,7 +326,12 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
 
     // The report: a self-contained page whose charts carry the run's real data points.
     let page = dir.join("report.html");
-    run_ok(sb().args(["report"]).arg(&manifest).arg("--out").arg(&page));
+    run_ok(
+        sb().args(["report"])
+            .arg(&manifest)
+            .arg("--html")
+            .arg(&page),
+    );
     let html = std::fs::read_to_string(&page).expect("report written");
     for forbidden in ["<script src", "<link", "src=\"http", "href=\"http"] {
         assert!(!html.contains(forbidden), "not self-contained: {forbidden}");
@@ -339,36 +344,28 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
     let end = start + html[start..].find("</script>").expect("end of data");
     let data: serde_json::Value =
         serde_json::from_str(&html[start..end].replace("<\\/", "</")).expect("data JSON");
-    // Throughput: the bars add up to every row of the job (done shards plus w1's partial rows,
-    // which the next holder kept), and each bar in the SVG carries its bucket's count.
-    let bars: Vec<u64> = data["throughput"]
+    // Rows written over time: one step per shard done, up to every row of the job (w1's partial
+    // rows count once, in the shard the next holder finished), drawn to that total; the rate is
+    // the second series.
+    let cumulative: Vec<u64> = data["cumulative"]
         .as_array()
-        .expect("buckets")
+        .expect("cumulative")
         .iter()
-        .map(|b| b["items"].as_u64().unwrap_or(0))
+        .map(|w| w["items"].as_u64().unwrap_or(0))
         .collect();
-    let in_svg: Vec<u64> = html
-        .match_indices("data-items=\"")
-        .map(|(i, m)| {
-            html[i + m.len()..]
-                .split('"')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u64::MAX)
-        })
-        .collect();
-    assert_eq!(bars, in_svg, "the throughput chart draws the data");
-    let shards = data["shards"].as_array().expect("shards");
-    let partial: u64 = shards
-        .iter()
-        .filter(|b| b["outcome"] == "partial")
-        .map(|b| b["items"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        bars.iter().sum::<u64>(),
-        n_inputs as u64 + partial,
-        "{data}"
+    assert!(
+        cumulative.windows(2).all(|w| w[0] <= w[1]),
+        "{cumulative:?}"
     );
+    assert_eq!(cumulative.last().copied(), Some(n_inputs as u64), "{data}");
+    assert_eq!(cumulative.len(), n_inputs.div_ceil(30));
+    assert!(
+        html.contains(&format!("data-final-items=\"{n_inputs}\"")),
+        "the chart draws the data"
+    );
+    assert!(html.contains("class=\"rate\""));
+    assert!(data["rate"].as_array().is_some_and(|r| !r.is_empty()));
+    let shards = data["shards"].as_array().expect("shards");
     // Shards: every done marker is a done bar; w1's notice and the shards it handed back are
     // there, and the recoveries of those shards.
     assert_eq!(

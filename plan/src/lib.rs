@@ -20,7 +20,7 @@ use spotbatch_proto::{
 use spotbatch_queue::{LeaseQueue, NewItem, QueueError};
 use spotbatch_records::{Column, Projection, ReadOptions};
 
-use spotbatch_store::{JobLayout, Prefix, StorageError};
+use spotbatch_store::{JobLayout, Prefix, Skipped, StorageError};
 
 /// What can go wrong while planning or enqueueing.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +68,10 @@ pub struct Plan {
     pub items_known: bool,
     /// A record job's columns with their types fixed for the whole job.
     pub schema: Option<Projection>,
-    /// Entries of `input.list` that name no usable input, with why (they are left out).
-    pub skipped: Vec<String>,
+    /// Entries that are not inputs, each with why, for a warning (the job runs without them):
+    /// below the input prefix (symlink loops, dangling symlinks, unreadable folders…), or lines
+    /// of `input.list` that name no usable input (keyed by their place in the list).
+    pub skipped: Vec<Skipped>,
 }
 
 /// How a record job reads its rows, from its manifest: the text column, the id column and the
@@ -120,7 +122,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
     }
     let (keys, skipped) = match &m.list {
         Some(list) => list_keys(m, list).await?,
-        None => (listed_keys(m).await?, Vec::new()),
+        None => listed_keys(m).await?,
     };
     if keys.is_empty() {
         return Err(PlanError::NoInputs {
@@ -160,8 +162,9 @@ fn stored_manifest_url(m: &Manifest) -> Option<String> {
         .map(|u| u.to_string())
 }
 
-/// The keys below the input prefix that match the glob, sorted.
-async fn listed_keys(m: &Manifest) -> Result<Vec<String>, PlanError> {
+/// The keys below the input prefix that match the glob, sorted, and the entries there that are
+/// not inputs (whatever the glob: a folder that could not be walked may hold matching files).
+async fn listed_keys(m: &Manifest) -> Result<(Vec<String>, Vec<Skipped>), PlanError> {
     let input = Prefix::open(&m.input)?;
     let glob = match &m.raw.input.glob {
         Some(g) => {
@@ -171,23 +174,33 @@ async fn listed_keys(m: &Manifest) -> Result<Vec<String>, PlanError> {
     };
     // Never read our own outputs back as inputs when the output folder sits inside the input one.
     let outputs_below = outputs_below(m);
-    Ok(input
-        .list()
-        .await?
+    let ours = |k: &str| {
+        outputs_below
+            .as_ref()
+            .is_some_and(|rel| k.starts_with(rel.as_str()))
+    };
+    let listed = input.list_inputs().await?;
+    let skipped = listed
+        .skipped
+        .into_iter()
+        .filter(|s| !ours(&s.key))
+        .collect();
+    let keys = listed
+        .files
         .into_iter()
         .map(|l| l.key)
         .filter(|k| glob.as_ref().is_none_or(|g| g.is_match(k)))
-        .filter(|k| {
-            outputs_below
-                .as_ref()
-                .is_none_or(|rel| !k.starts_with(rel.as_str()))
-        })
-        .collect())
+        .filter(|k| !ours(k))
+        .collect();
+    Ok((keys, skipped))
 }
 
 /// The keys `input.list` names, in its order, each once; entries that name no usable input
 /// (outside `input.uri`, `..`, unreadable) are left out with why.
-async fn list_keys(m: &Manifest, list: &url::Url) -> Result<(Vec<String>, Vec<String>), PlanError> {
+async fn list_keys(
+    m: &Manifest,
+    list: &url::Url,
+) -> Result<(Vec<String>, Vec<Skipped>), PlanError> {
     let bad = |e: String| PlanError::List(format!("{list}: {e}"));
     let (folder, key) = Prefix::open_object(list).map_err(|e| bad(e.to_string()))?;
     let size = folder
@@ -217,11 +230,17 @@ async fn list_keys(m: &Manifest, list: &url::Url) -> Result<(Vec<String>, Vec<St
                     keys.push(k);
                 }
             }
-            Ok((entry, spotbatch_records::Resolved::Url(_))) => skipped.push(format!(
-                "{}: {entry:?} is outside input.uri ({}): list inputs below it, or make it the input.uri",
-                e.at, m.input
-            )),
-            Err(why) => skipped.push(format!("{}: {why}", e.at)),
+            Ok((entry, spotbatch_records::Resolved::Url(_))) => skipped.push(Skipped {
+                key: e.at.to_string(),
+                reason: format!(
+                    "{entry:?} is outside input.uri ({}): list inputs below it, or make it the input.uri",
+                    m.input
+                ),
+            }),
+            Err(why) => skipped.push(Skipped {
+                key: e.at.to_string(),
+                reason: why,
+            }),
         }
     }
     Ok((keys, skipped))
@@ -317,6 +336,9 @@ pub async fn store_plan(layout: &JobLayout, m: &Manifest, plan: &Plan) -> Result
 pub struct SubmitReport {
     /// Shards put on the queue.
     pub enqueued: usize,
+    /// How many of them were new on the queue, where the queue can tell (SQLite does not add a
+    /// shard that is already waiting or leased there again); `None` where it cannot.
+    pub new: Option<usize>,
     /// Shards skipped because their done marker exists.
     pub already_done: usize,
     /// Items in the skipped shards.
@@ -347,11 +369,14 @@ pub async fn enqueue_plan(
             body: s.to_bytes(),
         })
         .collect();
+    let mut new = Some(0);
     for chunk in todo.chunks(500) {
-        queue.enqueue(chunk).await?;
+        let added = queue.enqueue_counted(chunk).await?;
+        new = new.zip(added).map(|(a, b)| a + b);
     }
     Ok(SubmitReport {
         enqueued: todo.len(),
+        new: if todo.is_empty() { Some(0) } else { new },
         already_done: done.len(),
         done_items: done.iter().map(|d| d.items).sum(),
         done_errors: done.iter().map(|d| d.errors).sum(),
@@ -450,6 +475,7 @@ mod tests {
             r,
             SubmitReport {
                 enqueued: 1,
+                new: None,
                 already_done: 1,
                 done_items: 2,
                 done_errors: 1

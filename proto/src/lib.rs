@@ -7,6 +7,7 @@
 
 pub mod manifest;
 pub mod split;
+mod table;
 
 /// The gRPC APIs, generated at build time: the coordinator's (`proto/coordinator.proto`) and the
 /// workers' to each other for work stealing (`proto/peer.proto`).

@@ -166,14 +166,15 @@ pub enum DeviceSpec {
 impl DeviceSpec {
     /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        match s.trim() {
+        match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             "cuda" | "gpu" => Ok(Self::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<u32>) {
                 Some(Ok(n)) => Ok(Self::Cuda(n)),
                 _ => Err(format!(
-                    "{other:?} is not a device: use auto, cpu, cuda or cuda:N"
+                    "{:?} is not a device: use auto, cpu, cuda or cuda:N",
+                    s.trim()
                 )),
             },
         }
@@ -587,9 +588,32 @@ impl Manifest {
     }
 
     /// Parses and validates manifest text; relative locations resolve against `base_dir`.
+    ///
+    /// Every problem is reported: the keys that could not be read (unknown, or of the wrong type)
+    /// and, beside them, the checks of the values that could (`batch_size = 0` beside an unknown
+    /// key in the same table is named too).
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, Vec<FieldError>> {
-        let raw = parse_raw(text)?;
-        Self::from_raw(raw, base_dir)
+        let parsed = parse_lenient(text)?;
+        let mut errs = parsed.errors;
+        let Some(raw) = parsed.raw else {
+            return Err(errs);
+        };
+        match Self::from_raw(raw, base_dir) {
+            Ok(m) if errs.is_empty() => Ok(m),
+            Ok(_) => Err(errs),
+            Err(checks) if errs.is_empty() => Err(checks),
+            Err(checks) => {
+                // A check of a key the file does not set (its default) or could not read would
+                // only echo a problem named already.
+                let named: Vec<String> = errs.iter().map(|e| e.field.clone()).collect();
+                errs.extend(
+                    checks
+                        .into_iter()
+                        .filter(|e| parsed.written.contains(&e.field) && !named.contains(&e.field)),
+                );
+                Err(errs)
+            }
+        }
     }
 
     /// Validates an already-parsed manifest.
@@ -1079,6 +1103,47 @@ fn kind_name(k: PostKind) -> &'static str {
 
 /// Parses TOML into a [`RawManifest`], reporting unknown keys and wrong types per field, all at once.
 pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
+    let parsed = parse_lenient(text)?;
+    match parsed.raw {
+        Some(raw) if parsed.errors.is_empty() => Ok(raw),
+        _ => Err(parsed.errors),
+    }
+}
+
+/// A manifest read as far as it could be (see [`parse_lenient`]).
+struct Lenient {
+    /// The manifest with every key that could not be read set aside (its default applies);
+    /// `None` when a required key or table is missing or unreadable.
+    raw: Option<RawManifest>,
+    /// Every key that could not be read, one line each.
+    errors: Vec<FieldError>,
+    /// The keys the file sets, as fields (`name`, `model.batch_size`).
+    written: Vec<String>,
+}
+
+/// The keys a manifest's text sets, as fields (`name`, `model.batch_size`), whatever their
+/// values; empty when the text is not TOML. For saying which settings were asked for, not
+/// defaulted.
+pub fn keys_written(text: &str) -> Vec<String> {
+    text.parse::<toml::Table>()
+        .map(|t| written(&t))
+        .unwrap_or_default()
+}
+
+fn written(table: &toml::Table) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (key, value) in table {
+        match value.as_table() {
+            Some(t) => keys.extend(t.keys().map(|k| format!("{key}.{k}"))),
+            None => keys.push(key.clone()),
+        }
+    }
+    keys
+}
+
+/// Parses TOML, reading every table as far as it goes (the machinery is [`crate::table`]); a TOML
+/// syntax error is the only problem reported alone.
+fn parse_lenient(text: &str) -> Result<Lenient, Vec<FieldError>> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let line = e
             .span()
@@ -1103,10 +1168,11 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
         if !TOP.contains(&key.as_str()) {
             errs.push(FieldError::new(
                 key.clone(),
-                format!("unknown key (expected one of: {})", TOP.join(", ")),
+                crate::table::unknown_key(key, TOP),
             ));
         }
     }
+    let written = written(&table);
     fn section<T: serde::de::DeserializeOwned>(
         table: &toml::Table,
         key: &str,
@@ -1121,44 +1187,42 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
             }
             None => toml::Value::Table(toml::Table::new()),
         };
-        if key != "name" && !value.is_table() {
+        if !value.is_table() {
             errs.push(FieldError::new(
                 key,
-                format!("expected a [{key}] table, found a {}", value.type_str()),
+                format!(
+                    "expected a [{key}] table, found {}",
+                    crate::table::describe(&value)
+                ),
             ));
             return None;
         }
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let path = e.path().to_string();
-                let field = if path == "." || path.is_empty() {
-                    key.to_string()
-                } else {
-                    format!("{key}.{path}")
-                };
-                let msg = e.into_inner().to_string();
-                // serde says "missing field `uri`" at the table: name the field itself instead.
-                let (field, msg) = match msg
-                    .strip_prefix("missing field `")
-                    .and_then(|m| m.split_once('`'))
-                {
-                    Some((f, _)) => (format!("{key}.{f}"), "missing".to_string()),
-                    None => (field, msg),
-                };
-                errs.push(FieldError::new(field, msg));
-                None
-            }
-        }
+        crate::table::read(key, value, errs)
     }
-    let name: Option<String> = section(&table, "name", true, &mut errs);
+    let name = match table.get("name") {
+        Some(toml::Value::String(n)) => Some(n.clone()),
+        Some(other) => {
+            errs.push(FieldError::new(
+                "name",
+                format!(
+                    "expected text in quotes, found {}",
+                    crate::table::describe(other)
+                ),
+            ));
+            None
+        }
+        None => {
+            errs.push(FieldError::new("name", "missing"));
+            None
+        }
+    };
     let input = section(&table, "input", true, &mut errs);
     let model = section(&table, "model", true, &mut errs);
     let preprocess = section(&table, "preprocess", false, &mut errs);
     let postprocess = section(&table, "postprocess", false, &mut errs);
     let output = section(&table, "output", true, &mut errs);
     let queue = section(&table, "queue", false, &mut errs);
-    match (name, input, model, preprocess, postprocess, output, queue) {
+    let raw = match (name, input, model, preprocess, postprocess, output, queue) {
         (
             Some(name),
             Some(input),
@@ -1167,7 +1231,7 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
             Some(postprocess),
             Some(output),
             Some(queue),
-        ) if errs.is_empty() => Ok(RawManifest {
+        ) => Some(RawManifest {
             name,
             input,
             model,
@@ -1176,8 +1240,13 @@ pub fn parse_raw(text: &str) -> Result<RawManifest, Vec<FieldError>> {
             output,
             queue,
         }),
-        _ => Err(errs),
-    }
+        _ => None,
+    };
+    Ok(Lenient {
+        raw,
+        errors: errs,
+        written,
+    })
 }
 
 /// Expands an optional per-channel list to exactly `channels` values.

@@ -113,7 +113,8 @@ fn defaults_fill_optional_sections() {
 fn unknown_key_names_the_field() {
     let e = only(&GOOD.replace("top_k = 3", "top_k = 3\ntopk = 3"));
     assert_eq!(e.field, "postprocess.topk");
-    assert!(e.message.contains("unknown field"), "{e}");
+    // In the manifest's terms (keys), with the key meant.
+    assert_eq!(e.message, "unknown key (did you mean top_k?)", "{e}");
 }
 
 #[test]
@@ -127,7 +128,10 @@ fn unknown_top_level_section() {
 fn wrong_type_names_the_field() {
     let e = only(&GOOD.replace("batch_size = 32", "batch_size = \"big\""));
     assert_eq!(e.field, "model.batch_size");
-    assert!(e.message.contains("invalid type"), "{e}");
+    assert_eq!(
+        e.message, "expected a whole number, 0 or more, found \"big\"",
+        "{e}"
+    );
 }
 
 #[test]
@@ -380,4 +384,78 @@ fn cuda_settings_are_parsed_checked_and_not_part_of_the_job() {
     }
     let e = only(&GOOD.replace("batch_size = 32", "batch_size = 32\ngpu_mem_limit_mb = -1"));
     assert_eq!(e.field, "model.gpu_mem_limit_mb");
+}
+
+/// Issue 21, item 9: every problem of a table, not only the first; checks of the readable values
+/// beside the keys that cannot be read; suggestions; enum values in any case.
+#[test]
+fn every_problem_of_a_table_is_reported_with_the_key_meant() {
+    let errs = errors(
+        &GOOD
+            .replace(
+                "batch_size = 32",
+                "batch_size = 0\nbatchsize = 8\nthreads = 2",
+            )
+            .replace("resize = [8, 8]", "resize = \"8x8\"")
+            .replace("layout = \"nchw\"", "layout = \"NCHW\"")
+            .replace("[postprocess]", "[postprocessing]"),
+    );
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert_eq!(
+        lines[0],
+        "postprocessing: unknown key (did you mean postprocess?)"
+    );
+    assert_eq!(
+        lines[1],
+        "model.batchsize: unknown key (did you mean batch_size?)"
+    );
+    assert!(
+        lines[2].starts_with("model.threads: unknown key (known keys: uri, "),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(
+        lines[3],
+        "preprocess.resize: expected a list of 2 values, found \"8x8\""
+    );
+    assert_eq!(lines[4], "model.batch_size: 0 is out of range 1..=65536");
+}
+
+#[test]
+fn enum_values_and_devices_are_taken_in_any_case() {
+    let m = Manifest::parse(
+        &GOOD
+            .replace("color = \"gray\"", "color = \"GRAY\"")
+            .replace("layout = \"nchw\"", "layout = \"NCHW\"")
+            .replace("kind = \"classify\"", "kind = \"Classify\"")
+            .replace("batch_size = 32", "batch_size = 32\ndevice = \"CPU\""),
+        Path::new("/jobs/demo"),
+    )
+    .unwrap();
+    assert_eq!(m.raw.preprocess.color, Color::Gray);
+    assert_eq!(m.raw.preprocess.layout, Layout::Nchw);
+    assert_eq!(m.raw.postprocess.kind, PostKind::Classify);
+    assert_eq!(m.device(), spotbatch_proto::manifest::DeviceSpec::Cpu);
+    // The same job as written in lower case.
+    let lower = Manifest::parse(
+        &GOOD.replace("batch_size = 32", "batch_size = 32\ndevice = \"cpu\""),
+        Path::new("/jobs/demo"),
+    )
+    .unwrap();
+    assert_eq!(m.job_id, lower.job_id);
+    let e = only(&GOOD.replace("color = \"gray\"", "color = \"grey\""));
+    assert_eq!(
+        e.to_string(),
+        "preprocess.color: \"grey\" is not one of: rgb, bgr, gray (did you mean gray?)"
+    );
+}
+
+#[test]
+fn a_table_of_the_wrong_kind_says_what_it_found() {
+    let e = only(&GOOD.replace("[output]\nuri = \"./out\"", "output = \"./out\""));
+    assert_eq!(
+        e.to_string(),
+        "output: expected a [output] table, found \"./out\""
+    );
 }

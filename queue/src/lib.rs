@@ -162,6 +162,12 @@ pub trait LeaseQueue: Send + Sync + fmt::Debug {
     /// the dead-letter queue re-drives it where the backend can tell (SQLite).
     async fn enqueue(&self, items: &[NewItem]) -> Result<()>;
 
+    /// [`LeaseQueue::enqueue`], saying how many items were new where the backend can tell (an id
+    /// already waiting or leased is not added again: SQLite); `None` where it cannot.
+    async fn enqueue_counted(&self, items: &[NewItem]) -> Result<Option<usize>> {
+        self.enqueue(items).await.map(|()| None)
+    }
+
     /// Leases up to `max` visible items for `visibility`, waiting up to `wait` for at least one.
     /// Returns an empty list when none became visible in time. Items that reach `max_attempts`
     /// deliveries without an ack are dead-lettered here instead of being returned.

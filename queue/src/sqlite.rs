@@ -256,25 +256,33 @@ impl LeaseQueue for SqliteQueue {
     }
 
     async fn enqueue(&self, items: &[NewItem]) -> Result<()> {
+        self.enqueue_counted(items).await.map(|_| ())
+    }
+
+    async fn enqueue_counted(&self, items: &[NewItem]) -> Result<Option<usize>> {
         let items = items.to_vec();
-        self.with_conn(move |conn, q| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = unix_millis(SystemTime::now());
-            {
-                let mut redrive = tx.prepare_cached("DELETE FROM dead_letters WHERE queue = ?1 AND id = ?2")?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO items (queue, id, body, visible_at) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for item in &items {
-                    redrive.execute(params![q, item.id])?;
-                    insert.execute(params![q, item.id, item.body, now])?;
+        let added = self
+            .with_conn(move |conn, q| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = unix_millis(SystemTime::now());
+                let mut added = 0;
+                {
+                    let mut redrive = tx
+                        .prepare_cached("DELETE FROM dead_letters WHERE queue = ?1 AND id = ?2")?;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO items (queue, id, body, visible_at) VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    for item in &items {
+                        redrive.execute(params![q, item.id])?;
+                        added += insert.execute(params![q, item.id, item.body, now])?;
+                    }
                 }
-            }
-            tx.commit()
-        })
-        .await?;
+                tx.commit()?;
+                Ok(added)
+            })
+            .await?;
         self.inner.visible.notify_waiters();
-        Ok(())
+        Ok(Some(added))
     }
 
     async fn lease(&self, max: usize, visibility: Duration, wait: Duration) -> Result<Vec<Lease>> {
@@ -453,6 +461,48 @@ impl SqliteQueue {
         })
         .await
     }
+}
+
+/// The queues in the SQLite file at `path` that hold items or dead letters, sorted. The file
+/// must exist (it is not created).
+pub async fn queue_names(path: &Path) -> Result<Vec<String>> {
+    let path = path.to_path_buf();
+    let name = path.display().to_string();
+    let outer = name.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let err = |e: rusqlite::Error| backend_err(&name, e);
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| QueueError::Backend {
+            queue: name.clone(),
+            backend: BACKEND,
+            source: format!("cannot open {}: {e}", path.display()).into(),
+        })?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        let has_tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('items', 'dead_letters')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if has_tables < 2 {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn
+            .prepare("SELECT queue FROM items UNION SELECT queue FROM dead_letters ORDER BY 1")
+            .map_err(err)?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err)?;
+        Ok(names)
+    })
+    .await
+    .map_err(|e| backend_err(&outer, e))?
 }
 
 /// Splits `sqlite://PATH[?queue=NAME]`.

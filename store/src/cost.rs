@@ -32,6 +32,10 @@ pub struct Report {
     pub items_inferred: u64,
     /// Items run again after an interruption (an upper bound).
     pub items_redone: u64,
+    /// Attempts that failed (released with their error, or dead-lettered).
+    pub failed_attempts: u64,
+    /// Shards not done whose last attempt failed: dead-lettered, unless the queue retries them.
+    pub shards_failed: u64,
     /// Items redone per row written.
     pub redone_fraction: f64,
     /// Machine seconds spent on redone items.
@@ -50,6 +54,26 @@ pub(crate) fn total(counts: impl Iterator<Item = u64>) -> u64 {
     counts.fold(0, u64::saturating_add)
 }
 
+/// Failed attempts, and shards not done whose last attempt (on any worker) failed.
+pub fn failures(ledgers: &[Ledger], markers: &[DoneMarker]) -> (u64, u64) {
+    let mut attempts = 0;
+    let mut last: std::collections::HashMap<&str, (u64, &str)> = Default::default();
+    for e in ledgers.iter().flat_map(|l| &l.shards) {
+        attempts += u64::from(e.outcome == "failed");
+        let slot = last.entry(e.shard.as_str()).or_insert((0, ""));
+        if e.ended_at_ms >= slot.0 {
+            *slot = (e.ended_at_ms, e.outcome.as_str());
+        }
+    }
+    let marked: std::collections::HashSet<&str> =
+        markers.iter().map(|m| m.shard.as_str()).collect();
+    let shards = last
+        .iter()
+        .filter(|(shard, (_, outcome))| *outcome == "failed" && !marked.contains(*shard))
+        .count() as u64;
+    (attempts, shards)
+}
+
 /// Adds up ledgers and markers.
 pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
     let items = total(markers.iter().map(|m| m.items));
@@ -66,6 +90,7 @@ pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
             0.0
         }
     };
+    let (failed_attempts, shards_failed) = failures(ledgers, markers);
     let mut by_capacity = std::collections::BTreeMap::new();
     for l in ledgers {
         *by_capacity.entry(l.capacity.clone()).or_insert(0.0) += l.dollars;
@@ -91,6 +116,8 @@ pub fn report(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Report {
         },
         items_inferred: inferred,
         items_redone: redone,
+        failed_attempts,
+        shards_failed,
         redone_fraction: if items > 0 {
             redone as f64 / items as f64
         } else {

@@ -18,4 +18,4 @@ pub mod timeline;
 
 pub use layout::{JobFiles, JobLayout, OutputFormat};
 pub use ledger::{Capacity, Ledger, Prices, ShardEvent};
-pub use storage::{GetError, Listed, Prefix, StorageError};
+pub use storage::{GetError, Inputs, Listed, Prefix, Skipped, StorageError};

@@ -1,23 +1,29 @@
-//! A job's timeline, from its workers' ledgers and its done markers: items finished over time,
-//! every shard as a bar on the worker that leased it (how it ended), preemption notices and
-//! recoveries, and the cost report. `spotbatch report` draws it.
+//! A job's timeline, from its workers' ledgers and its done markers: rows written over time (and
+//! their rate over a window), every shard as a bar on the worker that leased it (how it ended),
+//! failed attempts and shards that failed for good, preemption notices and recoveries, and the
+//! cost report. `spotbatch report` draws it.
 
 use serde::Serialize;
 use spotbatch_proto::DoneMarker;
 
-use crate::cost::{report as cost_report, total, Report};
+use crate::cost::{failures, report as cost_report, total, Report};
 use crate::ledger::Ledger;
 
-/// Items finished in one interval.
+/// Rows written by a moment (the cumulative series): one point per shard done.
 #[derive(Debug, Serialize)]
-pub struct Bucket {
-    /// Start, seconds from the first lease.
-    pub start_s: f64,
-    /// End, seconds from the first lease.
-    pub end_s: f64,
-    /// Rows finished in it.
+pub struct Written {
+    /// When, seconds from the first lease.
+    pub at_s: f64,
+    /// Rows written by then.
     pub items: u64,
-    /// The rate.
+}
+
+/// The rate of rows written over the window before a moment (the second series).
+#[derive(Debug, Serialize)]
+pub struct Rate {
+    /// When, seconds from the first lease.
+    pub at_s: f64,
+    /// Rows written per second over `rate_window_s` before it.
     pub items_per_s: f64,
 }
 
@@ -62,8 +68,22 @@ pub struct Timeline {
     pub wall_s: f64,
     /// Rows written (done markers).
     pub items: u64,
-    /// Items finished per interval.
-    pub throughput: Vec<Bucket>,
+    /// Rows with an error (done markers).
+    pub error_rows: u64,
+    /// Shards done (done markers).
+    pub shards_done: u64,
+    /// Shards not done whose last attempt failed: dead-lettered, unless the queue retries them.
+    pub shards_failed: u64,
+    /// Attempts that failed (each released with its error, or dead-lettered).
+    pub failed_attempts: u64,
+    /// Shards leased again after an earlier delivery.
+    pub redelivered: u64,
+    /// Rows written over time: one point per shard done.
+    pub cumulative: Vec<Written>,
+    /// The rate of rows written, over a window of `rate_window_s`.
+    pub rate: Vec<Rate>,
+    /// The rate's window, seconds.
+    pub rate_window_s: f64,
     /// Every leased shard.
     pub shards: Vec<Bar>,
     /// Preemption notices.
@@ -92,26 +112,49 @@ pub fn build(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Timeline 
         .max(t0.saturating_add(1));
     let s = |ms: u64| ms.saturating_sub(t0) as f64 / 1000.0;
     let wall = s(t1);
-    let n = 40usize;
-    let width = wall / n as f64;
-    let mut throughput: Vec<Bucket> = (0..n)
-        .map(|i| Bucket {
-            start_s: i as f64 * width,
-            end_s: (i + 1) as f64 * width,
-            items: 0,
-            items_per_s: 0.0,
+    // Rows written over time: a done shard's rows (a drained shard's partial rows count when the
+    // shard is done, in its rows); a shard done twice (redelivered before its ack) counts once.
+    let mut done: Vec<(f64, &str, u64)> = events
+        .clone()
+        .filter(|(_, e)| e.outcome == "done")
+        .map(|(_, e)| (s(e.ended_at_ms), e.shard.as_str(), e.items))
+        .collect();
+    done.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut seen = std::collections::HashSet::new();
+    done.retain(|(_, shard, _)| seen.insert(*shard));
+    let mut sum = 0u64;
+    let cumulative: Vec<Written> = done
+        .iter()
+        .map(|(at, _, n)| {
+            sum = sum.saturating_add(*n);
+            Written {
+                at_s: *at,
+                items: sum,
+            }
         })
         .collect();
-    for (_, e) in events.clone() {
-        if e.outcome == "done" || e.outcome == "partial" {
-            let i = ((s(e.ended_at_ms) / width) as usize).min(n - 1);
-            throughput[i].items = throughput[i].items.saturating_add(e.items);
-        }
-    }
-    for b in &mut throughput {
-        b.items_per_s = b.items as f64 / width.max(1e-9);
-    }
-    let shards = events
+    // The rate over a window of a tenth of the job (shards finish in bursts: a narrower window
+    // shows the bursts, not the pace).
+    let window = (wall / 10.0).max(1e-3);
+    let written_by = |t: f64| {
+        cumulative
+            .iter()
+            .take_while(|w| w.at_s <= t)
+            .last()
+            .map_or(0, |w| w.items)
+    };
+    let steps = 100usize;
+    let rate = (0..=steps)
+        .map(|i| {
+            let at = wall * i as f64 / steps as f64;
+            Rate {
+                at_s: at,
+                items_per_s: written_by(at).saturating_sub(written_by(at - window)) as f64 / window,
+            }
+        })
+        .collect();
+    let (failed_attempts, shards_failed) = failures(ledgers, markers);
+    let shards: Vec<Bar> = events
         .clone()
         .map(|(l, e)| Bar {
             worker: l.worker.clone(),
@@ -148,7 +191,14 @@ pub fn build(job: &str, ledgers: &[Ledger], markers: &[DoneMarker]) -> Timeline 
         started_at_ms: t0,
         wall_s: wall,
         items: total(markers.iter().map(|m| m.items)),
-        throughput,
+        error_rows: total(markers.iter().map(|m| m.errors)),
+        shards_done: markers.len() as u64,
+        shards_failed,
+        failed_attempts,
+        redelivered: shards.iter().filter(|b| b.attempt > 1).count() as u64,
+        cumulative,
+        rate,
+        rate_window_s: window,
         shards,
         notices,
         recoveries,

@@ -45,6 +45,17 @@ impl Coord {
     }
 
     pub fn start(dir: &Path, queue: &str, grpc: SocketAddr, http: SocketAddr) -> Self {
+        Self::start_with(dir, queue, grpc, http, &[])
+    }
+
+    /// [`Coord::start`] with more flags (`--max-attempts 2`).
+    pub fn start_with(
+        dir: &Path,
+        queue: &str,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        flags: &[&str],
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -52,6 +63,7 @@ impl Coord {
             .unwrap();
         let child = sb(Some(TOKEN))
             .args(["coordinator", "--queue", queue, "--heartbeat-ms", "300"])
+            .args(flags)
             .arg("--listen")
             .arg(grpc.to_string())
             .arg("--http")

@@ -20,8 +20,6 @@ use spotbatch_store::ledger::{Ledger, Prices, ShardEvent};
 use spotbatch_store::JobLayout;
 use tracing::warn;
 
-use crate::job::JobContext;
-
 struct State {
     last: Instant,
     pending: HashMap<String, u64>,
@@ -182,17 +180,17 @@ impl CostMeter {
         self.state.lock().ok()?.ledgers.get(job).cloned()
     }
 
-    /// Writes this worker's ledger for the job beside its output (`_cost/WORKER.json`).
-    pub async fn write_ledger(&self, ctx: &JobContext) {
-        let Some(ledger) = self.ledger(&ctx.manifest.job_id) else {
+    /// Writes this worker's ledger for `job` beside its output (`_cost/WORKER.json`).
+    pub async fn write_ledger(&self, job: &str, layout: &JobLayout) {
+        let Some(ledger) = self.ledger(job) else {
             return;
         };
         let Ok(bytes) = serde_json::to_vec_pretty(&ledger) else {
             return;
         };
         let key = JobLayout::ledger_key(&ledger.worker);
-        if let Err(e) = ctx.layout.prefix.put(&key, Bytes::from(bytes)).await {
-            warn!(job = %ctx.manifest.job_id, error = %e, "writing the cost ledger failed");
+        if let Err(e) = layout.prefix.put(&key, Bytes::from(bytes)).await {
+            warn!(job = %job, error = %e, "writing the cost ledger failed");
         }
     }
 

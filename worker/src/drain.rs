@@ -136,7 +136,8 @@ pub async fn watch(
             continue;
         }
         if signal && (control.is_draining() || first_signal == FirstSignal::Stop) {
-            warn!(kind = %n.kind, "signal: stopping now");
+            // The caller tells the user (the report below): logged once, at info.
+            info!(kind = %n.kind, "signal: stopping now");
             control.stop_now();
             report(DrainEvent::Stopping(&n));
             continue;
@@ -145,7 +146,7 @@ pub async fn watch(
             .deadline
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        warn!(source = n.source, kind = %n.kind, deadline_in_ms = left.as_millis() as u64, "preemption notice");
+        info!(source = n.source, kind = %n.kind, deadline_in_ms = left.as_millis() as u64, "preemption notice");
         match n.action {
             NoticeAction::StopLeasing => {
                 control.stop_leasing.cancel();

@@ -389,9 +389,21 @@ impl Jobs {
         Ok(m)
     }
 
-    /// The jobs loaded so far.
-    pub async fn loaded_contexts(&self) -> Vec<Arc<JobContext>> {
-        self.loaded.lock().await.values().cloned().collect()
+    /// Where a shard's job keeps its results, known without loading its model (so a job whose
+    /// model cannot load still gets its ledger).
+    pub async fn layout(&self, task: &ShardTask) -> Result<JobLayout, JobError> {
+        let m = self.manifest(task).await?;
+        JobLayout::for_manifest(&m).map_err(|e| JobError::File {
+            field: "output.uri",
+            message: e.to_string(),
+        })
+    }
+
+    /// The output layout of a job this worker knows (given, or loaded for one of its shards).
+    pub fn layout_of(&self, job: &str) -> Option<JobLayout> {
+        let known = self.manifests.lock().ok()?;
+        let m = known.values().find(|m| m.job_id == job)?;
+        JobLayout::for_manifest(m).ok()
     }
 
     /// The loaded job for a shard, loading it on first use. Failures are not cached: the next

@@ -119,8 +119,10 @@ pub async fn run_worker(
         node.cost
             .notice(spotbatch_store::ledger::now_ms().saturating_sub(since.as_millis() as u64));
     }
-    for ctx in node.jobs.loaded_contexts().await {
-        node.cost.write_ledger(&ctx).await;
+    for job in node.cost.jobs() {
+        if let Some(layout) = node.jobs.layout_of(&job) {
+            node.cost.write_ledger(&job, &layout).await;
+        }
     }
     // Every lease is acked or released by now: hand back what the queue holds for us.
     if let Err(e) = node.queue.close().await {

@@ -130,6 +130,8 @@ pub async fn heartbeat_loop(
             device: me.device.clone(),
             unstarted: progress.unstarted.load(Ordering::Relaxed) as u32,
             peer_address: me.peer_address.clone(),
+            // The last beat says goodbye: the coordinator counts it exited, not dead.
+            leaving: stopping,
         };
         match client.heartbeat(req).await {
             Ok(reply) => {

@@ -94,11 +94,19 @@ pub async fn prepare(m: &Manifest) -> Result<Prepared, LocalError> {
     if !m.queue_uri.starts_with("sqlite://") {
         return Err(LocalError::NotLocal(m.queue_uri.clone()));
     }
+    let plan = plan_job(m).await?;
+    prepare_planned(m, plan).await
+}
+
+/// [`prepare`] with the job planned already (by the checks `run` makes first).
+pub async fn prepare_planned(m: &Manifest, plan: Plan) -> Result<Prepared, LocalError> {
+    if !m.queue_uri.starts_with("sqlite://") {
+        return Err(LocalError::NotLocal(m.queue_uri.clone()));
+    }
     let queue = open_local_queue(m).await?;
     let lock = lock_queue_file(queue.path())?;
     // We hold the file: any lease still in it belongs to a run that was killed.
     let reclaimed = queue.reclaim_all_leases().await?;
-    let plan = plan_job(m).await?;
     let layout = JobLayout::for_manifest(m)?;
     spotbatch_plan::store_plan(&layout, m, &plan).await?;
     let submitted = enqueue_plan(&queue, &layout, &plan).await?;

@@ -73,31 +73,16 @@ pub fn plan_input(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineErr
         want[hi] = height;
         want[wi] = width;
         want[ci] = c;
-        if let Some(mc) = fixed(item[ci]) {
-            if mc != c && fixed(item[hi]).is_some_and(|h| h == height) {
-                return Err(mismatch(
-                    "preprocess.color",
-                    format!(
-                        "the model input {name:?} ({dims:?}) has {mc} channel{}, color = {:?} gives {c}",
-                        if mc == 1 { "" } else { "s" },
-                        format!("{:?}", p.color).to_lowercase()
-                    ),
-                ));
-            }
-        }
-        for (i, (&d, &w)) in item.iter().zip(&want).enumerate() {
-            if d > 0 && d != w {
-                let field = if i == ci {
-                    "preprocess.layout"
-                } else {
-                    "preprocess.resize"
-                };
-                return Err(mismatch(
-                    field,
-                    format!("the model input {name:?} takes {dims:?} per batch; preprocessing gives [batch, {}]",
-                        want.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
-                ));
-            }
+        let fits = |want: &[i64]| item.iter().zip(want).all(|(&d, &w)| d <= 0 || d == w);
+        if !fits(&want) {
+            return Err(misfit(
+                m,
+                name,
+                dims,
+                item,
+                [hi, wi, ci],
+                [height, width, c],
+            ));
         }
         want.to_vec()
     } else {
@@ -124,6 +109,73 @@ pub fn plan_input(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineErr
         item_len: item_len as usize,
         fixed_batch,
     })
+}
+
+/// Which field makes the preprocessed image (height, width, channels at `at`) not fit the model's
+/// 3-D item shape `item`: the layout when the other layout would fit, else the size (`resize`)
+/// when height or width differ, else the channels (`color`).
+fn misfit(
+    m: &Manifest,
+    name: &str,
+    dims: &[i64],
+    item: &[i64],
+    at: [usize; 3],
+    [height, width, c]: [i64; 3],
+) -> EngineError {
+    let p = &m.raw.preprocess;
+    let [hi, wi, ci] = at;
+    let fixed = |d: i64| (d > 0).then_some(d);
+    let other = match p.layout {
+        Layout::Nchw => [height, width, c],
+        Layout::Nhwc => [c, height, width],
+    };
+    let given = |want: [i64; 3]| {
+        want.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut ours = [0i64; 3];
+    ours[hi] = height;
+    ours[wi] = width;
+    ours[ci] = c;
+    if item.iter().zip(&other).all(|(&d, &w)| d <= 0 || d == w) {
+        let (is, should) = match p.layout {
+            Layout::Nchw => ("nchw", "nhwc"),
+            Layout::Nhwc => ("nhwc", "nchw"),
+        };
+        return mismatch(
+            "preprocess.layout",
+            format!(
+                "the model input {name:?} takes {dims:?} per batch, channels {}; layout = {is:?} gives [batch, {}]: set layout = {should:?}",
+                if should == "nhwc" { "last" } else { "first" },
+                given(ours)
+            ),
+        );
+    }
+    let (mh, mw) = (fixed(item[hi]), fixed(item[wi]));
+    if mh.is_some_and(|h| h != height) || mw.is_some_and(|w| w != width) {
+        let size = match (mw, mh) {
+            (Some(w), Some(h)) => format!(": set preprocess.resize = [{w}, {h}]"),
+            _ => String::new(),
+        };
+        return mismatch(
+            "preprocess.resize",
+            format!(
+                "the model input {name:?} takes {dims:?} per batch; preprocessing makes {width}×{height} images (width×height), [batch, {}]{size}",
+                given(ours)
+            ),
+        );
+    }
+    let mc = fixed(item[ci]).unwrap_or(c);
+    mismatch(
+        "preprocess.color",
+        format!(
+            "the model input {name:?} ({dims:?}) has {mc} channel{}, color = {:?} gives {c}",
+            if mc == 1 { "" } else { "s" },
+            format!("{:?}", p.color).to_lowercase()
+        ),
+    )
 }
 
 /// Checks the output against the post-processing and labels; returns the per-item output size
@@ -217,4 +269,69 @@ pub fn plan_text(m: &Manifest, info: &ModelInfo) -> Result<InputPlan, EngineErro
         item_len: 0,
         fixed_batch,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Float, TensorInfo};
+
+    fn manifest(pre: &str) -> Manifest {
+        let text = format!(
+            "name = \"m\"\n[input]\nuri = \"in\"\n[model]\nuri = \"m.onnx\"\n[preprocess]\n{pre}\n[output]\nuri = \"out\"\n"
+        );
+        Manifest::parse(&text, std::path::Path::new("/x")).unwrap()
+    }
+
+    fn model(dims: &[i64]) -> ModelInfo {
+        let t = |name: &str, dims: Vec<i64>| TensorInfo {
+            name: name.into(),
+            element: "float32".into(),
+            float: Some(Float::F32),
+            dims,
+        };
+        ModelInfo {
+            input: t("pixels", dims.to_vec()),
+            output: t("probs", vec![-1, 10]),
+            token_inputs: Vec::new(),
+        }
+    }
+
+    fn blamed(pre: &str, dims: &[i64]) -> (&'static str, String) {
+        match plan_input(&manifest(pre), &model(dims)) {
+            Err(EngineError::Mismatch { field, message }) => (field, message),
+            other => panic!("{pre} on {dims:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_size_that_does_not_fit_is_blamed_on_resize_whatever_else_is_wrong() {
+        // Three channels asked of a one-channel model, and the wrong size: the size is named,
+        // with the size the model takes (the case was blamed on the layout).
+        let (field, msg) = blamed("resize = [16, 16]", &[-1, 1, 8, 8]);
+        assert_eq!(field, "preprocess.resize", "{msg}");
+        assert!(msg.contains("set preprocess.resize = [8, 8]"), "{msg}");
+        let (field, _) = blamed("resize = [16, 16]\ncolor = \"gray\"", &[-1, 1, 8, 8]);
+        assert_eq!(field, "preprocess.resize");
+        let (field, _) = blamed("resize = [4, 8]\nlayout = \"nhwc\"", &[-1, 8, 8, 3]);
+        assert_eq!(field, "preprocess.resize");
+    }
+
+    #[test]
+    fn the_layout_is_blamed_when_the_other_layout_fits_and_the_colour_when_only_channels_differ() {
+        let (field, msg) = blamed("resize = [8, 8]", &[-1, 8, 8, 3]);
+        assert_eq!(field, "preprocess.layout", "{msg}");
+        assert!(msg.contains("set layout = \"nhwc\""), "{msg}");
+        let (field, msg) = blamed("resize = [8, 8]", &[-1, 1, 8, 8]);
+        assert_eq!(field, "preprocess.color", "{msg}");
+        assert!(
+            msg.contains("has 1 channel, color = \"rgb\" gives 3"),
+            "{msg}"
+        );
+        let ok = plan_input(
+            &manifest("resize = [8, 8]\ncolor = \"gray\""),
+            &model(&[-1, 1, 8, 8]),
+        );
+        assert_eq!(ok.unwrap().item_shape, vec![1, 8, 8]);
+    }
 }

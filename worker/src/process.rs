@@ -124,6 +124,8 @@ pub struct ProcessConfig {
     pub device: Option<DeviceSpec>,
     /// Where notices come from.
     pub notices: NoticeSettings,
+    /// The worker's live counters, when the caller shows progress (default: its own).
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Something the caller may want to tell the user.
@@ -316,7 +318,7 @@ pub async fn run(
         id: id.clone(),
         ..cfg.worker
     };
-    let progress = Arc::new(Progress::default());
+    let progress = cfg.progress.unwrap_or_default();
     let control = Control::default();
     let finished = CancellationToken::new();
     let sources = drain::sources(&cfg.notices).await;

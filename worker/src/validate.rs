@@ -1,13 +1,18 @@
 //! The checks behind `spotbatch validate` that need the files and the model: inputs exist, the
-//! model and labels are readable, and the model's input and output fit the manifest.
+//! output folder can be written, the model and labels are readable, the device asked for is
+//! here, and the model's input and output fit the manifest. `run`, `enqueue` and `worker
+//! --manifest` run the same checks before they start, so they refuse up front exactly what
+//! `validate` refuses.
 
+use spotbatch_plan::Plan;
+use spotbatch_proto::manifest::{DeviceSpec, PreprocessDevice};
 use spotbatch_proto::{FieldError, Manifest};
 use spotbatch_store::Prefix;
 
 use crate::job::{read_url, JobContext, JobError};
 
 /// What the checks found out, for the success message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// Inputs matching the glob (record jobs: Parquet rows; JSONL/CSV rows are not counted).
     pub inputs: usize,
@@ -19,32 +24,80 @@ pub struct Summary {
     pub model_input: String,
     /// The model output's name and dims.
     pub model_output: String,
+    /// The plan, when the inputs were listed.
+    pub plan: Option<Plan>,
+}
+
+/// What to check besides the manifest's files and model.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks {
+    /// List the inputs and plan the shards (`worker --manifest` does not: it works what it is
+    /// given).
+    pub inputs: bool,
+    /// Where the model is to run (`--device`), overriding `model.device`.
+    pub device: Option<DeviceSpec>,
+    /// Whether the job runs on this machine (`run`, `validate`, `worker`), so the device it asks
+    /// for must be here; `enqueue` leaves that to the workers' machines.
+    pub here: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            inputs: true,
+            device: None,
+            here: true,
+        }
+    }
 }
 
 /// Checks a validated manifest against its files and model; every problem names its field.
 pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
+    check_with(m, Checks::default()).await
+}
+
+/// [`check`], with the inputs listed or not and the device given on the command line.
+pub async fn check_with(m: &Manifest, checks: Checks) -> Result<Summary, Vec<FieldError>> {
     let mut errs = Vec::new();
-    let mut inputs = 0;
-    let mut inputs_known = true;
-    let mut shards = 0;
+    let mut plan = None;
     let mut schema = None;
-    match spotbatch_plan::plan_job(m).await {
-        Ok(plan) => {
-            inputs = plan.total_items as usize;
-            inputs_known = plan.items_known;
-            shards = plan.shards.len();
-            if let Some(e) = sample_text_column(m, &plan).await {
-                errs.push(e);
+    if checks.inputs {
+        match spotbatch_plan::plan_job(m).await {
+            Ok(p) => {
+                if let Some(e) = sample_text_column(m, &p).await {
+                    errs.push(e);
+                }
+                schema = p.schema.clone();
+                plan = Some(p);
             }
-            schema = plan.schema;
+            Err(e) => errs.push(FieldError::new(
+                "input.uri",
+                e.to_string().trim_start_matches("input.uri ").to_string(),
+            )),
         }
-        Err(e) => errs.push(FieldError::new(
-            "input.uri",
-            e.to_string().trim_start_matches("input.uri ").to_string(),
-        )),
     }
-    if let Err(e) = Prefix::open(&m.output) {
-        errs.push(FieldError::new("output.uri", e.to_string()));
+    match Prefix::open(&m.output) {
+        Ok(out) => {
+            if let Err(e) = out.check_writable().await {
+                errs.push(FieldError::new("output.uri", e.to_string()));
+            }
+        }
+        Err(e) => errs.push(FieldError::new("output.uri", e.to_string())),
+    }
+    let device = checks.device.unwrap_or_else(|| m.device());
+    if let (true, Err(e)) = (checks.here, device_here(device)) {
+        let field = if checks.device.is_some() {
+            "--device"
+        } else {
+            "model.device"
+        };
+        errs.push(FieldError::new(field, e));
+    }
+    if m.raw.preprocess.device == PreprocessDevice::Gpu && device == DeviceSpec::Cpu {
+        errs.push(FieldError::new(
+            "preprocess.device",
+            "gpu needs the model on a GPU (model.device = cuda or auto); it is asked to run on the CPU",
+        ));
     }
     // File problems are reported without trying to load the model from them.
     let mut files_ok = true;
@@ -66,11 +119,15 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
     }
     let mut summary = None;
     if files_ok {
-        let mut jobs = crate::Jobs::new([], Some(1));
+        // The model's shapes are the same on every device: check them on the CPU, quietly (no
+        // word about where inference will run: this is not where it runs).
+        let mut on_cpu = m.clone();
+        on_cpu.raw.preprocess.device = PreprocessDevice::Cpu;
+        let mut jobs = crate::Jobs::new([], Some(1)).with_device(Some(DeviceSpec::Cpu));
         if let Some(schema) = schema {
             jobs = jobs.with_planned_schema(&m.job_id, schema);
         }
-        match JobContext::load(m.clone(), &jobs).await {
+        match JobContext::load(on_cpu, &jobs).await {
             Ok(ctx) => {
                 let rt = &ctx.runtime;
                 let info = rt.engine.lock().map(|e| e.info().clone()).ok();
@@ -105,12 +162,30 @@ pub async fn check(m: &Manifest) -> Result<Summary, Vec<FieldError>> {
     }
     let (model_input, model_output) = summary.unwrap_or_default();
     Ok(Summary {
-        inputs,
-        inputs_known,
-        shards,
+        inputs: plan.as_ref().map_or(0, |p| p.total_items as usize),
+        inputs_known: plan.as_ref().is_none_or(|p| p.items_known),
+        shards: plan.as_ref().map_or(0, |p| p.shards.len()),
         model_input,
         model_output,
+        plan,
     })
+}
+
+/// Whether the device asked for is on this machine: `cuda:N` needs GPU N (never a fallback).
+pub fn device_here(device: DeviceSpec) -> Result<(), String> {
+    let DeviceSpec::Cuda(n) = device else {
+        return Ok(());
+    };
+    match crate::device::cuda_device_count() {
+        Ok(count) if (n as usize) < count => Ok(()),
+        Ok(count) => Err(format!(
+            "asks for device cuda:{n}, but this machine has {count} GPU{}; use auto or cpu",
+            if count == 1 { "" } else { "s" }
+        )),
+        Err(e) => Err(format!(
+            "asks for device cuda:{n}, but this machine has no GPU ({e}); use auto or cpu"
+        )),
+    }
 }
 
 /// JSONL rows have no schema: the first rows of the first split are read, and a text column none

@@ -11,7 +11,7 @@ use spotbatch_proto::api::{
     DeadShard, JobStatus, JobSummary, ShardInFlight, SubmitReply, SubmitRequest,
 };
 use spotbatch_proto::manifest::Manifest;
-use spotbatch_store::JobLayout;
+use spotbatch_store::{JobLayout, Prefix};
 use url::Url;
 
 use super::{unix_ms, ApiError, CoordinatorService, JobRecord, JobRuntime, MAX_MANIFEST_BYTES};
@@ -58,10 +58,53 @@ impl CoordinatorService {
                     .join(", "),
             });
         }
-        // The coordinator's queue carries every job.
+        // What can be checked here without the model's runtime: the files the manifest names
+        // exist, and the output folder takes files (the rest is the workers' to find).
+        let mut problems = Vec::new();
+        let files = [
+            ("model.uri", Some(&m.model)),
+            ("postprocess.labels", m.labels.as_ref()),
+        ];
+        for (field, url) in files {
+            if let Some(url) = url {
+                if let Err(e) = spotbatch_store::storage::check_file(url).await {
+                    problems.push(format!("{field}: {e}"));
+                }
+            }
+        }
+        if let Err(e) = Prefix::open(&m.output)?.check_writable().await {
+            problems.push(format!("output.uri: {e}"));
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::InvalidManifest(problems));
+        }
+        // The coordinator's queue carries every job, with its attempts: say so where the manifest
+        // asked for something else.
+        let written = spotbatch_proto::manifest::keys_written(&req.manifest_toml);
+        let mut notes = Vec::new();
+        if written.iter().any(|k| k == "queue.uri") && m.queue_uri != self.config.queue_uri {
+            notes.push(format!(
+                "queue.uri: the coordinator's queue {} carries every job; {} is not used",
+                self.config.queue_uri, m.queue_uri
+            ));
+        }
+        if written.iter().any(|k| k == "queue.max_attempts")
+            && m.raw.queue.max_attempts != self.config.max_attempts
+        {
+            notes.push(format!(
+                "queue.max_attempts: {} is not used: the coordinator's workers dead-letter a shard after {} failed attempts (its --max-attempts)",
+                m.raw.queue.max_attempts, self.config.max_attempts
+            ));
+        }
         m.queue_uri = self.config.queue_uri.clone();
         let layout = JobLayout::for_manifest(&m)?;
         let plan = plan_job(&m).await.map_err(ApiError::Plan)?;
+        for skipped in &plan.skipped {
+            notes.push(format!(
+                "input.uri: {} is not an input: {}",
+                skipped.key, skipped.reason
+            ));
+        }
         let existing = {
             let jobs = self.jobs.lock().await;
             jobs.get(&m.job_id).map(|j| j.record.clone())
@@ -140,6 +183,7 @@ impl CoordinatorService {
             shards_already_done: already_done as u64,
             items_total: plan.total_items,
             output: m.output.to_string(),
+            notes,
         })
     }
 
@@ -181,8 +225,13 @@ impl CoordinatorService {
             })
             .unwrap_or_default();
         let done = job.items_done();
+        let dead_items: u64 = dead_lettered
+            .iter()
+            .filter_map(|d| job.record.shards.iter().find(|(s, _)| *s == d.shard))
+            .map(|(_, n)| n)
+            .sum();
         let rate = job.rate();
-        let remaining = job.record.items_total.saturating_sub(done);
+        let remaining = job.record.items_total.saturating_sub(done + dead_items);
         let eta = if remaining == 0 {
             0.0
         } else if rate > 0.0 {
@@ -205,6 +254,7 @@ impl CoordinatorService {
             workers,
             output: job.record.output.clone(),
             submitted_unix_ms: job.record.submitted_unix_ms,
+            items_dead: dead_items,
         })
     }
 

@@ -107,6 +107,8 @@ struct WorkerEntry {
     peer_address: String,
     /// Leased shards it has not started.
     unstarted: u32,
+    /// It said goodbye in its last heartbeat.
+    exited: bool,
 }
 
 /// The coordinator's state and API.
@@ -224,9 +226,10 @@ impl CoordinatorService {
             }
             Err(e) => tracing::warn!(error = %e, "queue depth failed"),
         }
-        let (alive, dead) = self.worker_counts();
+        let (alive, dead, exited) = self.worker_counts();
         metrics::gauge!("spotbatch_workers", "state" => "alive").set(alive as f64);
         metrics::gauge!("spotbatch_workers", "state" => "dead").set(dead as f64);
+        metrics::gauge!("spotbatch_workers", "state" => "exited").set(exited as f64);
     }
 
     async fn refresh(&self, id: &str) -> Result<(), StorageError> {
@@ -267,16 +270,20 @@ impl CoordinatorService {
         Ok(())
     }
 
-    fn worker_counts(&self) -> (usize, usize) {
+    /// Workers alive, dead (silent past three heartbeats) and exited (said goodbye).
+    fn worker_counts(&self) -> (usize, usize, usize) {
         let Ok(w) = self.workers.lock() else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         let alive = w.values().filter(|e| self.alive(e)).count();
-        (alive, w.len() - alive)
+        let exited = w.values().filter(|e| e.exited).count();
+        (alive, w.len() - alive - exited, exited)
     }
 
     fn alive(&self, w: &WorkerEntry) -> bool {
-        w.seen_at.elapsed() < self.config.heartbeat_interval * self.config.missed_heartbeats.max(1)
+        !w.exited
+            && w.seen_at.elapsed()
+                < self.config.heartbeat_interval * self.config.missed_heartbeats.max(1)
     }
 
     fn job_state(&self, job: &JobRuntime, dead: usize) -> &'static str {

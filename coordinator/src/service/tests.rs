@@ -27,6 +27,12 @@ async fn coordinator(name: &str, heartbeat: Duration) -> (Arc<CoordinatorService
             .await
             .unwrap();
     }
+    // `submit` checks the model file exists (issue 21, item 7).
+    Prefix::open(&url(&format!("memory://{name}/")))
+        .unwrap()
+        .put("m.onnx", Bytes::from_static(b"a model"))
+        .await
+        .unwrap();
     let q = MemoryQueue::new(name, QueueConfig { max_attempts: 2 });
     let svc = CoordinatorService::open(
         CoordinatorConfig {
@@ -281,4 +287,39 @@ async fn the_registry_knows_who_is_alive_and_who_has_work_to_give() {
         svc.heartbeat(beat("ghost-1-0", 0)).await,
         Err(ApiError::UnknownWorker(_))
     ));
+}
+
+/// Issue 21, item 7: `submit` refuses a model file that is not there, and notes the manifest
+/// settings the coordinator does not use.
+#[tokio::test]
+async fn submit_checks_the_files_and_notes_what_it_overrides() {
+    let (svc, _q) = coordinator("c-checks", Duration::from_secs(2)).await;
+    let mut req = manifest("c-checks", "memory://c-checks/out/");
+    req.manifest_toml = req.manifest_toml.replace("m.onnx", "gone.onnx");
+    match svc.submit(req).await {
+        Err(ApiError::InvalidManifest(lines)) => assert_eq!(
+            lines,
+            vec!["model.uri: memory://c-checks/gone.onnx: not found".to_string()]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut req = manifest("c-checks", "memory://c-checks/out/");
+    req.manifest_toml = req.manifest_toml.replace(
+        "shard_size = 4",
+        "shard_size = 4\nuri = \"sqlite://./q.db\"\nmax_attempts = 7",
+    );
+    let reply = svc.submit(req).await.unwrap();
+    assert_eq!(reply.notes.len(), 2, "{:?}", reply.notes);
+    assert!(reply.notes[0].starts_with("queue.uri: the coordinator's queue memory-test://c-checks carries every job; sqlite:///q.db is not used"), "{:?}", reply.notes);
+    assert!(
+        reply.notes[1].starts_with("queue.max_attempts: 7 is not used"),
+        "{:?}",
+        reply.notes
+    );
+    // Settings left to their defaults are not noted.
+    let plain = svc
+        .submit(manifest("c-checks", "memory://c-checks/out/"))
+        .await
+        .unwrap();
+    assert!(plain.notes.is_empty(), "{:?}", plain.notes);
 }

@@ -39,6 +39,7 @@ impl CoordinatorService {
                 shards: Vec::new(),
                 peer_address: r.peer_address,
                 unstarted: 0,
+                exited: false,
             },
         );
         tracing::info!(worker = %id, "worker registered");
@@ -65,6 +66,7 @@ impl CoordinatorService {
             e.device = h.device;
             e.shards = h.shards.into_iter().map(|s| (s.job_id, s.shard)).collect();
             e.unstarted = h.unstarted;
+            e.exited = h.leaving;
             if !h.peer_address.is_empty() {
                 e.peer_address = h.peer_address;
             }
@@ -131,6 +133,7 @@ impl CoordinatorService {
                 last_seen_unix_ms: unix_ms(e.last_seen),
                 shards: e.shards.iter().map(|(_, s)| s.clone()).collect(),
                 unstarted: e.unstarted,
+                exited: e.exited,
             })
             .collect();
         v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));

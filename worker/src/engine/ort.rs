@@ -223,7 +223,7 @@ fn warn_cpu_fallback(why: &str) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let why = one_line(why);
     ONCE.call_once(|| {
-        warn!(reason = %why, "device auto: running inference on the CPU ({why})");
+        warn!("device auto: running inference on the CPU ({why})");
     });
 }
 

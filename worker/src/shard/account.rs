@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 
 use spotbatch_proto::ShardTask;
 use spotbatch_store::ledger::{now_ms, ShardEvent};
-use tracing::debug;
 
 use super::Outcome;
 use crate::node::Node;
@@ -33,8 +32,10 @@ pub(crate) async fn shard_event(
             recovery_s,
         },
     );
-    if let Ok(ctx) = node.jobs.context(task).await {
-        node.cost.write_ledger(&ctx).await;
+    // Without loading the job's model: a shard that failed because it cannot load is on the
+    // ledger too.
+    if let Ok(layout) = node.jobs.layout(task).await {
+        node.cost.write_ledger(&task.job, &layout).await;
     }
 }
 
@@ -49,7 +50,6 @@ pub(crate) fn count_done(node: &Node, task: &ShardTask, items: u64, errors: u64)
     metrics::counter!("spotbatch_items_total", "job" => job.clone(), "outcome" => "error")
         .increment(errors);
     metrics::counter!("spotbatch_shards_total", "job" => job, "outcome" => "done").increment(1);
-    debug!(shard = %task.shard, items, errors, "shard done");
     p.record(task, "done", items, errors, "");
 }
 

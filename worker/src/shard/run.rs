@@ -31,8 +31,13 @@ pub(crate) async fn run_shard(
         Ok(o) => o,
         Err(e) => Outcome::Failed(e),
     };
-    if matches!(outcome, Outcome::Done { .. }) {
-        node.pace.shard_took(t0.elapsed());
+    if let Outcome::Done { items, errors } = &outcome {
+        let took = t0.elapsed();
+        node.pace.shard_took(took);
+        let secs = took.as_secs_f64();
+        info!(worker = %node.opts.id, job = %task.job, shard = %task.shard, items, errors,
+              seconds = format!("{secs:.2}"), items_per_s = format!("{:.1}", *items as f64 / secs.max(1e-9)),
+              "shard done");
     }
     outcome
 }
