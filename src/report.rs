@@ -107,6 +107,7 @@ fn time_axis(svg: &mut String, wall: f64, x: impl Fn(f64) -> f64, y: f64) {
 }
 
 /// A vertical axis at `ax` from `top` to `bottom` for values 0..`max`, its labels on `side`.
+#[allow(clippy::too_many_arguments)] // an SVG axis: where, how long, which side, what unit
 fn value_axis(
     svg: &mut String,
     max: f64,

@@ -213,7 +213,11 @@ fn chaos(label: &str, queue: String, env: Vec<(&str, String)>, actions: usize) {
             }
         };
         *done_actions.entry(action).or_default() += 1;
-        println!("DIAG {label} t={:.1}s worker {} got {action}", started.elapsed().as_secs_f64(), w.log.display());
+        println!(
+            "DIAG {label} t={:.1}s worker {} got {action}",
+            started.elapsed().as_secs_f64(),
+            w.log.display()
+        );
         dead.push(w);
         live.push(spawn_worker(job.path(), n, &queue, &manifest, &env));
         n += 1;
@@ -288,9 +292,17 @@ fn chaos(label: &str, queue: String, env: Vec<(&str, String)>, actions: usize) {
             .unwrap_or(0);
     }
     for i in 0..n {
-        let c = std::fs::read_to_string(job.path().join(format!("processed-{i}.txt"))).map(|s| s.lines().count()).unwrap_or(0);
-        let log = std::fs::read_to_string(job.path().join(format!("worker-{i}.log"))).unwrap_or_default();
-        let last: Vec<&str> = log.lines().filter(|l| l.contains("shard")).rev().take(2).collect();
+        let c = std::fs::read_to_string(job.path().join(format!("processed-{i}.txt")))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        let log =
+            std::fs::read_to_string(job.path().join(format!("worker-{i}.log"))).unwrap_or_default();
+        let last: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("shard"))
+            .rev()
+            .take(2)
+            .collect();
         println!("DIAG worker-{i} processed {c} last: {:?}", last);
     }
     let mut notice_to_release: Vec<f64> = Vec::new();

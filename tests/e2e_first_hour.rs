@@ -140,8 +140,7 @@ fn item2_dlq_and_depth_cover_every_queue_in_a_sqlite_file() {
     let typo = out_of(spotbatch().args(["queue", "depth", &format!("{file}?queue=nope")]));
     assert_eq!(typo.status.code(), Some(1));
     assert!(
-        text(&typo.stderr).contains(&format!("no queue \"nope\""))
-            && text(&typo.stderr).contains(&id),
+        text(&typo.stderr).contains("no queue \"nope\"") && text(&typo.stderr).contains(&id),
         "{}",
         text(&typo.stderr)
     );
@@ -310,7 +309,13 @@ fn item6_run_and_enqueue_refuse_up_front_what_validate_refuses() {
     let job = JobDir::digits(30);
     let model = job.path().join("model.onnx");
     let demo_model = root().join("examples/digits/model.onnx");
-    let cases: Vec<(&str, Box<dyn Fn()>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Box<dyn Fn() + 'a>,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "missing",
             Box::new(|| {
@@ -678,7 +683,7 @@ fn item13_ctrl_c_on_run_keeps_finished_rows_and_leaves_no_empty_folder() {
         ("batch_size = 32", "batch_size = 4"),
         ("shard_size = 64", "shard_size = 90"),
     ]);
-    let mut child = spotbatch()
+    let child = spotbatch()
         .arg("run")
         .arg(&manifest)
         .args(["--progress", "none", "--throttle-batch-ms", "100"])

@@ -647,7 +647,7 @@ pub fn decide(config: &PolicyConfig, obs: &Observation, state: &mut PolicyState)
     let (spot, on_demand, mode) = match (obs.deadline, &model) {
         _ if obs.items_left == 0 => (0, 0, Mode::Done),
         (Some(deadline), Some(_)) if deadline <= now => {
-            (0, 0, Mode::Late)
+            (cap_s.min(shards), cap_o.min(shards), Mode::Late)
         }
         (Some(deadline), Some(model)) => {
             let (spot, on_demand) = plan(

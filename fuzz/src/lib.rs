@@ -34,7 +34,7 @@ use spotbatch_worker::error::{ItemError, Policy, ShardError};
 use spotbatch_worker::model::InputPlan;
 use spotbatch_worker::notice::{self, NoticeAction};
 use spotbatch_worker::preprocess::{ImagePreprocessor, ImageTarget, ModelInput, Preprocessor};
-use spotbatch_worker::sink::{JsonlSink, Row, RowSink};
+use spotbatch_worker::sink::{JsonlSink, Row};
 use spotbatch_worker::source::Payload;
 
 /// A target: takes any bytes, panics when its property does not hold.
@@ -235,7 +235,9 @@ pub fn partial(data: &[u8]) {
         assert_eq!(*error, !v.get("error").is_none_or(Value::is_null));
         rows.push(row.clone());
     }
-    let written = JsonlSink.encode(&rows).expect("kept rows encode");
+    let written = JsonlSink::new(Vec::new())
+        .encode(&rows)
+        .expect("kept rows encode");
     let again = spotbatch_worker::parse_partial(&written);
     assert_eq!(again.len(), kept.len(), "every kept row reads back");
     for (key, row) in &again {
@@ -346,6 +348,7 @@ pub fn image(data: &[u8]) {
             assert!(pixels > 0 && pixels <= case.max_pixels, "within max_pixels");
             assert_eq!(p.rgb.len() as u64, pixels * 3);
         }
+        Ok(ModelInput::Tokens(_)) => panic!("an image preprocessor made tokens"),
         Err(e) => {
             assert!(
                 matches!(e, ItemError::Input(_)),

@@ -88,8 +88,7 @@ impl ShardTask {
             Some(other) => return Err(TaskError::Version(other)),
             None => return Err(TaskError::Foreign("no version field \"v\"".into())),
         }
-        let task: ShardTask =
-            serde_json::from_slice(body).map_err(foreign)?;
+        let task: ShardTask = serde_json::from_slice(body).map_err(foreign)?;
         if task.shard.is_empty() || task.job.is_empty() {
             return Err(TaskError::Foreign("empty job or shard".into()));
         }

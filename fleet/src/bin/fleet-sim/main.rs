@@ -38,7 +38,7 @@ fn run_traced(
     while !w.finished() && w.t < horizon {
         let obs = w.observe(Some(deadline));
         let (spot, on_demand) = c.desired(&obs);
-        if let (true, Some(d)) = (trace && step % 6 == 0, c.last_decision()) {
+        if let (true, Some(d)) = (trace && step.is_multiple_of(6), c.last_decision()) {
             let tr = d.triggers;
             println!(
                 "{:6.0} s  left {:>11}  running {:>2}/{:>2}  desired {:>2}/{:>2}  risk {:.4}  finish {:>7.0}  rescue {:>6.0}  λ {:.3}/h  d_s {:.0}  {}{}{}{}{}",
