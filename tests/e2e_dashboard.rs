@@ -387,6 +387,6 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
     assert_eq!(html.matches("class=\"recovery\"").count(), recoveries.len());
     // Cost: the same figures as `spotbatch cost`.
     assert_eq!(data["cost"]["dollars"], r["dollars"]);
-    assert_eq!(html.matches("class=\"spent\"").count(), ledgers.len());
+    assert_eq!(html.matches("<rect class=\"spent\"").count(), ledgers.len());
     let _ = std::fs::remove_file(sd);
 }

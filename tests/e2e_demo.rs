@@ -106,7 +106,7 @@ fn validate_accepts_the_demo() {
     let out = run_ok(spotbatch().arg("validate").arg(&manifest));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(": ok — job digits-"), "{stdout}");
-    assert!(stdout.contains("54 inputs in 1 shards"), "{stdout}");
+    assert!(stdout.contains("54 inputs in 1 shard;"), "{stdout}");
     assert!(stdout.contains("\"pixels\" [1, 8, 8]"), "{stdout}");
 }
 

@@ -18,6 +18,8 @@
 //! | [`partial`] | a drained shard's partial result (`_partial/SHARD.jsonl`) | the line is not kept (its item is redone) |
 //! | [`notices`] | AWS, GCP and Azure metadata answers | a one-line [`ResponseError`] (logged, asked again) |
 //! | [`image`] | `ImagePreprocessor::prepare` under `preprocess.max_pixels` | `ItemError::Input` → [`Policy::ErrorRow`] |
+//! | [`records_text`] | JSONL and CSV files cut into byte-range splits, framed and decoded | a `RowError` per record (an error row), or a one-line `ReadError` for a CSV without a header |
+//! | [`records_parquet`] | Parquet files: footer, row groups, projection | a one-line `ReadError` (the shard fails and is retried, then dead-lettered) |
 //!
 //! [`ResponseError`]: spotbatch_worker::notice::ResponseError
 
@@ -51,6 +53,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("partial", partial),
     ("notices", notices),
     ("image", image),
+    ("records_text", records_text),
+    ("records_parquet", records_parquet),
 ];
 
 /// A message that ends up in a log line, a dead letter's reason or a row: one line, not empty.
@@ -362,4 +366,127 @@ pub fn image(data: &[u8]) {
             assert_one_line("error row", &e.to_string());
         }
     }
+}
+
+/// The projection the record targets read: text `text`, id `id`, one carried column `lang`.
+fn record_projection() -> spotbatch_records::Projection {
+    use spotbatch_records::Column;
+    spotbatch_records::Projection {
+        text: Some("text".into()),
+        id: Some(Column::named("id")),
+        columns: vec![Column::named("lang")],
+    }
+}
+
+/// The records as comparable lines (key and fields or error), checking each error is one line.
+fn record_lines(records: &[spotbatch_records::Record]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            if let Err(e) = &r.fields {
+                assert_one_line("row error", &e.to_string());
+            }
+            format!("{} {:?}", r.key, r.fields)
+        })
+        .collect()
+}
+
+/// A JSONL or CSV file (the first byte picks the format, CSV's quoted newlines, a small
+/// `max_line_bytes` or not, and into how many byte ranges the file is cut; the rest is the file):
+/// every record is read exactly once whichever ranges the file is cut into (the same records, in
+/// the same order, as one range over the whole file), malformed rows become row errors of one
+/// line, and a CSV without a usable header is a one-line `ReadError`.
+pub fn records_text(data: &[u8]) {
+    use spotbatch_proto::split::{ByteSplit, Split};
+    let Some((&knobs, file)) = data.split_first() else {
+        return;
+    };
+    let csv = knobs & 1 == 1;
+    let mut opts = spotbatch_records::ReadOptions::default();
+    opts.csv.quoted_newlines = knobs & 2 == 0;
+    if knobs & 4 != 0 {
+        opts.max_line_bytes = 64;
+    }
+    let pieces = 1 + usize::from(knobs >> 3) % 7;
+    let proj = record_projection();
+    let size = file.len() as u64;
+    let split = |start: u64, end: u64| {
+        let b = ByteSplit {
+            key: if csv { "f.csv" } else { "f.jsonl" }.into(),
+            size,
+            start,
+            end,
+        };
+        if csv {
+            Split::Csv(b)
+        } else {
+            Split::Jsonl(b)
+        }
+    };
+    let whole = match spotbatch_records::read_bytes(file, &split(0, size), &proj, &opts) {
+        Ok(records) => record_lines(&records),
+        Err(e) => {
+            assert!(csv, "only a CSV header fails a whole read: {e}");
+            assert_one_line("read error", &e.to_string());
+            return;
+        }
+    };
+    let step = size.div_ceil(pieces as u64).max(1);
+    let mut pieced = Vec::new();
+    let mut start = 0;
+    while start < size {
+        let end = (start + step).min(size);
+        let records = spotbatch_records::read_bytes(file, &split(start, end), &proj, &opts)
+            .expect("a range reads when the whole file does");
+        pieced.extend(record_lines(&records));
+        start = end;
+    }
+    assert_eq!(
+        pieced, whole,
+        "records read in {pieces} ranges differ from one range"
+    );
+}
+
+/// A Parquet file (the first byte picks the rows per split, the rest is the file): its rows, or
+/// a one-line `ReadError`; row errors are one line; and the same rows whatever the split size.
+pub fn records_parquet(data: &[u8]) {
+    let Some((&knob, file)) = data.split_first() else {
+        return;
+    };
+    let rt = record_runtime();
+    let proj = record_projection();
+    let opts = spotbatch_records::ReadOptions::default();
+    let bytes = bytes::Bytes::copy_from_slice(file);
+    let read = |max_rows: u64| {
+        rt.block_on(spotbatch_records::read_parquet_bytes(
+            bytes.clone(),
+            max_rows,
+            &proj,
+            &opts,
+        ))
+    };
+    match read(u64::MAX) {
+        Ok(records) => {
+            let whole = record_lines(&records);
+            let small = read(1 + u64::from(knob % 16))
+                .expect("a file that reads in one split reads in several");
+            assert_eq!(
+                record_lines(&small),
+                whole,
+                "the same rows in smaller splits"
+            );
+        }
+        Err(e) => assert_one_line("read error", &e.to_string()),
+    }
+}
+
+/// One current-thread runtime for the Parquet target (the reader is async).
+fn record_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
 }

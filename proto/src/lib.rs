@@ -5,6 +5,7 @@
 //! Everything here is plain data with serde; no I/O beyond reading a manifest file.
 #![warn(missing_docs)]
 
+mod field;
 pub mod manifest;
 pub mod split;
 mod table;

@@ -4,6 +4,7 @@
 //! Every problem is reported as a [`FieldError`] naming the field, one line each, and all problems
 //! found are reported together rather than one per attempt.
 
+pub use crate::field::{one_line, FieldError};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -479,35 +480,6 @@ const fn default_max_attempts() -> u32 {
     3
 }
 
-/// One problem with a manifest, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Dotted field path, e.g. `preprocess.mean`; empty for the file as a whole.
-    pub field: String,
-    /// What is wrong, one line.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A problem with `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: one_line(&message.into()),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
 /// Why a manifest could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -604,13 +576,22 @@ impl Manifest {
             Err(checks) if errs.is_empty() => Err(checks),
             Err(checks) => {
                 // A check of a key the file does not set (its default) or could not read would
-                // only echo a problem named already.
+                // only echo a problem named already; so would a check in the same table that
+                // depends on a key set aside (`mean` against a `color` that could not be read).
                 let named: Vec<String> = errs.iter().map(|e| e.field.clone()).collect();
-                errs.extend(
-                    checks
-                        .into_iter()
-                        .filter(|e| parsed.written.contains(&e.field) && !named.contains(&e.field)),
-                );
+                let echoes = |e: &FieldError| {
+                    named
+                        .iter()
+                        .any(|n| match (n.rsplit_once('.'), e.field.rsplit_once('.')) {
+                            (Some((table, key)), Some((its_table, _))) => {
+                                table == its_table && e.message.contains(&format!("{key} ="))
+                            }
+                            _ => false,
+                        })
+                };
+                errs.extend(checks.into_iter().filter(|e| {
+                    parsed.written.contains(&e.field) && !named.contains(&e.field) && !echoes(e)
+                }));
                 Err(errs)
             }
         }
@@ -1426,9 +1407,4 @@ fn identity_digest(raw: &RawManifest) -> String {
     };
     let json = serde_json::to_vec(&id).unwrap_or_default();
     hex::encode(Sha256::digest(&json))
-}
-
-/// Collapses whitespace (newlines included) so messages stay on one line.
-pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -13,7 +13,7 @@
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 
-use crate::manifest::FieldError;
+use crate::field::FieldError;
 
 /// Reads `value` (the table at `path`) as a `T`, pushing one [`FieldError`] per problem. The
 /// value comes back with every key that could not be read set aside (so its default applies),
@@ -31,7 +31,7 @@ pub(crate) fn read<T: DeserializeOwned>(
             Err(e) => e,
         };
         let segments: Vec<Segment> = e.path().iter().cloned().collect();
-        let message = e.into_inner().to_string();
+        let message = without_key_context(&e.into_inner().to_string());
         let field = field_path(path, &segments);
         if let Some(missing) = quoted_after(&message, "missing field `") {
             let field = if field.is_empty() {
@@ -80,6 +80,19 @@ pub(crate) fn read<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// serde's message without the toml crate's "in `KEY`" context after it (the field path is
+/// given separately): "expected usize\nin `batch_size`" → "expected usize".
+fn without_key_context(message: &str) -> String {
+    let t = message.trim_end();
+    if let (true, Some(i)) = (t.ends_with('`'), t.rfind("in `")) {
+        let (before, key) = (&t[..i], &t[i + 4..t.len() - 1]);
+        if (before.is_empty() || before.ends_with(char::is_whitespace)) && !key.contains('`') {
+            return before.trim_end().to_string();
+        }
+    }
+    t.to_string()
 }
 
 /// The message for an unknown key: the closest known key, else the known keys.
@@ -301,6 +314,8 @@ fn expected_in_manifest_terms(expected: &str) -> String {
         }
         "a sequence" => "a list, like [1, 2]".to_string(),
         "a map" => "a table".to_string(),
+        // The toml crate's words for a list longer than the fixed length asked for.
+        "fewer elements in array" => "fewer values".to_string(),
         other => {
             let n = other
                 .strip_prefix("an array of length ")
@@ -392,12 +407,13 @@ mod tests {
                 "t.size[1]: expected a whole number from 0 to 4294967295, found \"a\"",
             ]
         );
-        let (_, errs) = read_t("uri = 5\nsize = [1, 2, 3]\n");
+        let (_, mut errs) = read_t("uri = 5\nsize = [1, 2, 3]\n");
+        errs.sort();
         assert_eq!(
             errs,
             vec![
+                "t.size: expected fewer values, found a list of 3 values",
                 "t.uri: expected text in quotes, found 5",
-                "t.size: expected a list of 2 values, found a list of 3 values",
             ],
             "uri is named once, for its value"
         );

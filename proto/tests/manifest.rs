@@ -453,7 +453,12 @@ fn enum_values_and_devices_are_taken_in_any_case() {
 
 #[test]
 fn a_table_of_the_wrong_kind_says_what_it_found() {
-    let e = only(&GOOD.replace("[output]\nuri = \"./out\"", "output = \"./out\""));
+    // A top-level key (before the first table: after [postprocess] it would be one of its keys).
+    let text = format!(
+        "output = \"./out\"\n{}",
+        GOOD.replace("[output]\nuri = \"./out\"\n", "")
+    );
+    let e = only(&text);
     assert_eq!(
         e.to_string(),
         "output: expected a [output] table, found \"./out\""

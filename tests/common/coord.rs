@@ -108,8 +108,18 @@ pub fn submit(coord: &str, manifest: &Path) -> (String, String) {
     )
 }
 
+/// (`status` exits 1 for a failed job, as `run` does, and prints the status all the same.)
 pub fn status_json(coord: &str, job: &str) -> serde_json::Value {
-    let out = run_ok(sb(Some(TOKEN)).args(["status", job, "--json", "--coordinator", coord]));
+    let out = sb(Some(TOKEN))
+        .args(["status", job, "--json", "--coordinator", coord])
+        .output()
+        .expect("spawn spotbatch");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "status --json failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
 }
 
