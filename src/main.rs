@@ -152,6 +152,11 @@ struct WorkerArgs {
     /// Exit when the queue has nothing visible or in flight, instead of waiting for more work.
     #[arg(long)]
     exit_when_empty: bool,
+    /// With --exit-when-empty: give up (exit 1) once the queue's service (Kafka brokers, an SQS
+    /// endpoint) has been unreachable this long; 0 keeps trying. Without --exit-when-empty a
+    /// worker keeps waiting for its queue.
+    #[arg(long, default_value_t = 300)]
+    give_up_after_secs: u64,
     /// Most shards held at once (one in work, the rest leased but unstarted). Within it the
     /// depth adapts: enough unstarted shards for a tenth of the lease timeout at the measured pace.
     #[arg(long, default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -863,6 +868,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             visibility: args.visibility_timeout_secs.map(Duration::from_secs),
             processed_log: args.debug_processed_log.clone(),
             prices: args.cost.prices()?,
+            give_up_unreachable: (args.give_up_after_secs > 0)
+                .then(|| Duration::from_secs(args.give_up_after_secs)),
             ..WorkerOptions::default()
         },
         ort_threads: args.ort_threads,

@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  file order          {:.4}", efficiency(&file_order));
     println!("  whole input sorted  {:.4}", efficiency(&full_sort));
     let mut rows = Vec::new();
-    for factor in [4, 8, 16] {
+    for factor in [4, 8, 16, 32, 64] {
         let window = NonZeroUsize::new(batch * factor).ok_or("window")?;
         let cfg = BatcherConfig {
             window,

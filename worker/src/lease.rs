@@ -139,6 +139,7 @@ pub async fn run_worker(
 async fn lease_loop(node: Arc<Node>) -> Result<(), QueueError> {
     let mut next_steal = Instant::now();
     let mut lease_backoff = crate::backoff::Backoff::new();
+    let mut unreachable = Unreachable::default();
     let result = loop {
         if node.control.stop_leasing.is_cancelled() {
             break Ok(());
@@ -158,8 +159,13 @@ async fn lease_loop(node: Arc<Node>) -> Result<(), QueueError> {
         if node.opts.exit_when_empty && node.tasks.is_empty() {
             match node.queue.depth().await {
                 Ok(d) if d.pending() == 0 => break Ok(()),
-                Ok(_) => {}
-                Err(e) => warn!(worker = %node.opts.id, error = %e, "queue depth failed"),
+                Ok(_) => unreachable.clear(),
+                Err(e) => {
+                    if let Some(gave_up) = unreachable.seen(&e, &node.opts) {
+                        break Err(gave_up);
+                    }
+                    warn!(worker = %node.opts.id, error = %e, "queue depth failed")
+                }
             }
         }
         let visibility = node.visibility();
@@ -177,9 +183,13 @@ async fn lease_loop(node: Arc<Node>) -> Result<(), QueueError> {
         let leases = match leases {
             Ok(l) => {
                 lease_backoff.reset();
+                unreachable.clear();
                 l
             }
             Err(e) => {
+                if let Some(gave_up) = unreachable.seen(&e, &node.opts) {
+                    break Err(gave_up);
+                }
                 let delay = lease_backoff.next_delay();
                 warn!(worker = %node.opts.id, error = %e, retry_in_ms = delay.as_millis() as u64, "lease failed; retrying");
                 metrics::counter!("spotbatch_lease_errors_total").increment(1);
@@ -223,6 +233,42 @@ async fn lease_loop(node: Arc<Node>) -> Result<(), QueueError> {
     node.tasks.close();
     node.tasks.wait().await;
     result
+}
+
+/// Since when the queue's service has been unreachable, for `WorkerOptions::give_up_unreachable`.
+#[derive(Default)]
+struct Unreachable {
+    since: Option<Instant>,
+}
+
+impl Unreachable {
+    fn clear(&mut self) {
+        self.since = None;
+    }
+
+    /// Notes a failed call; gives the error to exit with once a worker that is to exit when the
+    /// queue is empty has not reached the service for the allowed time.
+    fn seen(&mut self, e: &QueueError, opts: &WorkerOptions) -> Option<QueueError> {
+        let QueueError::Unreachable {
+            queue,
+            backend,
+            source,
+        } = e
+        else {
+            return None;
+        };
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let limit = opts.give_up_unreachable.filter(|_| opts.exit_when_empty)?;
+        (since.elapsed() >= limit).then(|| QueueError::Unreachable {
+            queue: queue.clone(),
+            backend,
+            source: format!(
+                "gave up after {} s without reaching it (--give-up-after-secs): {source}",
+                limit.as_secs()
+            )
+            .into(),
+        })
+    }
 }
 
 /// Runs a shard task on the worker's tracker; its end frees a slot.
@@ -279,5 +325,60 @@ impl Host for NodeHost {
 
     fn work_handed(&self, h: HandedShard, owner: PeerConn, timeout: Duration) {
         spawn_stolen(&self.0, h, owner, timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable() -> QueueError {
+        QueueError::Unreachable {
+            queue: "t".into(),
+            backend: "kafka",
+            source: "no broker answered".into(),
+        }
+    }
+
+    fn opts(exit_when_empty: bool, limit: Option<Duration>) -> WorkerOptions {
+        WorkerOptions {
+            exit_when_empty,
+            give_up_unreachable: limit,
+            ..WorkerOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_worker_to_exit_when_empty_gives_up_once_the_service_stays_unreachable() {
+        let o = opts(true, Some(Duration::from_millis(30)));
+        let mut u = Unreachable::default();
+        assert!(u.seen(&unreachable(), &o).is_none(), "not at the first failure");
+        std::thread::sleep(Duration::from_millis(40));
+        let e = u.seen(&unreachable(), &o).expect("gives up after the limit");
+        assert!(e.to_string().contains("gave up after 0 s"), "{e}");
+        assert!(matches!(e, QueueError::Unreachable { .. }));
+        // An answer in between starts the count again.
+        let mut u = Unreachable::default();
+        assert!(u.seen(&unreachable(), &o).is_none());
+        std::thread::sleep(Duration::from_millis(40));
+        u.clear();
+        assert!(u.seen(&unreachable(), &o).is_none());
+    }
+
+    #[test]
+    fn other_errors_and_workers_waiting_for_work_never_give_up() {
+        let other = QueueError::Backend {
+            queue: "t".into(),
+            backend: "kafka",
+            source: "refused".into(),
+        };
+        let mut u = Unreachable::default();
+        let o = opts(true, Some(Duration::ZERO));
+        assert!(u.seen(&other, &o).is_none(), "only an unreachable service counts");
+        for o in [opts(false, Some(Duration::ZERO)), opts(true, None)] {
+            let mut u = Unreachable::default();
+            assert!(u.seen(&unreachable(), &o).is_none());
+            assert!(u.seen(&unreachable(), &o).is_none());
+        }
     }
 }

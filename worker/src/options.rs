@@ -27,6 +27,10 @@ pub struct WorkerOptions {
     pub processed_log: Option<std::path::PathBuf>,
     /// What this worker's machine costs; `None`: cost is not accounted.
     pub prices: Option<spotbatch_store::Prices>,
+    /// With `exit_when_empty`: how long the queue's service (Kafka brokers, an SQS endpoint) may
+    /// stay unreachable before the worker gives up with an error. `None`: it keeps trying (a
+    /// worker waiting for work keeps trying whatever this is).
+    pub give_up_unreachable: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -42,6 +46,7 @@ impl Default for WorkerOptions {
             visibility: None,
             processed_log: None,
             prices: None,
+            give_up_unreachable: Some(Duration::from_secs(300)),
         }
     }
 }
