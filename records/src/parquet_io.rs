@@ -81,8 +81,33 @@ impl AsyncFileReader for StoreReader {
                 .with_prefetch_hint(Some(FOOTER_HINT))
                 .load_and_finish(self, size)
                 .await?;
+            check_chunk_ranges(&meta, size)?;
             Ok(Arc::new(meta))
         }
         .boxed()
     }
+}
+
+/// Every column chunk's byte range lies inside the file: the parquet crate asserts (panics) on a
+/// negative offset or size when it reads a chunk, so a hostile or corrupt footer is refused here,
+/// as the file's error (found by the `records_parquet` fuzz target).
+fn check_chunk_ranges(meta: &ParquetMetaData, size: u64) -> Result<()> {
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        for (c, chunk) in group.columns().iter().enumerate() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or_else(|| chunk.data_page_offset());
+            let len = chunk.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .is_some_and(|(s, l)| s.checked_add(l).is_some_and(|e| e <= size));
+            if !inside {
+                return Err(ParquetError::General(format!(
+                    "row group {g}, column {c}: byte range {start}+{len} is not inside the file of {size} bytes"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -352,9 +352,14 @@ mod tests {
     fn a_worker_to_exit_when_empty_gives_up_once_the_service_stays_unreachable() {
         let o = opts(true, Some(Duration::from_millis(30)));
         let mut u = Unreachable::default();
-        assert!(u.seen(&unreachable(), &o).is_none(), "not at the first failure");
+        assert!(
+            u.seen(&unreachable(), &o).is_none(),
+            "not at the first failure"
+        );
         std::thread::sleep(Duration::from_millis(40));
-        let e = u.seen(&unreachable(), &o).expect("gives up after the limit");
+        let e = u
+            .seen(&unreachable(), &o)
+            .expect("gives up after the limit");
         assert!(e.to_string().contains("gave up after 0 s"), "{e}");
         assert!(matches!(e, QueueError::Unreachable { .. }));
         // An answer in between starts the count again.
@@ -374,7 +379,10 @@ mod tests {
         };
         let mut u = Unreachable::default();
         let o = opts(true, Some(Duration::ZERO));
-        assert!(u.seen(&other, &o).is_none(), "only an unreachable service counts");
+        assert!(
+            u.seen(&other, &o).is_none(),
+            "only an unreachable service counts"
+        );
         for o in [opts(false, Some(Duration::ZERO)), opts(true, None)] {
             let mut u = Unreachable::default();
             assert!(u.seen(&unreachable(), &o).is_none());
