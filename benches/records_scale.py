@@ -97,6 +97,18 @@ shard_size = 100000
 """
 
 
+def job_manifest(name: str, data: Path, fmt: str) -> Path:
+    """A fresh job folder WORK/NAME with its manifest (its own queue and output); the manifest's
+    path."""
+    job = WORK / name
+    shutil.rmtree(job, ignore_errors=True)
+    job.mkdir(parents=True)
+    m = job / "job.toml"
+    m.write_text(manifest(f"{name}-scale", data, fmt, WORK / "count.onnx", job / "out",
+                          f"sqlite://{job / 'q.db'}"))
+    return m
+
+
 def plan(files: int):
     data = WORK / "pq"
     if not (data / f"part-{files - 1:05}.parquet").exists():
@@ -104,12 +116,7 @@ def plan(files: int):
         subprocess.run([sys.executable, str(ROOT / "records/examples/gen_parquet.py"), str(data),
                         str(files)], check=True)
     rows = files * 100_000
-    job = WORK / "plan"
-    shutil.rmtree(job, ignore_errors=True)
-    job.mkdir(parents=True)
-    m = job / "job.toml"
-    m.write_text(manifest("plan-scale", data, "parquet", WORK / "count.onnx", job / "out",
-                          f"sqlite://{job / 'q.db'}"))
+    m = job_manifest("plan", data, "parquet")
     dt, peak, out, err = run_measured([str(SPOTBATCH), "enqueue", str(m)])
     print(f"plan: {rows:,} Parquet rows in {files} files planned and enqueued in {dt:.2f} s, "
           f"peak RSS {peak:.0f} MiB; {out.strip()}")
@@ -135,12 +142,8 @@ def stream(gb: float):
                         break
         print(f"wrote {data} ({size / 1e9:.2f} GB, {n:,} rows) in {time.perf_counter() - t:.0f} s")
     size = data.stat().st_size
-    job = WORK / "stream"
-    shutil.rmtree(job, ignore_errors=True)
-    job.mkdir(parents=True)
-    m = job / "job.toml"
-    m.write_text(manifest("stream-scale", data, "jsonl", WORK / "count.onnx", job / "out",
-                          f"sqlite://{job / 'q.db'}"))
+    m = job_manifest("stream", data, "jsonl")
+    job = m.parent
     dt, peak, out, err = run_measured([str(SPOTBATCH), "run", str(m), "--progress", "none"])
     rows = 0
     for part in (job / "out").rglob("part-*.jsonl"):
