@@ -36,6 +36,14 @@ enum CapacityArg {
 }
 
 impl CostArgs {
+    /// `spot` or `on_demand` (`--capacity`), as the coordinator's fleet policy counts workers.
+    pub fn capacity_label(&self) -> &'static str {
+        match self.capacity {
+            CapacityArg::Spot => "spot",
+            CapacityArg::OnDemand => "on_demand",
+        }
+    }
+
     /// The prices, or why the flags do not make sense.
     pub fn prices(&self) -> anyhow::Result<Option<Prices>> {
         let capacity = match self.capacity {

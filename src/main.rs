@@ -492,7 +492,48 @@ async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         s.model_input,
         s.model_output
     );
+    for line in fleet_notes(&m, s.plan.as_ref()) {
+        println!("{}: {line}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `validate` says of `[job]` and `queue.shard_size = "auto"` (issue 23).
+fn fleet_notes(m: &Manifest, plan: Option<&Plan>) -> Vec<String> {
+    use spotbatch_plan::{ShardBound, ShardHow};
+    let mut lines = Vec::new();
+    if let (Some(plan), spotbatch_proto::ShardSize::Auto) = (plan, m.raw.queue.shard_size) {
+        let items = plan.shard_size.items;
+        lines.push(match plan.shard_size.how {
+            ShardHow::Suggested(s) if s.bound == ShardBound::Unmeasured => format!(
+                "queue.shard_size: auto → {items} (no measured time per item here: the default; a coordinator chooses from its workers' rate)"
+            ),
+            ShardHow::Suggested(s) => format!(
+                "queue.shard_size: auto → {items} ({:?}: {:.0} s a shard, {:.2} % redone after hard kills, {:.2} % overhead)",
+                s.bound,
+                s.shard_seconds,
+                s.redone_fraction * 100.0,
+                s.overhead_fraction * 100.0
+            ),
+            ShardHow::Kept | ShardHow::Manifest => format!(
+                "queue.shard_size: auto → {items} (chosen when the job was first planned)"
+            ),
+        });
+    }
+    if let Some(d) = m.deadline {
+        let when = match d {
+            spotbatch_proto::Deadline::At(t) => spotbatch_proto::rfc3339::format(t),
+            spotbatch_proto::Deadline::AfterSubmission(h) => format!("{h} h after submission"),
+        };
+        let od = m.raw.job.max_on_demand_workers.map_or(
+            "the coordinator's --max-on-demand-workers".to_string(),
+            |n| n.to_string(),
+        );
+        lines.push(format!(
+            "job.deadline: {when}; on-demand workers at most {od} (the coordinator sizes the fleet for it)"
+        ));
+    }
+    lines
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -791,6 +832,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             client: remote::client(url, args.tls_ca.as_deref())?,
             ca: remote::read_ca(args.tls_ca.as_deref())?,
             token: remote::token(),
+            capacity_type: args.cost.capacity_label().to_string(),
         }),
         None => None,
     };

@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use spotbatch_coordinator::server::{serve, start, ServeOptions};
-use spotbatch_coordinator::service::CoordinatorConfig;
+use spotbatch_coordinator::service::{CoordinatorConfig, FleetConfig};
 use spotbatch_net::Auth;
 use spotbatch_net::{describe, Client};
 use spotbatch_proto::api::{
-    CancelRequest, JobStatus, ListJobsRequest, StatusRequest, SubmitRequest,
+    CancelRequest, FleetStatus, JobStatus, ListJobsRequest, StatusRequest, SubmitRequest,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,20 @@ pub struct CoordinatorArgs {
     /// Output prefixes jobs may write under (repeatable); none means any.
     #[arg(long = "allow-output")]
     allow_output: Vec<String>,
+    /// Most spot workers the fleet asks for (the spot Deployment's maxReplicaCount).
+    #[arg(long, default_value_t = 100)]
+    max_spot_workers: u32,
+    /// On-demand workers a job with a deadline may add when its manifest does not say
+    /// (job.max_on_demand_workers).
+    #[arg(long, default_value_t = 10)]
+    max_on_demand_workers: u32,
+    /// The workers' instance type: the interruption prior and the prices the fleet policy uses
+    /// (the built-in table, e.g. g5.xlarge).
+    #[arg(long, env = "SPOTBATCH_INSTANCE_TYPE")]
+    instance_type: Option<String>,
+    /// The workers' region, for the interruption prior (e.g. us-east-1).
+    #[arg(long, env = "SPOTBATCH_REGION")]
+    region: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -160,6 +174,12 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(100)),
             missed_heartbeats: 3,
             allowed_outputs: allowed,
+            fleet: FleetConfig {
+                max_spot_workers: args.max_spot_workers,
+                max_on_demand_workers: args.max_on_demand_workers,
+                instance_type: args.instance_type.clone(),
+                region: args.region.clone(),
+            },
         },
         &state,
     )
@@ -270,7 +290,138 @@ fn status_json(s: &JobStatus) -> serde_json::Value {
             "items_per_s": w.items_per_second, "shards": w.shards, "unstarted": w.unstarted,
         })).collect::<Vec<_>>(),
         "output": s.output,
+        "fleet": s.fleet.as_ref().map(fleet_json),
     })
+}
+
+/// A negative figure is unknown: null.
+fn known(v: f64) -> serde_json::Value {
+    if v < 0.0 || !v.is_finite() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!(v)
+    }
+}
+
+fn fleet_json(f: &FleetStatus) -> serde_json::Value {
+    serde_json::json!({
+        "mode": f.mode,
+        "deadline_unix_s": known(f.deadline_unix_s),
+        "projected_finish_unix_s": known(f.projected_finish_unix_s),
+        "miss_risk": known(f.miss_risk),
+        "desired": {"spot": f.desired_spot, "on_demand": f.desired_on_demand},
+        "running": {"spot": f.running_spot, "on_demand": f.running_on_demand},
+        "max_on_demand_workers": f.max_on_demand_workers,
+        "triggers": f.triggers,
+        "interruptions_per_hour": f.interruptions_per_hour,
+        "items_per_s_per_worker": {
+            "spot": known(if f.spot_items_per_second > 0.0 { f.spot_items_per_second } else { -1.0 }),
+            "on_demand": known(if f.on_demand_items_per_second > 0.0 { f.on_demand_items_per_second } else { -1.0 }),
+        },
+        "expected_cost_dollars": known(f.expected_cost),
+        "shard_size": f.shard_size,
+        "suggested_shard_size": if f.suggested_shard_size > 0 { serde_json::json!(f.suggested_shard_size) } else { serde_json::Value::Null },
+    })
+}
+
+/// Seconds as people read them: `45 s`, `12 min`, `3.5 h`.
+fn span(s: f64) -> String {
+    let s = s.abs();
+    if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7_200.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3_600.0)
+    }
+}
+
+/// The fleet part of `status` at `now` (Unix seconds): the deadline, the projected finish and
+/// its risk, desired against running workers by capacity, what triggered on-demand, the shard
+/// size.
+fn fleet_line(f: &FleetStatus, now: f64) -> String {
+    let mut parts = Vec::new();
+    if f.deadline_unix_s >= 0.0 {
+        let left = f.deadline_unix_s - now;
+        parts.push(format!(
+            "deadline {} ({})",
+            spotbatch_proto::rfc3339::format(f.deadline_unix_s),
+            if left >= 0.0 {
+                format!("in {}", span(left))
+            } else {
+                format!("{} ago", span(left))
+            }
+        ));
+    } else {
+        parts.push("no deadline".to_string());
+    }
+    if f.mode == "done" {
+        parts.push("finished".into());
+    } else if f.projected_finish_unix_s >= 0.0 {
+        let mut p = format!(
+            "projected finish {} (in {})",
+            spotbatch_proto::rfc3339::format(f.projected_finish_unix_s),
+            span((f.projected_finish_unix_s - now).max(0.0))
+        );
+        if f.deadline_unix_s >= 0.0 {
+            let margin = f.deadline_unix_s - f.projected_finish_unix_s;
+            p.push_str(&format!(
+                ", {} {}",
+                span(margin),
+                if margin >= 0.0 { "early" } else { "late" }
+            ));
+        }
+        parts.push(p);
+    } else {
+        parts.push("projected finish unknown (no rate yet)".into());
+    }
+    if f.miss_risk >= 0.0 {
+        parts.push(format!("miss risk {:.1} %", f.miss_risk * 100.0));
+    }
+    let mut want = format!(
+        "want {} spot + {} on-demand (max {}), running {} + {}",
+        f.desired_spot,
+        f.desired_on_demand,
+        f.max_on_demand_workers,
+        f.running_spot,
+        f.running_on_demand
+    );
+    want.push_str(&format!(" [{}", f.mode));
+    for t in &f.triggers {
+        want.push_str(&format!(", {t}"));
+    }
+    want.push(']');
+    parts.push(want);
+    if f.interruptions_per_hour > 0.0 {
+        parts.push(format!(
+            "{:.2} % of spot workers interrupted per hour",
+            f.interruptions_per_hour * 100.0
+        ));
+    }
+    if !f.shard_size.is_empty() {
+        let mut s = format!("shard size {}", f.shard_size);
+        if f.suggested_shard_size > 0 {
+            s.push_str(&format!(" (suggested now: {})", f.suggested_shard_size));
+        }
+        parts.push(s);
+    }
+    if f.expected_cost >= 0.0 {
+        parts.push(format!("${:.2} expected to finish", f.expected_cost));
+    }
+    format!("fleet: {}", parts.join("; "))
+}
+
+fn now_unix_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn print_fleet(s: &JobStatus) {
+    if let Some(f) = &s.fleet {
+        println!("  {}", fleet_line(f, now_unix_s()));
+    }
 }
 
 fn status_line(s: &JobStatus) -> String {
@@ -347,6 +498,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !args.watch {
         let s = get(&mut c).await?;
         println!("{}", status_line(&s));
+        print_fleet(&s);
         print_dead(&s);
         return Ok(status_code(&s));
     }
@@ -386,6 +538,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     crate::say::set_bar(None);
     bar.finish();
     println!("{}", status_line(&end));
+    print_fleet(&end);
     print_dead(&end);
     Ok(status_code(&end))
 }
@@ -477,6 +630,7 @@ mod tests {
             output: "file:///o/j-1/".into(),
             submitted_unix_ms: 0,
             items_dead: 10,
+            fleet: None,
         }
     }
 
@@ -492,6 +646,67 @@ mod tests {
         assert_eq!(status_code(&s), ExitCode::SUCCESS);
         s.state = "failed".into();
         assert_eq!(status_code(&s), ExitCode::from(1));
+    }
+
+    fn fleet(mode: &str) -> FleetStatus {
+        FleetStatus {
+            mode: mode.into(),
+            deadline_unix_s: 1_796_104_800.0,
+            projected_finish_unix_s: 1_796_101_200.0,
+            miss_risk: 0.004,
+            desired_spot: 6,
+            desired_on_demand: 2,
+            running_spot: 4,
+            running_on_demand: 1,
+            triggers: vec!["deadline_risk".into()],
+            interruptions_per_hour: 0.041,
+            spot_items_per_second: 120.0,
+            on_demand_items_per_second: 0.0,
+            expected_cost: -1.0,
+            shard_size: "auto → 3600".into(),
+            suggested_shard_size: 2400,
+            max_on_demand_workers: 4,
+        }
+    }
+
+    #[test]
+    fn the_fleet_line_says_deadline_finish_risk_and_workers() {
+        let now = 1_796_104_800.0 - 7_200.0;
+        assert_eq!(
+            fleet_line(&fleet("deadline"), now),
+            "fleet: deadline 2026-12-01T06:00:00Z (in 2.0 h); projected finish 2026-12-01T05:00:00Z (in 60 min), 60 min early; miss risk 0.4 %; want 6 spot + 2 on-demand (max 4), running 4 + 1 [deadline, deadline_risk]; 4.10 % of spot workers interrupted per hour; shard size auto → 3600 (suggested now: 2400)"
+        );
+        let mut late = fleet("late");
+        late.projected_finish_unix_s = late.deadline_unix_s + 90.0;
+        late.expected_cost = 12.5;
+        let line = fleet_line(&late, late.deadline_unix_s + 30.0);
+        assert!(
+            line.contains("(30 s ago)") && line.contains("90 s late"),
+            "{line}"
+        );
+        assert!(line.ends_with("$12.50 expected to finish"), "{line}");
+        let mut depth = fleet("depth");
+        depth.deadline_unix_s = -1.0;
+        depth.miss_risk = -1.0;
+        depth.projected_finish_unix_s = -1.0;
+        depth.triggers.clear();
+        let line = fleet_line(&depth, now);
+        assert!(
+            line.starts_with(
+                "fleet: no deadline; projected finish unknown (no rate yet); want 6 spot"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("miss risk"), "{line}");
+        let mut s = status(1.0);
+        s.fleet = Some(fleet("deadline"));
+        let v = status_json(&s);
+        assert_eq!(v["fleet"]["desired"]["on_demand"], 2);
+        assert_eq!(v["fleet"]["miss_risk"], 0.004);
+        assert!(v["fleet"]["expected_cost_dollars"].is_null());
+        assert!(v["fleet"]["items_per_s_per_worker"]["on_demand"].is_null());
+        assert_eq!(v["fleet"]["suggested_shard_size"], 2400);
+        assert!(status_json(&status(1.0))["fleet"].is_null());
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn kubernetes_manifests_pass_strict_validation() {
         "service/spotbatch-coordinator",
         "poddisruptionbudget/spotbatch-coordinator",
         "deployment/spotbatch-worker",
+        "deployment/spotbatch-worker-on-demand",
     ] {
         assert!(
             text.contains(&format!("passed for resource {kind}")),
@@ -77,6 +78,8 @@ fn keda_and_karpenter_manifests_pass_their_crd_schemas() {
     for want in [
         "ScaledObject/spotbatch-worker-sqs",
         "ScaledObject/spotbatch-worker-kafka",
+        "ScaledObject/spotbatch-worker-spot",
+        "ScaledObject/spotbatch-worker-on-demand",
         "TriggerAuthentication/spotbatch-aws",
         "NodePool/gpu-spot",
         "NodePool/gpu-on-demand-base",
@@ -149,6 +152,78 @@ fn worker_deployment_is_ready_for_spot() {
     assert!(kafka.contains("type: kafka") && kafka.contains("lagThreshold"));
 }
 
+/// Issue 23: two worker Deployments, spot and on-demand, apart (selectors that do not overlap,
+/// each on its node pool, each telling the coordinator its capacity), scaled by KEDA's Prometheus
+/// scaler on the coordinator's desired workers of their capacity.
+#[test]
+fn spot_and_on_demand_workers_scale_on_the_desired_workers_metric() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    let spot = read("deploy/kubernetes/worker.yaml");
+    let od = read("deploy/kubernetes/worker-on-demand.yaml");
+    assert!(spot.contains("matchLabels: {app.kubernetes.io/name: spotbatch, app.kubernetes.io/component: worker, spotbatch/capacity: spot}"));
+    assert!(od.contains("matchLabels: {app.kubernetes.io/name: spotbatch, app.kubernetes.io/component: worker, spotbatch/capacity: on-demand}"));
+    let capacity = |text: &str| {
+        let at = text
+            .find("name: SPOTBATCH_CAPACITY")
+            .expect("SPOTBATCH_CAPACITY");
+        text[at..]
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().strip_prefix("value:"))
+            .map(|v| v.trim().to_string())
+            .expect("its value")
+    };
+    assert_eq!(capacity(&spot), "spot");
+    // clap's spelling of --capacity on-demand.
+    assert_eq!(capacity(&od), "on-demand");
+    assert!(od.contains("{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}"));
+    assert!(
+        !od.contains("value: spot"),
+        "an on-demand worker tolerates no spot taint"
+    );
+    for needle in [
+        "preStop:",
+        "kill -TERM 1",
+        "--notices=auto",
+        "nvidia.com/gpu: 1",
+    ] {
+        assert!(od.contains(needle), "worker-on-demand.yaml lacks {needle}");
+    }
+    let keda = read("deploy/keda/scaledobject-prometheus.yaml");
+    let emitted = emitted();
+    assert_eq!(
+        emitted.get("spotbatch_desired_workers").map(String::as_str),
+        Some("gauge"),
+        "the coordinator emits spotbatch_desired_workers"
+    );
+    let docs: Vec<&str> = keda.split("\n---\n").collect();
+    assert_eq!(docs.len(), 2);
+    for (doc, target, capacity) in [
+        (docs[0], "spotbatch-worker", "spot"),
+        (docs[1], "spotbatch-worker-on-demand", "on_demand"),
+    ] {
+        assert!(doc.contains("type: prometheus"), "{doc}");
+        assert!(
+            doc.contains(&format!("scaleTargetRef:\n    name: {target}\n")),
+            "{doc}"
+        );
+        assert!(
+            doc.contains(&format!(
+                "spotbatch_desired_workers{{capacity=\"{capacity}\"}}"
+            )),
+            "{doc}"
+        );
+        assert!(
+            doc.contains("threshold: \"1\""),
+            "one worker per unit: {doc}"
+        );
+    }
+    // The coordinator is told the caps the ScaledObjects and the node pool have.
+    let coord = read("deploy/kubernetes/coordinator.yaml");
+    assert!(coord.contains("--max-spot-workers=100") && docs[0].contains("maxReplicaCount: 100"));
+    assert!(coord.contains("--max-on-demand-workers=4") && docs[1].contains("maxReplicaCount: 4"));
+}
+
 /// Metric names the code emits, with their kind, read from the `metrics::…!("name"` calls.
 fn emitted() -> std::collections::HashMap<String, String> {
     let mut out = std::collections::HashMap::new();
@@ -192,6 +267,9 @@ fn the_dashboard_parses_and_references_only_emitted_metrics() {
         "Cost per 1k items",
         "Savings vs on-demand",
         "Work stealing",
+        "Deadline: projected finish vs deadline",
+        "Deadline: desired vs running workers by capacity",
+        "suggested shard size",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(want)),

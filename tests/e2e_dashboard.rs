@@ -2,8 +2,9 @@
 //! `scripts/services.sh`, scraping every second) that scraped a real run: a coordinator and three
 //! workers on SQLite with prices, one spot worker preempted (SIGTERM) mid-job and replaced, a poison
 //! input. Every panel's query must return data (the GPU panel only on a machine with a GPU, and it
-//! says so otherwise). Then `spotbatch cost` must match a hand computation from the scraped cost
-//! metrics, worker by worker.
+//! says so otherwise). The job has a one-hour deadline: the coordinator's fleet metrics (deadline,
+//! projected finish, risk, desired and running workers by capacity) are scraped and checked. Then
+//! `spotbatch cost` must match a hand computation from the scraped cost metrics, worker by worker.
 
 mod common;
 
@@ -112,6 +113,10 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
     let manifest = job.manifest(&[
         ("batch_size = 32", "batch_size = 8"),
         ("shard_size = 64", "shard_size = 30"),
+        (
+            "max_attempts = 3",
+            "max_attempts = 3\n\n[job]\ndeadline_hours = 1\nmax_on_demand_workers = 2",
+        ),
     ]);
     let dir = job.path();
     let (grpc, http) = (free_addr(), free_addr());
@@ -221,6 +226,50 @@ fn every_panel_has_data_from_a_real_run_and_cost_matches_the_metrics() {
     }
     // A few scrapes after the last item (workers now idle: nothing more is charged to the job).
     std::thread::sleep(Duration::from_secs(4));
+
+    // Issue 23: the fleet as the coordinator saw it, scraped.
+    let scalar = |expr: &str| query(&prom, expr).first().map(value).unwrap_or(f64::NAN);
+    let of_job = format!("job=\"{job_id}\",run=\"{run}\"");
+    let deadline = scalar(&format!("max(spotbatch_job_deadline_seconds{{{of_job}}})"));
+    let finish = scalar(&format!(
+        "max(spotbatch_projected_finish_seconds{{{of_job}}})"
+    ));
+    assert!(
+        deadline - finish > 3_000.0,
+        "done well before its one-hour deadline: deadline {deadline}, finished {finish}"
+    );
+    assert_eq!(
+        scalar(&format!("max(spotbatch_deadline_miss_risk{{{of_job}}})")),
+        0.0,
+        "done before the deadline: no risk left"
+    );
+    let most = |metric: &str, capacity: &str| {
+        scalar(&format!(
+            "max(max_over_time({metric}{{capacity=\"{capacity}\",run=\"{run}\"}}[10m]))"
+        ))
+    };
+    assert!(most("spotbatch_running_workers", "spot") >= 1.0);
+    assert!(
+        most("spotbatch_running_workers", "on_demand") >= 1.0,
+        "w2 runs on demand"
+    );
+    assert!(most("spotbatch_desired_workers", "spot") >= 1.0);
+    // An hour for a minute's work: never on-demand; done, nothing wanted.
+    assert_eq!(most("spotbatch_desired_workers", "on_demand"), 0.0);
+    assert_eq!(
+        scalar(&format!("max(spotbatch_desired_workers{{run=\"{run}\"}})")),
+        0.0
+    );
+    let st = run_ok(sb().args(["status", "--json", "--coordinator", &coord, &job_id]));
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status --json");
+    assert_eq!(st["fleet"]["mode"], "done", "{st}");
+    assert!(
+        st["fleet"]["deadline_unix_s"]
+            .as_f64()
+            .is_some_and(|d| (d - deadline).abs() < 1e-3),
+        "{st}"
+    );
+    assert_eq!(st["fleet"]["shard_size"], "30", "{st}");
 
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("deploy/grafana/spotbatch.json")).expect("dashboard"),

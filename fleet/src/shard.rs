@@ -37,6 +37,9 @@ use serde::{Deserialize, Serialize};
 
 /// Items per shard when nothing is known (the manifest's default).
 pub const DEFAULT_SHARD_ITEMS: u64 = 256;
+/// Per-shard overhead of a worker, seconds: leasing, writing the part and the done marker,
+/// acking, and the pipeline's drain and refill at a shard boundary.
+pub const SHARD_OVERHEAD_S: f64 = 2.0;
 /// Visibility timeout when nothing is known (the manifest's default), seconds.
 pub const DEFAULT_VISIBILITY_S: u64 = 60;
 

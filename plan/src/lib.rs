@@ -8,12 +8,19 @@
 //! files into row-group runs of at most `queue.shard_size` rows; a shard is one such part of one
 //! file. The carried columns' types are fixed here (`_schema.json`), so every part file of a job
 //! has the same schema.
+//!
+//! `queue.shard_size = "auto"` is chosen here, once per job: by the Young–Daly rule of
+//! [`spotbatch_fleet::shard::suggest`] from one worker's time per item (when the caller measured
+//! one, [`ShardHints`]) and the hard-kill rate of the interruption prior for an unknown instance
+//! type; without a measured time, the default (256). The size chosen is written into the stored
+//! manifest (`_manifest.json`), and a job planned again keeps it, so its shards stay the same.
 #![warn(missing_docs)]
 
 use std::collections::HashSet;
 
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
+pub use spotbatch_fleet::shard::{ShardBound, ShardSuggestion};
 use spotbatch_proto::{
     shard_id, split_shard_id, DoneMarker, Manifest, ShardTask, TASK_VERSION, TASK_VERSION_SPLIT,
 };
@@ -21,6 +28,11 @@ use spotbatch_queue::{LeaseQueue, NewItem, QueueError};
 use spotbatch_records::{Column, Projection, ReadOptions};
 
 use spotbatch_store::{JobLayout, Prefix, Skipped, StorageError};
+
+mod size;
+pub use size::{
+    suggest_shard_size, ShardChoice, ShardHints, ShardHow, MAX_AUTO_SHARD_ITEMS, SHARD_OVERHEAD_S,
+};
 
 /// What can go wrong while planning or enqueueing.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +64,10 @@ pub enum PlanError {
     /// The input list could not be read.
     #[error("input.list: {0}")]
     List(String),
+    /// The job's stored manifest (`_manifest.json`, which keeps the shard size `"auto"` chose)
+    /// does not read back.
+    #[error("queue.shard_size = \"auto\": the job's stored manifest: {0}")]
+    Stored(String),
 }
 
 /// A job cut into shards.
@@ -72,6 +88,8 @@ pub struct Plan {
     /// below the input prefix (symlink loops, dangling symlinks, unreadable folders…), or lines
     /// of `input.list` that name no usable input (keyed by their place in the list).
     pub skipped: Vec<Skipped>,
+    /// Items per shard, and where the number came from.
+    pub shard_size: ShardChoice,
 }
 
 /// How a record job reads its rows, from its manifest: the text column, the id column and the
@@ -116,9 +134,15 @@ fn outputs_below(m: &Manifest) -> Option<String> {
 
 /// Lists the job's inputs (or reads `input.list`) and cuts them into shards of
 /// `queue.shard_size`, in key order; record jobs are planned from metadata (see the crate docs).
+/// `"auto"` without hints: see [`plan_job_with`].
 pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
+    plan_job_with(m, &ShardHints::default()).await
+}
+
+/// [`plan_job`], with what `queue.shard_size = "auto"` may be chosen from.
+pub async fn plan_job_with(m: &Manifest, hints: &ShardHints) -> Result<Plan, PlanError> {
     if m.is_records() {
-        return plan_records(m).await;
+        return plan_records(m, hints).await;
     }
     let (keys, skipped) = match &m.list {
         Some(list) => list_keys(m, list).await?,
@@ -131,8 +155,15 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         });
     }
     let manifest_url = stored_manifest_url(m);
+    let shard_size = size::choose(
+        m,
+        hints,
+        Some(keys.len() as u64),
+        size::keys_per_message(&keys),
+    )
+    .await?;
     let shards = keys
-        .chunks(m.raw.queue.shard_size)
+        .chunks(shard_size.items.max(1))
         .enumerate()
         .map(|(i, chunk)| ShardTask {
             v: TASK_VERSION,
@@ -152,6 +183,7 @@ pub async fn plan_job(m: &Manifest) -> Result<Plan, PlanError> {
         items_known: true,
         schema: None,
         skipped,
+        shard_size,
     })
 }
 
@@ -247,7 +279,7 @@ async fn list_keys(
 }
 
 /// Plans a record job from its files' metadata, and fixes its column types.
-async fn plan_records(m: &Manifest) -> Result<Plan, PlanError> {
+async fn plan_records(m: &Manifest, hints: &ShardHints) -> Result<Plan, PlanError> {
     let Some(format) = m.raw.input.format.records() else {
         return Err(PlanError::Glob("not a record job".into()));
     };
@@ -280,9 +312,10 @@ async fn plan_records(m: &Manifest) -> Result<Plan, PlanError> {
             glob: m.raw.input.glob.clone(),
         });
     };
+    let shard_size = size::choose(m, hints, None, MAX_AUTO_SHARD_ITEMS).await?;
     let opts = spotbatch_records::PlanOptions {
         split_bytes: m.raw.input.split_bytes,
-        max_rows: m.raw.queue.shard_size as u64,
+        max_rows: shard_size.items.max(1) as u64,
         ..Default::default()
     };
     let splits = spotbatch_records::plan_all(&source, files, format, &opts).await?;
@@ -314,13 +347,15 @@ async fn plan_records(m: &Manifest) -> Result<Plan, PlanError> {
         items_known,
         schema: Some(schema),
         skipped: Vec::new(),
+        shard_size,
     })
 }
 
 /// Stores what workers read beside the results: the manifest (for workers that find the job
-/// through a shard's reference) and a record job's column types.
+/// through a shard's reference; with the shard size `"auto"` chose) and a record job's column
+/// types.
 pub async fn store_plan(layout: &JobLayout, m: &Manifest, plan: &Plan) -> Result<(), PlanError> {
-    layout.store_manifest(m).await?;
+    layout.store_manifest(&plan.resolved_manifest(m)).await?;
     if let Some(schema) = &plan.schema {
         let bytes = serde_json::to_vec_pretty(schema).unwrap_or_default();
         layout
@@ -387,6 +422,7 @@ pub async fn enqueue_plan(
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use spotbatch_proto::ShardSize;
     use spotbatch_queue::memory::MemoryQueue;
     use spotbatch_queue::QueueConfig;
 
@@ -446,6 +482,74 @@ mod tests {
         let none = setup("p-none", &["a.txt"], "glob = \"*.png\"").await;
         let err = plan_job(&none).await.unwrap_err().to_string();
         assert!(err.contains("no inputs") && err.contains("*.png"), "{err}");
+    }
+
+    /// `"auto"`: the default size without a measured time; Young–Daly with one (bounded by a few
+    /// shards per worker); chosen once, then kept from the stored manifest whatever the hints.
+    #[tokio::test]
+    async fn auto_shard_size_is_chosen_once_and_kept() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i:04}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let fixed = setup("p-auto", &refs, "").await;
+        let text = fixed
+            .to_toml()
+            .replace("shard_size = 2", "shard_size = \"auto\"");
+        let m = Manifest::parse(&text, std::path::Path::new("/")).unwrap();
+        assert_eq!(m.raw.queue.shard_size, ShardSize::Auto);
+
+        // Nothing measured: the default.
+        let plan = plan_job(&m).await.unwrap();
+        assert_eq!(plan.shard_size.items, 256);
+        assert!(matches!(
+            plan.shard_size.how,
+            ShardHow::Suggested(s) if s.bound == spotbatch_fleet::shard::ShardBound::Unmeasured
+        ));
+        assert_eq!(plan.shards.len(), 4);
+
+        // A measured time: Young–Daly at the prior's hard-kill rate (2.3 %/h, one in ten
+        // without a notice): τ* = √(2 · 2 s · 3600 s / 0.0023) ≈ 2502 s, above the 30-minute
+        // cap, so 1800 s of work: 3600 items at 0.5 s an item.
+        let measured = ShardHints {
+            seconds_per_item: Some(0.5),
+            workers: None,
+        };
+        let capped = suggest_shard_size(&measured, Some(1_000_000));
+        assert_eq!(capped.bound, spotbatch_fleet::shard::ShardBound::MaxSeconds);
+        assert_eq!(capped.items, 3600);
+        assert!(capped.redone_fraction > 0.0 && capped.redone_fraction < 0.01);
+        // With two workers, at least 4 shards each: 1000 / 8 = 125.
+        let hints = ShardHints {
+            seconds_per_item: Some(0.5),
+            workers: Some(2),
+        };
+        let plan = plan_job_with(&m, &hints).await.unwrap();
+        assert_eq!(plan.shard_size.items, 125);
+        assert_eq!(plan.shards.len(), 8);
+
+        // Stored with the size chosen; planned again (other hints), the same shards.
+        let layout = JobLayout::for_manifest(&m).unwrap();
+        store_plan(&layout, &m, &plan).await.unwrap();
+        let stored = layout
+            .prefix
+            .get_opt(JobLayout::MANIFEST_KEY)
+            .await
+            .unwrap()
+            .unwrap();
+        let stored = Manifest::from_stored(&stored).unwrap();
+        assert_eq!(stored.raw.queue.shard_size, ShardSize::Items(125));
+        assert_eq!(stored.job_id, m.job_id);
+        let again = plan_job(&m).await.unwrap();
+        assert_eq!(again.shard_size.how, ShardHow::Kept);
+        assert_eq!(
+            plan.shards.iter().map(|s| &s.shard).collect::<Vec<_>>(),
+            again.shards.iter().map(|s| &s.shard).collect::<Vec<_>>()
+        );
+        // A number is the manifest's.
+        let plan = plan_job_with(&fixed, &hints).await.unwrap();
+        assert_eq!(
+            (plan.shard_size.items, plan.shard_size.how),
+            (2, ShardHow::Manifest)
+        );
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 mod field;
 pub mod manifest;
+pub mod rfc3339;
 pub mod split;
 mod table;
 
@@ -20,7 +21,9 @@ pub mod api {
 use serde::{ser::SerializeMap, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use manifest::{FieldError, Manifest, ManifestError, RawManifest};
+pub use manifest::{
+    Deadline, FieldError, JobSpec, Manifest, ManifestError, RawManifest, ShardSize,
+};
 
 /// The version of a [`ShardTask`] naming its input keys (one object per item).
 pub const TASK_VERSION: u32 = 1;

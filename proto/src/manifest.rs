@@ -33,6 +33,134 @@ pub struct RawManifest {
     /// The lease queue and sharding.
     #[serde(default)]
     pub queue: QueueSpec,
+    /// When the job must finish (optional): the fleet is sized for it.
+    #[serde(default, skip_serializing_if = "JobSpec::is_unset")]
+    pub job: JobSpec,
+}
+
+/// `[job]`: when the job must finish, and how many on-demand workers may be added to get there.
+/// Without a deadline the fleet scales on queue depth, as it always has.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The deadline as an RFC 3339 time (`2026-12-01T06:00:00Z`, or with an offset), written as
+    /// a TOML date-time or as text.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::rfc3339::text_or_datetime"
+    )]
+    pub deadline: Option<String>,
+    /// The deadline as hours after the job's submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_hours: Option<f64>,
+    /// Most on-demand workers the fleet may add to meet the deadline (unset: the coordinator's
+    /// `--max-on-demand-workers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_on_demand_workers: Option<u32>,
+}
+
+impl JobSpec {
+    /// Nothing set (the table is left out of the canonical and stored forms).
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// When a job must finish, resolved from `[job]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadline {
+    /// At this time, Unix seconds.
+    At(f64),
+    /// This many hours after the job's submission.
+    AfterSubmission(f64),
+}
+
+impl Deadline {
+    /// The deadline in Unix seconds, for a job submitted at `submitted_unix_s`.
+    pub fn unix_s(self, submitted_unix_s: f64) -> f64 {
+        match self {
+            Deadline::At(t) => t,
+            Deadline::AfterSubmission(h) => submitted_unix_s + h * 3_600.0,
+        }
+    }
+}
+
+/// `queue.shard_size`: a number of inputs, or `"auto"` (chosen at plan time from the
+/// interruption rate, `spotbatch_fleet::shard::suggest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSize {
+    /// This many inputs per shard.
+    Items(usize),
+    /// Chosen when the job is planned (and kept in the stored manifest, so a job planned again
+    /// gets the same shards).
+    Auto,
+}
+
+impl ShardSize {
+    /// The number, when one is set.
+    pub fn items(self) -> Option<usize> {
+        match self {
+            ShardSize::Items(n) => Some(n),
+            ShardSize::Auto => None,
+        }
+    }
+}
+
+impl Default for ShardSize {
+    fn default() -> Self {
+        ShardSize::Items(default_shard_size())
+    }
+}
+
+impl fmt::Display for ShardSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardSize::Items(n) => write!(f, "{n}"),
+            ShardSize::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for ShardSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // A number serialises as it did when the field was a number (the job's digest).
+            ShardSize::Items(n) => s.serialize_u64(*n as u64),
+            ShardSize::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ShardSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ShardSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number of inputs or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ShardSize, E> {
+                usize::try_from(v)
+                    .map(ShardSize::Items)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ShardSize, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ShardSize, E> {
+                if v.eq_ignore_ascii_case("auto") {
+                    Ok(ShardSize::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[input]`
@@ -413,9 +541,9 @@ pub struct QueueSpec {
     /// `sqlite://PATH` (the default, `sqlite://./queue.db`).
     #[serde(default = "default_queue_uri")]
     pub uri: String,
-    /// Inputs per shard (per queue message).
-    #[serde(default = "default_shard_size")]
-    pub shard_size: usize,
+    /// Inputs per shard (per queue message), or `"auto"`.
+    #[serde(default)]
+    pub shard_size: ShardSize,
     /// How long a lease hides a shard before it is redelivered, unless extended.
     #[serde(default = "default_visibility_timeout_secs")]
     pub visibility_timeout_secs: u64,
@@ -428,7 +556,7 @@ impl Default for QueueSpec {
     fn default() -> Self {
         Self {
             uri: default_queue_uri(),
-            shard_size: default_shard_size(),
+            shard_size: ShardSize::default(),
             visibility_timeout_secs: default_visibility_timeout_secs(),
             max_attempts: default_max_attempts(),
         }
@@ -529,6 +657,8 @@ pub struct Manifest {
     pub mean: Vec<f32>,
     /// Per-channel std.
     pub std: Vec<f32>,
+    /// When the job must finish (`[job]`), if it has a deadline.
+    pub deadline: Option<Deadline>,
 }
 
 impl Manifest {
@@ -748,12 +878,15 @@ impl Manifest {
         let queue_uri =
             resolve_queue(&raw.queue.uri, base_dir).map_err(|m| FieldError::new("queue.uri", m));
         let qs = &raw.queue;
-        if !(1..=100_000).contains(&qs.shard_size) {
-            errs.push(FieldError::new(
-                "queue.shard_size",
-                format!("{} is out of range 1..=100000", qs.shard_size),
-            ));
+        if let ShardSize::Items(n) = qs.shard_size {
+            if !(1..=100_000).contains(&n) {
+                errs.push(FieldError::new(
+                    "queue.shard_size",
+                    format!("{n} is out of range 1..=100000 (or \"auto\")"),
+                ));
+            }
         }
+        let deadline = check_job(&raw.job, &mut errs);
         if !(1..=43_200).contains(&qs.visibility_timeout_secs) {
             errs.push(FieldError::new(
                 "queue.visibility_timeout_secs",
@@ -822,6 +955,7 @@ impl Manifest {
             queue_uri,
             mean,
             std,
+            deadline,
         })
     }
 
@@ -925,6 +1059,54 @@ impl Manifest {
         m.digest = stored.digest;
         Ok(m)
     }
+}
+
+/// `[job]`: one deadline at most, a time with its zone or a positive number of hours; the
+/// on-demand cap only with a deadline.
+fn check_job(job: &JobSpec, errs: &mut Vec<FieldError>) -> Option<Deadline> {
+    let at = job
+        .deadline
+        .as_deref()
+        .and_then(|d| match crate::rfc3339::parse(d) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errs.push(FieldError::new("job.deadline", format!("{d:?}: {e}")));
+                None
+            }
+        });
+    let hours = job.deadline_hours.and_then(|h| {
+        if h.is_finite() && h > 0.0 && h <= 8_760.0 {
+            Some(h)
+        } else {
+            errs.push(FieldError::new(
+                "job.deadline_hours",
+                format!("{h} is out of range: more than 0, at most 8760 (a year)"),
+            ));
+            None
+        }
+    });
+    if job.deadline.is_some() && job.deadline_hours.is_some() {
+        errs.push(FieldError::new(
+            "job.deadline_hours",
+            "set job.deadline (a time) or job.deadline_hours (from submission), not both",
+        ));
+        return None;
+    }
+    if let Some(n) = job.max_on_demand_workers {
+        if job.deadline.is_none() && job.deadline_hours.is_none() {
+            errs.push(FieldError::new(
+                "job.max_on_demand_workers",
+                "applies to a job with a deadline (job.deadline or job.deadline_hours)",
+            ));
+        } else if n > 10_000 {
+            errs.push(FieldError::new(
+                "job.max_on_demand_workers",
+                format!("{n} is out of range 0..=10000"),
+            ));
+        }
+    }
+    at.map(Deadline::At)
+        .or(hours.map(Deadline::AfterSubmission))
 }
 
 /// The rules that tie record inputs, text models, pooling and output columns together.
@@ -1144,6 +1326,7 @@ fn parse_lenient(text: &str) -> Result<Lenient, Vec<FieldError>> {
         "postprocess",
         "output",
         "queue",
+        "job",
     ];
     for key in table.keys() {
         if !TOP.contains(&key.as_str()) {
@@ -1203,7 +1386,17 @@ fn parse_lenient(text: &str) -> Result<Lenient, Vec<FieldError>> {
     let postprocess = section(&table, "postprocess", false, &mut errs);
     let output = section(&table, "output", true, &mut errs);
     let queue = section(&table, "queue", false, &mut errs);
-    let raw = match (name, input, model, preprocess, postprocess, output, queue) {
+    let job = section(&table, "job", false, &mut errs);
+    let raw = match (
+        name,
+        input,
+        model,
+        preprocess,
+        postprocess,
+        output,
+        queue,
+        job,
+    ) {
         (
             Some(name),
             Some(input),
@@ -1212,6 +1405,7 @@ fn parse_lenient(text: &str) -> Result<Lenient, Vec<FieldError>> {
             Some(postprocess),
             Some(output),
             Some(queue),
+            Some(job),
         ) => Some(RawManifest {
             name,
             input,
@@ -1220,6 +1414,7 @@ fn parse_lenient(text: &str) -> Result<Lenient, Vec<FieldError>> {
             postprocess,
             output,
             queue,
+            job,
         }),
         _ => None,
     };
@@ -1391,7 +1586,7 @@ fn identity_digest(raw: &RawManifest) -> String {
         preprocess: &'a PreprocessSpec,
         postprocess: &'a PostprocessSpec,
         output: &'a OutputSpec,
-        shard_size: usize,
+        shard_size: ShardSize,
     }
     let id = Identity {
         v: 1,

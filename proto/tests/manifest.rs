@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use spotbatch_proto::manifest::{Color, Layout, PostKind};
-use spotbatch_proto::{FieldError, Manifest};
+use spotbatch_proto::{Deadline, FieldError, Manifest, ShardSize};
 
 const GOOD: &str = r#"
 name = "digits"
@@ -99,7 +99,9 @@ fn job_id_is_stable_and_ignores_how_the_job_is_run() {
 fn defaults_fill_optional_sections() {
     let m = Manifest::parse("name = \"x\"\n[input]\nuri = \"in\"\n[model]\nuri = \"m.onnx\"\n[output]\nuri = \"s3://bucket/out\"\n", Path::new("/w")).unwrap();
     assert_eq!(m.raw.model.batch_size, 32);
-    assert_eq!(m.raw.queue.shard_size, 256);
+    assert_eq!(m.raw.queue.shard_size, ShardSize::Items(256));
+    assert_eq!(m.deadline, None);
+    assert!(m.raw.job.is_unset());
     assert_eq!(m.raw.queue.visibility_timeout_secs, 60);
     assert_eq!(m.raw.queue.max_attempts, 3);
     assert_eq!(m.queue_uri, "sqlite:///w/queue.db");
@@ -463,4 +465,190 @@ fn a_table_of_the_wrong_kind_says_what_it_found() {
         e.to_string(),
         "output: expected a [output] table, found \"./out\""
     );
+}
+
+/// Issue 23: `[job]`: a deadline as a time (TOML date-time or text, with its zone) or as hours
+/// after submission, and the on-demand cap. None of it is part of the job (it changes when rows
+/// are made, not what they are); a manifest without it stores and prints as before.
+#[test]
+fn a_deadline_is_a_time_or_hours_and_not_part_of_the_job() {
+    let plain = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    for (table, want) in [
+        (
+            "[job]\ndeadline = 2026-12-01T06:00:00Z\nmax_on_demand_workers = 4\n",
+            Deadline::At(1_796_104_800.0),
+        ),
+        (
+            "[job]\ndeadline = \"2026-12-01T07:00:00+01:00\"\n",
+            Deadline::At(1_796_104_800.0),
+        ),
+        (
+            "[job]\ndeadline_hours = 6\n",
+            Deadline::AfterSubmission(6.0),
+        ),
+        (
+            "[job]\ndeadline_hours = 0.5\n",
+            Deadline::AfterSubmission(0.5),
+        ),
+    ] {
+        let m = Manifest::parse(&format!("{GOOD}{table}"), Path::new("/jobs/demo"))
+            .unwrap_or_else(|e| panic!("{table}: {e:?}"));
+        assert_eq!(m.deadline, Some(want), "{table}");
+        assert_eq!(m.job_id, plain.job_id, "{table}");
+        // The canonical TOML and the stored form keep it.
+        let again = Manifest::parse(&m.to_toml(), Path::new("/jobs/demo")).unwrap();
+        assert_eq!(again, m, "{table}");
+        let back = Manifest::from_stored(&m.to_stored()).unwrap();
+        assert_eq!((back.deadline, &back.raw.job), (m.deadline, &m.raw.job));
+        assert_eq!(back.job_id, m.job_id);
+    }
+    assert_eq!(Deadline::AfterSubmission(2.0).unix_s(1_000.0), 8_200.0);
+    assert_eq!(Deadline::At(5.0).unix_s(1_000.0), 5.0);
+    let m = Manifest::parse(
+        &format!("{GOOD}[job]\ndeadline_hours = 1\nmax_on_demand_workers = 3\n"),
+        Path::new("/jobs/demo"),
+    )
+    .unwrap();
+    assert_eq!(m.raw.job.max_on_demand_workers, Some(3));
+    // Without [job]: nothing of it in the stored or canonical form.
+    let stored = String::from_utf8(plain.to_stored()).unwrap();
+    assert!(!stored.contains("\"job\""), "{stored}");
+    assert!(!plain.to_toml().contains("[job]"), "{}", plain.to_toml());
+}
+
+#[test]
+fn a_bad_deadline_is_named_one_line_each() {
+    for (table, field, says) in [
+        (
+            "deadline = \"tomorrow\"",
+            "job.deadline",
+            "not an RFC 3339 time",
+        ),
+        (
+            "deadline = 2026-12-01T06:00:00",
+            "job.deadline",
+            "no time zone",
+        ),
+        ("deadline = 2026-12-01", "job.deadline", "without a time"),
+        (
+            "deadline = \"2026-02-30T06:00:00Z\"",
+            "job.deadline",
+            "not a date",
+        ),
+        ("deadline = 5", "job.deadline", "expected an RFC 3339 time"),
+        ("deadline_hours = 0", "job.deadline_hours", "out of range"),
+        (
+            "deadline_hours = -2.5",
+            "job.deadline_hours",
+            "out of range",
+        ),
+        (
+            "deadline_hours = 10000",
+            "job.deadline_hours",
+            "out of range",
+        ),
+        (
+            "deadline_hours = \"6h\"",
+            "job.deadline_hours",
+            "expected a number",
+        ),
+        (
+            "deadline_hours = 2\ndeadline = 2026-12-01T06:00:00Z",
+            "job.deadline_hours",
+            "not both",
+        ),
+        (
+            "max_on_demand_workers = 2",
+            "job.max_on_demand_workers",
+            "with a deadline",
+        ),
+        (
+            "deadline_hours = 2\nmax_on_demand_workers = -1",
+            "job.max_on_demand_workers",
+            "expected a whole number",
+        ),
+        (
+            "deadline_hours = 2\nmax_on_demand_workers = 20000",
+            "job.max_on_demand_workers",
+            "out of range",
+        ),
+        (
+            "deadlin = 2026-12-01T06:00:00Z",
+            "job.deadlin",
+            "did you mean deadline?",
+        ),
+        (
+            "deadline_hours = 2\nmax_ondemand_workers = 2",
+            "job.max_ondemand_workers",
+            "did you mean max_on_demand_workers?",
+        ),
+    ] {
+        let e = only(&format!("{GOOD}[job]\n{table}\n"));
+        assert_eq!(e.field, field, "{table}: {e}");
+        assert!(e.message.contains(says), "{table}: {e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+    let e = only(&format!("{GOOD}[jobs]\ndeadline_hours = 2\n"));
+    assert_eq!(e.to_string(), "jobs: unknown key (did you mean job?)");
+    let e = only(&GOOD.replacen("name = ", "job = 3\nname = ", 1));
+    assert_eq!(e.to_string(), "job: expected a [job] table, found 3");
+}
+
+/// `queue.shard_size = "auto"`: accepted (any case), stored and printed as "auto", its own job
+/// (the shards differ from a fixed size's); a number is the job it always was.
+#[test]
+fn shard_size_auto_is_accepted_and_numbers_stay_the_same_job() {
+    let plain = Manifest::parse(GOOD, Path::new("/jobs/demo")).unwrap();
+    assert_eq!(plain.raw.queue.shard_size, ShardSize::Items(256));
+    // The digest of a numbered size is what it was when the field was a plain number.
+    let default = Manifest::parse(
+        &GOOD.replace("shard_size = 256\n", ""),
+        Path::new("/jobs/demo"),
+    )
+    .unwrap();
+    assert_eq!(default.job_id, plain.job_id);
+    for spelled in ["\"auto\"", "\"AUTO\""] {
+        let m = Manifest::parse(
+            &GOOD.replace("shard_size = 256", &format!("shard_size = {spelled}")),
+            Path::new("/jobs/demo"),
+        )
+        .unwrap();
+        assert_eq!(m.raw.queue.shard_size, ShardSize::Auto);
+        assert_eq!(m.raw.queue.shard_size.items(), None);
+        assert_ne!(m.job_id, plain.job_id);
+        assert!(
+            m.to_toml().contains("shard_size = \"auto\""),
+            "{}",
+            m.to_toml()
+        );
+        assert_eq!(
+            Manifest::parse(&m.to_toml(), Path::new("/jobs/demo")).unwrap(),
+            m
+        );
+        let back = Manifest::from_stored(&m.to_stored()).unwrap();
+        assert_eq!(back.raw.queue.shard_size, ShardSize::Auto);
+        assert_eq!(back.job_id, m.job_id);
+    }
+    for (value, says) in [
+        (
+            "\"automatic\"",
+            "expected a whole number of inputs or \"auto\", found \"automatic\"",
+        ),
+        (
+            "-3",
+            "expected a whole number of inputs or \"auto\", found -3",
+        ),
+        (
+            "2.5",
+            "expected a whole number of inputs or \"auto\", found 2.5",
+        ),
+        ("0", "0 is out of range 1..=100000 (or \"auto\")"),
+    ] {
+        let e = only(&GOOD.replace("shard_size = 256", &format!("shard_size = {value}")));
+        assert_eq!(
+            e.to_string(),
+            format!("queue.shard_size: {says}"),
+            "{value}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! A worker's link to the coordinator: register (learning the queue), then heartbeat with
-//! capacity, device, current shards, throughput and the shard outcomes since the last beat. The
+//! capacity, device, current shards, throughput, the shard outcomes since the last beat, and
+//! whether a cloud's interruption notice is draining it (the fleet policy's evidence). The
 //! coordinator is not on the data path: when it is away the worker keeps working from the queue,
 //! logs once, and registers again when it answers `NOT_FOUND` (a restarted coordinator).
 
@@ -27,6 +28,8 @@ pub struct Identity {
     pub device: String,
     /// Where it serves `Peer` for work stealing (empty: stealing off).
     pub peer_address: String,
+    /// `spot` or `on_demand`: what the coordinator's fleet policy counts it as.
+    pub capacity_type: String,
 }
 
 /// Registers, retrying for up to `patience` while the coordinator is unreachable: soon at first
@@ -46,6 +49,7 @@ pub async fn register(
                 capacity: me.capacity,
                 device: me.device.clone(),
                 peer_address: me.peer_address.clone(),
+                capacity_type: me.capacity_type.clone(),
             })
             .await;
         match r {
@@ -132,6 +136,9 @@ pub async fn heartbeat_loop(
             peer_address: me.peer_address.clone(),
             // The last beat says goodbye: the coordinator counts it exited, not dead.
             leaving: stopping,
+            capacity_type: me.capacity_type.clone(),
+            // A drain a cloud's notice started: an interruption, not a scale-down.
+            interrupted: progress.interrupted.load(Ordering::Relaxed),
         };
         match client.heartbeat(req).await {
             Ok(reply) => {

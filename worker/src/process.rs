@@ -77,6 +77,8 @@ pub struct CoordinatorSettings {
     pub ca: Option<Vec<u8>>,
     /// The bearer token peers must send.
     pub token: Option<String>,
+    /// `spot` or `on_demand`, told to the coordinator (its fleet policy counts workers by it).
+    pub capacity_type: String,
 }
 
 /// Serving peers for work stealing (with a coordinator).
@@ -253,6 +255,7 @@ pub async fn run(
                 capacity: cfg.worker.prefetch as u32,
                 device: device_label(cfg.device),
                 peer_address: peer.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+                capacity_type: coord.capacity_type.clone(),
             };
             let mut client = coord.client.clone();
             let reg = link::register(&mut client, &me, Duration::from_secs(60))
@@ -324,12 +327,23 @@ pub async fn run(
     let sources = drain::sources(&cfg.notices).await;
     let watcher = {
         let tell = tell.clone();
+        let progress = Arc::clone(&progress);
         tokio::spawn(drain::watch(
             sources,
             control.clone(),
             FirstSignal::Drain,
             finished.clone(),
-            move |e| tell(ProcessEvent::Drain(e)),
+            move |e| {
+                // A cloud's notice (not a signal, which a scale-down sends too) is an interruption.
+                if let DrainEvent::Draining(n, _) = &e {
+                    if n.source != "signal" {
+                        progress
+                            .interrupted
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                tell(ProcessEvent::Drain(e))
+            },
         ))
     };
     tracing::info!(worker = %id, queue = %queue_uri, "worker started");

@@ -35,6 +35,9 @@ pub struct Progress {
     pub collect_outcomes: std::sync::atomic::AtomicBool,
     /// Jobs cancelled at the coordinator: their shards are acked without work.
     pub cancelled: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// A cloud's interruption notice (not a signal) started a drain: reported in heartbeats,
+    /// where the coordinator counts it as a spot interruption with notice.
+    pub interrupted: std::sync::atomic::AtomicBool,
 }
 
 /// What became of a shard a worker leased.

@@ -1,12 +1,13 @@
 //! Jobs: submit (validate, plan, store the manifest and the record, enqueue what is not done —
-//! idempotent: the same manifest is the same job), status (progress from the done markers, rate,
-//! ETA, shards in flight, dead letters), cancel and list.
+//! idempotent: the same manifest is the same job; a deadline is kept in the record), status
+//! (progress from the done markers, rate, ETA, shards in flight, dead letters, the fleet the job
+//! wants), cancel and list.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use spotbatch_plan::{enqueue_plan, plan_job};
+use spotbatch_plan::{enqueue_plan, plan_job_with, ShardHow};
 use spotbatch_proto::api::{
     DeadShard, JobStatus, JobSummary, ShardInFlight, SubmitReply, SubmitRequest,
 };
@@ -98,7 +99,9 @@ impl CoordinatorService {
         }
         m.queue_uri = self.config.queue_uri.clone();
         let layout = JobLayout::for_manifest(&m)?;
-        let plan = plan_job(&m).await.map_err(ApiError::Plan)?;
+        let plan = plan_job_with(&m, &self.shard_hints())
+            .await
+            .map_err(ApiError::Plan)?;
         for skipped in &plan.skipped {
             notes.push(format!(
                 "input.uri: {} is not an input: {}",
@@ -113,20 +116,40 @@ impl CoordinatorService {
         self.state
             .put(
                 &format!("manifests/{}.json", m.digest),
-                Bytes::from(m.to_stored()),
+                Bytes::from(plan.resolved_manifest(&m).to_stored()),
             )
             .await?;
         spotbatch_plan::store_plan(&layout, &m, &plan)
             .await
             .map_err(ApiError::Plan)?;
+        let submitted_unix_ms = existing
+            .as_ref()
+            .map(|r| r.submitted_unix_ms)
+            .unwrap_or_else(|| unix_ms(SystemTime::now()));
+        // A deadline in hours counts from the first submission (a resubmission may move it).
+        let deadline = m
+            .deadline
+            .map(|d| d.unix_s(submitted_unix_ms as f64 / 1_000.0));
+        if let Some(d) = deadline {
+            let now = unix_ms(SystemTime::now()) as f64 / 1_000.0;
+            if d <= now {
+                notes.push(format!(
+                    "job.deadline: it passed {:.0} s ago: every allowed worker runs until the job is done",
+                    now - d
+                ));
+            }
+        }
+        let shard_size = match plan.shard_size.how {
+            ShardHow::Manifest => plan.shard_size.items.to_string(),
+            ShardHow::Kept | ShardHow::Suggested(_) => {
+                format!("auto → {}", plan.shard_size.items)
+            }
+        };
         let record = JobRecord {
             job_id: m.job_id.clone(),
             digest: m.digest.clone(),
             output: m.output.to_string(),
-            submitted_unix_ms: existing
-                .as_ref()
-                .map(|r| r.submitted_unix_ms)
-                .unwrap_or_else(|| unix_ms(SystemTime::now())),
+            submitted_unix_ms,
             items_total: plan.total_items,
             shards: plan
                 .shards
@@ -140,6 +163,9 @@ impl CoordinatorService {
                 })
                 .collect(),
             cancelled: false,
+            deadline_unix_s: deadline,
+            max_on_demand_workers: m.raw.job.max_on_demand_workers,
+            shard_size: Some(shard_size),
         };
         self.save_record(&record).await?;
         self.jobs.lock().await.insert(
@@ -255,6 +281,7 @@ impl CoordinatorService {
             output: job.record.output.clone(),
             submitted_unix_ms: job.record.submitted_unix_ms,
             items_dead: dead_items,
+            fleet: self.fleet_status(id),
         })
     }
 

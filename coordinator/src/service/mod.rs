@@ -8,11 +8,13 @@
 //! lease from the queue directly and keep working while the coordinator is away.
 //!
 //! The modules: this one holds the state and its refresh; [`jobs`] submit, status, cancel and
-//! list; [`workers`] the registry (register, heartbeat, peers); [`error`] the domain errors and
-//! their gRPC codes; [`api`] the gRPC face, which only maps.
+//! list; [`workers`] the registry (register, heartbeat, peers); [`fleet`] the fleet the jobs
+//! want (the deadline-aware policy, its metrics); [`error`] the domain errors and their gRPC
+//! codes; [`api`] the gRPC face, which only maps.
 
 mod api;
 mod error;
+mod fleet;
 mod jobs;
 mod workers;
 
@@ -33,6 +35,7 @@ use url::Url;
 
 pub use api::Api;
 pub use error::ApiError;
+pub use fleet::FleetConfig;
 
 /// Largest manifest accepted over the API.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
@@ -51,6 +54,8 @@ pub struct CoordinatorConfig {
     pub missed_heartbeats: u32,
     /// When not empty, job outputs must lie under one of these prefixes.
     pub allowed_outputs: Vec<Url>,
+    /// How the fleet is sized (issue 23).
+    pub fleet: FleetConfig,
 }
 
 /// A job as stored under `jobs/JOB.json`.
@@ -64,6 +69,15 @@ struct JobRecord {
     /// Shard ids in plan order, with their item counts.
     shards: Vec<(String, u64)>,
     cancelled: bool,
+    /// The deadline (`[job]`), Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_unix_s: Option<f64>,
+    /// `job.max_on_demand_workers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_on_demand_workers: Option<u32>,
+    /// The shard size as planned: `256`, or `auto → 125`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard_size: Option<String>,
 }
 
 struct JobRuntime {
@@ -109,6 +123,12 @@ struct WorkerEntry {
     unstarted: u32,
     /// It said goodbye in its last heartbeat.
     exited: bool,
+    /// Spot or on demand (`--capacity`).
+    capacity_type: spotbatch_fleet::Capacity,
+    /// A cloud's interruption notice is draining it.
+    interrupted: bool,
+    /// Its interruption (notice or hard kill) is counted in the fleet's history.
+    counted: bool,
 }
 
 /// The coordinator's state and API.
@@ -120,6 +140,7 @@ pub struct CoordinatorService {
     workers: Mutex<HashMap<String, WorkerEntry>>,
     next_worker: std::sync::atomic::AtomicU64,
     ready: std::sync::atomic::AtomicBool,
+    fleet: Mutex<fleet::FleetState>,
 }
 
 /// Errors starting the coordinator.
@@ -160,6 +181,7 @@ impl CoordinatorService {
             workers: Mutex::new(HashMap::new()),
             next_worker: std::sync::atomic::AtomicU64::new(1),
             ready: std::sync::atomic::AtomicBool::new(false),
+            fleet: Mutex::new(fleet::FleetState::default()),
         });
         let mut jobs = BTreeMap::new();
         for listed in svc.state.list().await? {
@@ -206,7 +228,8 @@ impl CoordinatorService {
         self.ready.load(std::sync::atomic::Ordering::Relaxed) && self.queue.depth().await.is_ok()
     }
 
-    /// Reads the done markers of every unfinished job; run every few seconds.
+    /// Reads the done markers of every unfinished job and, once a heartbeat interval, sizes the
+    /// fleet; run every few seconds.
     pub async fn refresh_all(&self) {
         let ids: Vec<String> = self.jobs.lock().await.keys().cloned().collect();
         for id in ids {
@@ -230,6 +253,7 @@ impl CoordinatorService {
         metrics::gauge!("spotbatch_workers", "state" => "alive").set(alive as f64);
         metrics::gauge!("spotbatch_workers", "state" => "dead").set(dead as f64);
         metrics::gauge!("spotbatch_workers", "state" => "exited").set(exited as f64);
+        self.maybe_evaluate_fleet().await;
     }
 
     async fn refresh(&self, id: &str) -> Result<(), StorageError> {

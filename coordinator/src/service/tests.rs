@@ -41,6 +41,7 @@ async fn coordinator(name: &str, heartbeat: Duration) -> (Arc<CoordinatorService
             heartbeat_interval: heartbeat,
             missed_heartbeats: 3,
             allowed_outputs: vec![url(&format!("memory://{name}/out/"))],
+            fleet: super::FleetConfig::default(),
         },
         Arc::new(q.clone()),
         &url(&format!("memory://{name}/state/")),
@@ -235,6 +236,7 @@ async fn the_registry_knows_who_is_alive_and_who_has_work_to_give() {
             capacity: 4,
             device: "cpu".into(),
             peer_address: format!("http://{name}:7071"),
+            ..Default::default()
         })
         .unwrap()
         .worker_id
@@ -322,4 +324,228 @@ async fn submit_checks_the_files_and_notes_what_it_overrides() {
         .await
         .unwrap();
     assert!(plain.notes.is_empty(), "{:?}", plain.notes);
+}
+
+/// The manifest of [`manifest`] with `shard_size` and a `[job]` table.
+fn manifest_with(name: &str, shard_size: &str, job: &str) -> SubmitRequest {
+    let mut req = manifest(name, &format!("memory://{name}/out/"));
+    req.manifest_toml = req
+        .manifest_toml
+        .replace("shard_size = 4", &format!("shard_size = {shard_size}"));
+    req.manifest_toml.push_str(job);
+    req
+}
+
+fn register(svc: &CoordinatorService, name: &str, capacity_type: &str) -> String {
+    svc.register(RegisterRequest {
+        name: name.into(),
+        capacity: 2,
+        device: "cuda:0".into(),
+        capacity_type: capacity_type.into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .worker_id
+}
+
+/// A heartbeat of a worker working a shard of `job` at `rate` items/s.
+fn busy(id: &str, job: &str, rate: f64) -> HeartbeatRequest {
+    HeartbeatRequest {
+        worker_id: id.into(),
+        shards: vec![spotbatch_proto::api::CurrentShard {
+            job_id: job.into(),
+            shard: "s".into(),
+        }],
+        items_per_second: rate,
+        capacity: 2,
+        device: "cuda:0".into(),
+        ..Default::default()
+    }
+}
+
+/// Issue 23: without a deadline the fleet is what queue depth asks (one spot worker per 20
+/// shards, as KEDA's queue scalers), with no on-demand, and status says so.
+#[tokio::test]
+async fn without_a_deadline_the_fleet_follows_queue_depth() {
+    let (svc, _q) = coordinator("c-depth", Duration::from_secs(2)).await;
+    let job = svc
+        .submit(manifest("c-depth", "memory://c-depth/out/"))
+        .await
+        .unwrap()
+        .job_id;
+    let w = register(&svc, "w", "spot");
+    svc.heartbeat(busy(&w, &job, 3.0)).await.unwrap();
+    svc.evaluate_fleet().await;
+    let f = svc.status(&job).await.unwrap().fleet.expect("evaluated");
+    assert_eq!(f.mode, "depth");
+    assert_eq!((f.desired_spot, f.desired_on_demand), (1, 0));
+    assert_eq!((f.running_spot, f.running_on_demand), (1, 0));
+    assert_eq!((f.deadline_unix_s, f.miss_risk), (-1.0, -1.0));
+    assert_eq!(f.shard_size, "4");
+    assert_eq!(f.spot_items_per_second, 3.0);
+    assert!(f.triggers.is_empty(), "{:?}", f.triggers);
+    assert_eq!(svc.fleet_totals().0, (1, 0));
+    // Done: nothing more is wanted.
+    let m = spotbatch_proto::Manifest::parse(
+        &manifest("c-depth", "memory://c-depth/out/").manifest_toml,
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    for shard in spotbatch_plan::plan_job(&m).await.unwrap().shards {
+        mark_done(&svc, &job, &shard.shard, shard.keys.len() as u64).await;
+    }
+    // The done markers are read (as `refresh_all` does before it sizes the fleet).
+    svc.refresh(&job).await.unwrap();
+    svc.evaluate_fleet().await;
+    let f = svc.status(&job).await.unwrap().fleet.expect("evaluated");
+    assert_eq!((f.mode.as_str(), f.desired_spot), ("done", 0));
+    assert_eq!(svc.fleet_totals().0, (0, 0));
+}
+
+/// Issue 23: a deadline job is planned by the deadline-aware policy from the workers' measured
+/// rates: with time to spare, spot only and a finish before the deadline; at risk, on-demand up
+/// to the job's `max_on_demand_workers`. The deadline survives a coordinator restart.
+#[tokio::test]
+async fn a_deadline_job_gets_spot_first_and_on_demand_when_at_risk() {
+    let (svc, _q) = coordinator("c-deadline", Duration::from_secs(2)).await;
+    let reply = svc
+        .submit(manifest_with(
+            "c-deadline",
+            "4",
+            "[job]\ndeadline_hours = 24\n",
+        ))
+        .await
+        .unwrap();
+    assert!(reply.notes.is_empty(), "{:?}", reply.notes);
+    let job = reply.job_id;
+    let (a, b) = (register(&svc, "a", "spot"), register(&svc, "b", "spot"));
+    svc.heartbeat(busy(&a, &job, 1.0)).await.unwrap();
+    svc.heartbeat(busy(&b, &job, 1.0)).await.unwrap();
+    svc.evaluate_fleet().await;
+    let s = svc.status(&job).await.unwrap();
+    let f = s.fleet.expect("evaluated");
+    assert_eq!(f.mode, "deadline");
+    let submitted = s.submitted_unix_ms as f64 / 1_000.0;
+    assert!((f.deadline_unix_s - (submitted + 86_400.0)).abs() < 1e-3);
+    assert_eq!(f.desired_on_demand, 0, "{f:?}");
+    assert!((1..=2).contains(&f.desired_spot), "{f:?}");
+    assert!(f.miss_risk >= 0.0 && f.miss_risk < 0.01, "{f:?}");
+    assert!(
+        f.projected_finish_unix_s > submitted && f.projected_finish_unix_s < f.deadline_unix_s,
+        "{f:?}"
+    );
+    assert_eq!(f.max_on_demand_workers, 10, "the coordinator's default");
+    assert_eq!((f.running_spot, f.running_on_demand), (2, 0));
+    // Another coordinator over the same state knows the deadline.
+    let (other, _) = coordinator("c-deadline", Duration::from_secs(2)).await;
+    other.evaluate_fleet().await;
+    let again = other.status(&job).await.unwrap().fleet.expect("evaluated");
+    assert_eq!(again.deadline_unix_s, f.deadline_unix_s);
+
+    // 10 items at 0.01 items/s a worker cannot be done in 36 s: on-demand, all the job allows.
+    let (svc, _q) = coordinator("c-risk", Duration::from_secs(2)).await;
+    let job = svc
+        .submit(manifest_with(
+            "c-risk",
+            "4",
+            "[job]\ndeadline_hours = 0.01\nmax_on_demand_workers = 2\n",
+        ))
+        .await
+        .unwrap()
+        .job_id;
+    let w = register(&svc, "w", "spot");
+    let o = register(&svc, "o", "on_demand");
+    svc.heartbeat(busy(&w, &job, 0.01)).await.unwrap();
+    svc.heartbeat(busy(&o, &job, 0.01)).await.unwrap();
+    svc.evaluate_fleet().await;
+    let f = svc.status(&job).await.unwrap().fleet.expect("evaluated");
+    assert_eq!(f.mode, "deadline", "{f:?}");
+    assert_eq!((f.running_spot, f.running_on_demand), (1, 1));
+    assert_eq!(f.desired_on_demand, 2, "{f:?}");
+    assert!(f.triggers.contains(&"deadline_risk".to_string()), "{f:?}");
+    assert!(f.miss_risk > 0.5, "{f:?}");
+    assert_eq!(svc.fleet_totals().0 .1, 2);
+    let infos = svc.worker_infos();
+    let kinds: Vec<&str> = infos.iter().map(|w| w.capacity_type.as_str()).collect();
+    assert!(
+        kinds.contains(&"spot") && kinds.contains(&"on_demand"),
+        "{kinds:?}"
+    );
+}
+
+/// Issue 23: spot interruptions are counted once each — a worker drained by a cloud's notice
+/// as a notice, a spot worker gone silent as a hard kill; a clean goodbye and an on-demand
+/// worker's silence are not spot interruptions.
+#[tokio::test]
+async fn spot_interruptions_are_counted_once_each() {
+    let (svc, _q) = coordinator("c-kills", Duration::from_millis(40)).await;
+    let noticed = register(&svc, "noticed", "spot");
+    let killed = register(&svc, "killed", "spot");
+    let left = register(&svc, "left", "spot");
+    let _od = register(&svc, "od", "on_demand");
+    svc.heartbeat(HeartbeatRequest {
+        worker_id: noticed.clone(),
+        interrupted: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    svc.heartbeat(HeartbeatRequest {
+        worker_id: left.clone(),
+        leaving: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    svc.evaluate_fleet().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    svc.evaluate_fleet().await;
+    let (_, seen) = svc.fleet_totals();
+    assert_eq!((seen.notices, seen.hard_kills), (1, 0));
+    // Spot workers alive count as exposure (the draining one too).
+    assert!(seen.worker_hours > 0.0, "{seen:?}");
+    // Three heartbeats missed: the silent spot worker was killed without a notice.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    svc.evaluate_fleet().await;
+    svc.evaluate_fleet().await;
+    let (_, seen) = svc.fleet_totals();
+    assert_eq!((seen.notices, seen.hard_kills), (1, 1));
+    let info = svc
+        .worker_infos()
+        .into_iter()
+        .find(|w| w.worker_id == noticed)
+        .expect("registered");
+    assert!(info.interrupted);
+    let _ = killed;
+}
+
+/// Issue 23: `queue.shard_size = "auto"` at submission is chosen from the live workers'
+/// measured rate (Young–Daly, at most the per-worker share) and shown in status.
+#[tokio::test]
+async fn auto_shard_size_is_chosen_from_the_workers_rate_at_submission() {
+    let (svc, _q) = coordinator("c-auto", Duration::from_secs(2)).await;
+    let w = register(&svc, "w", "spot");
+    svc.heartbeat(busy(&w, "another-job", 2.0)).await.unwrap();
+    let reply = svc
+        .submit(manifest_with("c-auto", "\"auto\"", ""))
+        .await
+        .unwrap();
+    // 0.5 s an item: Young–Daly's shard is above the 30-minute cap, and 10 items for one
+    // worker at 4 shards each cut it to 2.5 → 3 items.
+    assert_eq!(reply.shards_total, 4);
+    svc.evaluate_fleet().await;
+    let f = svc
+        .status(&reply.job_id)
+        .await
+        .unwrap()
+        .fleet
+        .expect("evaluated");
+    assert_eq!(f.shard_size, "auto → 3");
+    // Submitted again, the same shards whatever the workers do now.
+    svc.heartbeat(busy(&w, "another-job", 100.0)).await.unwrap();
+    let again = svc
+        .submit(manifest_with("c-auto", "\"auto\"", ""))
+        .await
+        .unwrap();
+    assert_eq!((again.job_id, again.shards_total), (reply.job_id, 4));
 }

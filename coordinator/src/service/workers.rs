@@ -1,6 +1,7 @@
 //! The worker registry: workers register (the coordinator names their queue), heartbeat what
-//! they hold and how fast they go (three missed and a worker is marked dead), and ask for peers
-//! to steal from or to offer shards to.
+//! they hold, how fast they go, their capacity (spot or on demand) and whether a notice drains
+//! them (three missed and a worker is marked dead), and ask for peers to steal from or to offer
+//! shards to.
 
 use std::time::{Instant, SystemTime};
 
@@ -40,6 +41,9 @@ impl CoordinatorService {
                 peer_address: r.peer_address,
                 unstarted: 0,
                 exited: false,
+                capacity_type: super::fleet::capacity_of(&r.capacity_type),
+                interrupted: false,
+                counted: false,
             },
         );
         tracing::info!(worker = %id, "worker registered");
@@ -67,6 +71,10 @@ impl CoordinatorService {
             e.shards = h.shards.into_iter().map(|s| (s.job_id, s.shard)).collect();
             e.unstarted = h.unstarted;
             e.exited = h.leaving;
+            e.interrupted |= h.interrupted;
+            if !h.capacity_type.is_empty() {
+                e.capacity_type = super::fleet::capacity_of(&h.capacity_type);
+            }
             if !h.peer_address.is_empty() {
                 e.peer_address = h.peer_address;
             }
@@ -134,6 +142,8 @@ impl CoordinatorService {
                 shards: e.shards.iter().map(|(_, s)| s.clone()).collect(),
                 unstarted: e.unstarted,
                 exited: e.exited,
+                capacity_type: e.capacity_type.label().to_string(),
+                interrupted: e.interrupted,
             })
             .collect();
         v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));

@@ -4,11 +4,8 @@
 
 use spotbatch_fleet::interruption::{table_per_hour, InterruptionPrior};
 use spotbatch_fleet::prices::Prices;
+pub use spotbatch_fleet::shard::SHARD_OVERHEAD_S;
 use spotbatch_fleet::shard::{suggest, ShardInputs, ShardLimits, ShardSuggestion};
-
-/// Per-shard overhead in the simulated workers, seconds (lease, write part and done marker,
-/// ack, the pipeline's drain and refill at a shard boundary).
-pub const SHARD_OVERHEAD_S: f64 = 2.0;
 /// Hours in a week; the week starts Monday 00:00 UTC.
 const WEEK_H: f64 = 168.0;
 
