@@ -263,6 +263,65 @@ fn missing_topic_and_unreachable_brokers_are_clear_errors() {
     assert!(err.contains("cannot reach the Kafka brokers"), "{err}");
 }
 
+/// `--exit-when-empty` with `--give-up-after-secs`: a worker whose Kafka brokers disappear for
+/// good in the middle of a job (the mock cluster, in this process, is dropped) exits 1 with a
+/// message naming the brokers and the limit once it has not reached them for that long, instead
+/// of retrying forever.
+#[test]
+fn a_worker_that_exits_when_empty_gives_up_when_the_brokers_are_gone_for_good() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("shards", 2, 1).unwrap();
+    cluster.create_topic("shards-dlq", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let queue = format!("kafka://{brokers}/shards?partitions=2&session_timeout_ms=6000");
+    let job = JobDir::digits(5);
+    let manifest = job.manifest(&[
+        ("batch_size = 32", "batch_size = 5"),
+        ("shard_size = 64", "shard_size = 10"),
+        (
+            "uri = \"sqlite://./queue.db\"",
+            &format!("uri = \"{queue}\""),
+        ),
+    ]);
+    run_ok(spotbatch().arg("enqueue").arg(&manifest));
+    let log = job.path().join("w.log");
+    let mut w = spotbatch()
+        .args(["worker", "--queue", &queue, "--exit-when-empty"])
+        .args(["--give-up-after-secs", "4", "--prefetch", "1"])
+        .args(["--throttle-batch-ms", "400"])
+        .arg("--manifest")
+        .arg(&manifest)
+        .env(
+            "SPOTBATCH_LOG",
+            "spotbatch_worker=info,spotbatch_queue=info",
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_markers(&job, 1);
+    drop(cluster);
+    let gone = Instant::now();
+    let status = wait_bounded(&mut w, Duration::from_secs(90));
+    let took = gone.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{text}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(45),
+        "gave up {took:?} after the brokers went:\n{text}"
+    );
+    assert!(
+        text.contains("gave up after 4 s without reaching it (--give-up-after-secs)")
+            && text.contains(&brokers),
+        "{text}"
+    );
+    assert!(
+        job.done_markers() < 11,
+        "the job finished before the brokers went"
+    );
+    println!("kafka (mock): gave up {took:?} after the brokers went");
+}
+
 /// The rebalance lines of a worker's log, for failure messages.
 fn rebalances(log: &std::path::Path) -> String {
     std::fs::read_to_string(log)

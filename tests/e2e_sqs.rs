@@ -434,3 +434,86 @@ fn a_worker_waits_out_an_sqs_outage_and_still_stops_at_once() {
         "and stop growing at 10 s: {waits:?}"
     );
 }
+
+/// `--exit-when-empty` with `--give-up-after-secs`: a worker whose SQS goes away for good in the
+/// middle of a job exits 1 with a message naming the queue and the limit once it has not reached
+/// the service for that long, instead of retrying forever; what it had not finished is still on
+/// the queue (nothing acked that was not done).
+#[test]
+fn a_worker_that_exits_when_empty_gives_up_when_sqs_is_gone_for_good() {
+    let job = JobDir::digits(10);
+    let manifest = job.manifest(&[
+        ("shard_size = 64", "shard_size = 10"),
+        ("batch_size = 32", "batch_size = 5"),
+    ]);
+    let name = unique("gone");
+    let direct = format!("sqs://{name}?region=us-east-1&endpoint={}", endpoint());
+    run_ok(sb().args(["queue", "create", &direct, "--dlq"]));
+    run_ok(
+        sb().arg("enqueue")
+            .arg(&manifest)
+            .args(["--queue", &direct]),
+    );
+    let relay = Relay::start(&endpoint());
+    let relayed = format!(
+        "sqs://{name}?region=us-east-1&endpoint={}",
+        relay.endpoint()
+    );
+    let mut w = sb()
+        .args(["worker", "--queue", &relayed, "--exit-when-empty"])
+        .args(["--give-up-after-secs", "4", "--prefetch", "1"])
+        .args(["--throttle-batch-ms", "400"])
+        .arg("--manifest")
+        .arg(&manifest)
+        .env("SPOTBATCH_LOG", "spotbatch_worker=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(90);
+    while job.done_markers() < 1 {
+        assert!(w.try_wait().unwrap().is_none(), "the worker ended early");
+        assert!(Instant::now() < until, "no shard finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relay.cut();
+    let cut = Instant::now();
+    let status = wait_bounded(&mut w, Duration::from_secs(60));
+    let took = cut.elapsed();
+    if status.is_none() {
+        let _ = w.kill();
+    }
+    let err = stderr_text(&mut w);
+    let status = status.unwrap_or_else(|| panic!("the worker did not give up:\n{err}"));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(30),
+        "gave up {took:?} after the cut:\n{err}"
+    );
+    assert!(
+        err.contains("gave up after 4 s without reaching it (--give-up-after-secs)")
+            && err.contains(&name),
+        "{err}"
+    );
+    let done = job.done_markers();
+    assert!(done < 6, "the job finished before the cut: {done}");
+    println!(
+        "sqs: gave up {took:?} after the cut: {}",
+        err.lines().last().unwrap_or_default()
+    );
+    // Nothing lost: every shard without a done marker is still on the queue.
+    let out = run_ok(sb().args(["queue", "depth", &direct]));
+    let depth = String::from_utf8_lossy(&out.stdout).to_string();
+    let count = |state: &str| -> usize {
+        let words: Vec<&str> = depth.split_whitespace().collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == state)
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or_else(|| panic!("no {state} in {depth:?}"))
+    };
+    assert!(
+        count("visible") + count("in_flight") >= 6 - done,
+        "{done} done, queue: {depth}"
+    );
+}

@@ -797,7 +797,10 @@ fn explain<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
 
 /// An SDK error as a queue error for `queue`, explained for `name`: [`QueueError::Unreachable`]
 /// when the endpoint could not be reached (so a caller can tell an outage from an empty queue),
-/// else a backend error.
+/// else a backend error. Every dispatch failure but a user (configuration) error is an outage:
+/// no response came back, whether the connection was refused, timed out or was closed before an
+/// answer ("connection closed before message completed", which a cut link or a load balancer
+/// dropping the endpoint gives).
 fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     queue: &str,
     e: &SdkError<E, R>,
@@ -805,7 +808,7 @@ fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
 ) -> QueueError {
     let message = explain(e, name);
     match e {
-        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => QueueError::Unreachable {
+        SdkError::DispatchFailure(d) if !d.is_user() => QueueError::Unreachable {
             queue: queue.to_string(),
             backend: BACKEND,
             source: message.into(),

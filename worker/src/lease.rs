@@ -183,7 +183,11 @@ async fn lease_loop(node: Arc<Node>) -> Result<(), QueueError> {
         let leases = match leases {
             Ok(l) => {
                 lease_backoff.reset();
-                unreachable.clear();
+                // An empty answer is no proof the service is there: a Kafka consumer polls its
+                // local queue and answers "nothing" while every broker is down. Work is.
+                if !l.is_empty() {
+                    unreachable.clear();
+                }
                 l
             }
             Err(e) => {
