@@ -1,5 +1,6 @@
 //! Chaos: three worker processes on a 5400-item job while a controller repeatedly SIGKILLs,
-//! SIGTERMs or sends AWS interruption notices to random workers and starts replacements. Every
+//! SIGTERMs or sends AWS interruption notices to random workers that are running the model at
+//! that moment, and starts replacements. Every
 //! input ends up with exactly one row, none missing, and the dead-letter queue is empty. Run on the
 //! SQLite queue, on SQS (moto) and on Kafka (nisshi). Prints the figures the README quotes
 //! (`make bench-chaos` runs it with them shown).
@@ -19,6 +20,20 @@ struct Worker {
     imds: AwsState,
     _fake: Fake,
     log: PathBuf,
+    processed: PathBuf,
+}
+
+impl Worker {
+    /// Whether the worker ran the model in the last second: it holds work now. Interrupting
+    /// only such workers makes every action cost something (on Kafka, a worker can spend its
+    /// first seconds joining the group, and one interrupted then loses nothing).
+    fn in_work(&self) -> bool {
+        std::fs::metadata(&self.processed).is_ok_and(|m| {
+            m.len() > 0
+                && m.modified()
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < Duration::from_secs(1)))
+        })
+    }
 }
 
 struct Rng(u64);
@@ -61,6 +76,7 @@ fn spawn_worker(
     let imds = AwsState::default();
     let fake = metadata::aws(imds.clone());
     let log = dir.join(format!("worker-{n}.log"));
+    let processed = dir.join(format!("processed-{n}.txt"));
     let mut cmd = spotbatch();
     cmd.args([
         "worker",
@@ -84,7 +100,7 @@ fn spawn_worker(
     .arg("--manifest")
     .arg(manifest)
     .arg("--debug-processed-log")
-    .arg(dir.join(format!("processed-{n}.txt")))
+    .arg(&processed)
     .env(
         "SPOTBATCH_LOG",
         "spotbatch_worker=info,spotbatch_queue=info,spotbatch=info",
@@ -99,6 +115,7 @@ fn spawn_worker(
         imds,
         _fake: fake,
         log,
+        processed,
     }
 }
 
@@ -193,7 +210,12 @@ fn chaos(label: &str, queue: String, env: Vec<(&str, String)>, actions: usize) {
     while done_actions.values().sum::<usize>() < actions && job.done_markers() < 100 {
         assert!(Instant::now() < give_up, "[{label}] chaos did not finish");
         std::thread::sleep(Duration::from_millis(1000 + rng.below(1000)));
-        let i = rng.below(live.len() as u64) as usize;
+        // A random worker among those in work (none yet: wait for one).
+        let working: Vec<usize> = (0..live.len()).filter(|&i| live[i].in_work()).collect();
+        if working.is_empty() {
+            continue;
+        }
+        let i = working[rng.below(working.len() as u64) as usize];
         let mut w = live.swap_remove(i);
         let action = match rng.below(3) {
             0 => {
