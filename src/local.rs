@@ -104,7 +104,7 @@ pub(crate) async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `validate` says of `[job]` and `queue.shard_size = "auto"` (issue 23).
+/// What `validate` says of `[job]` and `queue.shard_size = "auto"`.
 pub(crate) fn fleet_notes(m: &Manifest, plan: Option<&Plan>) -> Vec<String> {
     use spotbatch_plan::{ShardBound, ShardHow};
     let mut lines = Vec::new();

@@ -37,6 +37,9 @@ use serde::{Deserialize, Serialize};
 
 /// Items per shard when nothing is known (the manifest's default).
 pub const DEFAULT_SHARD_ITEMS: u64 = 256;
+/// The largest shard `queue.shard_size = "auto"` chooses, in items: the manifest's own limit
+/// for a number. (A job of files is also held to what one queue message can list.)
+pub const MAX_AUTO_ITEMS: u64 = 100_000;
 /// Per-shard overhead of a worker, seconds: leasing, writing the part and the done marker,
 /// acking, and the pipeline's drain and refill at a shard boundary.
 pub const SHARD_OVERHEAD_S: f64 = 2.0;

@@ -19,8 +19,8 @@ use crate::{Plan, PlanError};
 
 pub use spotbatch_fleet::shard::SHARD_OVERHEAD_S;
 
-/// The largest shard `"auto"` chooses, in items (the manifest accepts up to 100 000).
-pub const MAX_AUTO_SHARD_ITEMS: u64 = 10_000;
+/// The largest shard `"auto"` chooses, in items (the manifest's limit for a number).
+pub const MAX_AUTO_SHARD_ITEMS: u64 = spotbatch_fleet::shard::MAX_AUTO_ITEMS;
 
 /// The bytes of keys one shard message may carry when `"auto"` sizes a job of files: SQS takes
 /// 256 KiB a message, Kafka's default `message.max.bytes` is 1 MiB.

@@ -1,4 +1,4 @@
-//! Fleet sizing at the coordinator (issue 23): at most once a heartbeat interval, every running
+//! Fleet sizing at the coordinator: at most once a heartbeat interval, every running
 //! job is put to `spotbatch_fleet::policy::decide` with what the coordinator knows — the items
 //! and shards left (done markers, dead letters), the live workers holding its shards by capacity
 //! and their rates (heartbeats), the spot interruptions seen (notices reported in heartbeats, and

@@ -54,7 +54,7 @@ pub struct CoordinatorConfig {
     pub missed_heartbeats: u32,
     /// When not empty, job outputs must lie under one of these prefixes.
     pub allowed_outputs: Vec<Url>,
-    /// How the fleet is sized (issue 23).
+    /// How the fleet is sized.
     pub fleet: FleetConfig,
 }
 
