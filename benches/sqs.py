@@ -97,7 +97,10 @@ def kafka_handover(images, model, labels, shard, vis):
     """Three workers share a topic; one is drained with SIGTERM; seconds until one of the other
     two logs partitions it took over."""
     job = os.path.join(WORK, "handover.toml")
-    manifest(job, images, model, labels, os.path.join(WORK, "out-handover"), kafka_queue(), 8, vis)
+    # Each run its own output: a run's done shards would be skipped by the next one's enqueue, and
+    # with nothing left to do the workers exit before anything can move.
+    out = os.path.join(WORK, f"out-handover-{uuid.uuid4().hex[:8]}")
+    manifest(job, images, model, labels, out, kafka_queue(), 8, vis)
     sh("enqueue", job)
     q = queue_of(job)
     logs = [os.path.join(WORK, f"handover-{i}.log") for i in range(3)]
