@@ -20,6 +20,8 @@
 //! - a live lease can be extended and released, an expired one not extended;
 //! - delivery counts, and dead-lettering exactly when `max_attempts` deliveries have failed (an
 //!   expiry or a release with an error; a clean release is no failure), are the model's;
+//! - refused commits are not lost: after one more committer round, every owned partition's
+//!   committed offset is its first record not finished.
 //!
 //! [`Book`]: spotbatch_queue::kafka::Book
 //! [`KafkaQueue`]: spotbatch_queue::kafka::KafkaQueue
@@ -116,6 +118,9 @@ struct Partition {
     unanchored: bool,
     /// Where the consumer reads next.
     position: i64,
+    /// A record was acked or dead-lettered, or a hole read back, in this ownership: the mark
+    /// may have moved (until then nothing is committed).
+    moved: bool,
 }
 
 impl Default for Truth {
@@ -156,6 +161,7 @@ fn record_of(l: &Lease) -> (i32, i64) {
 
 fn finish(parts: &mut [Partition], p: i32, off: i64) {
     let part = &mut parts[p as usize];
+    part.moved = true;
     let r = &mut part.topic[off as usize];
     r.finished = true;
     r.finished_now = true;
@@ -183,6 +189,7 @@ fn assign(book: &mut Book, parts: &mut [Partition], p: i32) {
     part.unanchored = start.is_none();
     // The consumer resumes from the committed offset; delivery counts restart.
     part.position = part.committed;
+    part.moved = false;
     for r in &mut part.topic {
         r.deliveries_this_ownership = 0;
         r.clean_releases = 0;
@@ -277,7 +284,8 @@ proptest! {
                     let added = book.filled(hole, found.clone());
                     if current {
                         prop_assert_eq!(added, Some(want));
-                                            for (o, _, _) in &found {
+                        part.moved = true;
+                        for (o, _, _) in &found {
                             part.topic[*o as usize].held_now = true;
                         }
                     } else {
@@ -449,6 +457,7 @@ proptest! {
                 .collect();
             let added = book.filled(hole, found);
             prop_assert_eq!(added.is_some(), part.owned && part.ownership == ownership);
+            part.moved |= added.is_some();
         }
         let (got, dead) = book.lease(usize::MAX, at(now), at(now) + VISIBILITY);
         for d in &dead {
@@ -471,5 +480,20 @@ proptest! {
             }
         }
         prop_assert_eq!(delivered, want, "every unfinished record is delivered again");
+        // One more committer round: each owned partition is committed up to its first record not
+        // finished in this ownership, refused commits included.
+        for (p, next) in book.take_commits() {
+            parts[p as usize].committed = next;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            if !part.owned {
+                continue;
+            }
+            let first_open = (part.start..part.position)
+                .find(|off| !part.topic[*off as usize].finished_now)
+                .unwrap_or(part.position);
+            let want = if part.moved { first_open } else { part.start };
+            prop_assert_eq!(part.committed, want, "partition {} not committed up to its low-water mark", i);
+        }
     }
 }

@@ -170,6 +170,13 @@ impl Book {
             .map(|(off, id, body)| (off, Item::fetched(id, body)))
             .collect();
         let added = part.fill(hole.start, hole.end, found);
+        // Offsets read back as holding nothing may let the mark pass acks made meanwhile: else
+        // it would wait for the next ack, and a partition whose last records were acked before
+        // the read-back would never be committed to its end while it is owned.
+        if let Some(next) = part.low_water() {
+            part.advance(next);
+            self.to_commit.insert(hole.partition, next);
+        }
         let n = added.len();
         self.fresh
             .extend(added.into_iter().map(|off| (hole.partition, off)));
