@@ -209,8 +209,10 @@ impl Book {
                 if out.len() >= max {
                     break 'parts;
                 }
-                let expired =
-                    matches!(item.state, ItemState::Leased { deadline } if deadline <= now);
+                let expired = matches!(
+                    item.state,
+                    ItemState::Leased { deadline } | ItemState::Burying { deadline } if deadline <= now
+                );
                 if expired {
                     item.failures += 1;
                     item.last_error = Some(format!(
@@ -222,9 +224,10 @@ impl Book {
                 if matches!(item.state, ItemState::Waiting) && item.deliveries > 0 {
                     if item.failures >= *max_attempts {
                         dead.push(dead_of(*p, *off, item, None));
-                        // Held while it is produced to the dead-letter topic: if that fails, the
-                        // hold expires and it is tried again.
-                        item.state = ItemState::Leased { deadline };
+                        // Held while it is produced to the dead-letter topic, by no lease (the
+                        // one that expired must not extend it): if that fails, the hold runs out
+                        // and it is tried again.
+                        item.state = ItemState::Burying { deadline };
                         continue;
                     }
                     out.push(deliver(item, *p, *off, part.epoch, deadline));
@@ -376,7 +379,7 @@ impl Book {
         let (mut leased, mut done) = (0, 0);
         for item in self.parts.values().flat_map(|part| part.items.values()) {
             match item.state {
-                ItemState::Leased { .. } => leased += 1,
+                ItemState::Leased { .. } | ItemState::Burying { .. } => leased += 1,
                 ItemState::Acked => done += 1,
                 ItemState::Waiting => {}
             }
@@ -487,7 +490,10 @@ mod tests {
             ("r0", &b"body"[..], 1)
         );
         assert!(dead[0].reason.starts_with("lease expired"));
-        // Not produced yet: neither delivered nor committed past.
+        // Not produced yet: neither delivered nor committed past, and the old lease is lost.
+        assert!(book
+            .extend(&l[0].token, at(200), Duration::from_secs(1))
+            .is_none());
         let (none, no_dead) = book.lease(1, at(250), at(300));
         assert!(none.is_empty() && no_dead.is_empty());
         assert!(book.take_commits().is_empty());

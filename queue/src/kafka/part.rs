@@ -10,8 +10,11 @@ use std::time::SystemTime;
 pub(super) enum ItemState {
     /// Not leased: fresh (never delivered), released or expired.
     Waiting,
-    /// Leased until `deadline` (or held while it is produced to the dead-letter topic).
+    /// Leased until `deadline`.
     Leased { deadline: SystemTime },
+    /// Out of attempts, held until `deadline` while it is produced to the dead-letter topic (no
+    /// lease holds it; if the production fails the hold runs out and it is tried again).
+    Burying { deadline: SystemTime },
     /// Acked or dead-lettered: the low-water mark may pass it.
     Acked,
 }
