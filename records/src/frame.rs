@@ -9,9 +9,16 @@
 //! before); it then emits records while their start is `< end`, reading past `end` to finish the
 //! last one. Ranges that partition a file therefore see every record exactly once.
 //!
+//! For quote-aware CSV, "outside quotes" is the rule of [`crate::speculate`]: `"` toggles the
+//! state, and at every sync point the speculation there sets it. A range is given the state
+//! before byte `start - 1` ([`crate::speculate::quoted_before`]); the framer applies the sync
+//! points it passes, holding the bytes after one (at most `max_record_bytes`) until the
+//! speculation decides.
+//!
 //! [`Framer`] is that rule as a push parser (feed it chunks in order, it emits [`Frame`]s), with no
-//! I/O, so the fuzzers and the exhaustive split tests drive it directly; [`Speculator`] decides
-//! whether a CSV range starts inside quotes.
+//! I/O, so the fuzzers and the exhaustive split tests drive it directly.
+
+use crate::speculate::{next_sync, sync_every, Speculation, Speculator};
 
 /// A UTF-8 byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -49,15 +56,37 @@ enum State {
     Done,
 }
 
+/// How `"` is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quoting {
+    /// Every `\n` ends a record (JSONL; CSV with `quoted_newlines = false`).
+    Lines,
+    /// CSV whose quoted fields may hold newlines, with this field delimiter.
+    Csv {
+        /// The field delimiter (the speculation needs it).
+        delimiter: u8,
+    },
+}
+
+/// Bytes held after a sync point until the speculation there decides.
+#[derive(Debug)]
+struct Hold {
+    spec: Speculator,
+    bytes: Vec<u8>,
+}
+
 /// The split rule as a push parser. Feed it the file's bytes from [`Framer::position`] on, in
 /// order, until [`Framer::is_done`]; call [`Framer::finish`] at the end of the file.
 #[derive(Debug)]
 pub struct Framer {
     end: u64,
     pos: u64,
-    quotes: bool,
+    quoting: Quoting,
     in_quotes: bool,
     max: usize,
+    /// Quote-aware framing only: the next sync point (`pos <= next_sync`).
+    next_sync: u64,
+    hold: Option<Hold>,
     state: State,
     cur_start: u64,
     cur_len: u64,
@@ -66,14 +95,14 @@ pub struct Framer {
 }
 
 impl Framer {
-    /// A framer for the records starting in `[start, end)`. `quotes`: `"` toggles a quoted state
-    /// in which `\n` does not end a record (CSV with newlines in quoted fields); `in_quotes`: whether
-    /// the byte at `start - 1` is inside quotes (see [`Speculator`]; ignored when `start` is 0).
-    /// `max_record_bytes`: longer records become [`Frame::TooLong`].
+    /// A framer for the records starting in `[start, end)`. `in_quotes`: quote-aware framing only,
+    /// whether the byte at `start - 1` is read inside quotes
+    /// ([`crate::speculate::quoted_before`]; ignored when `start` is 0). `max_record_bytes`:
+    /// longer records become [`Frame::TooLong`]; also the spacing of sync points.
     pub fn new(
         start: u64,
         end: u64,
-        quotes: bool,
+        quoting: Quoting,
         in_quotes: bool,
         max_record_bytes: usize,
     ) -> Self {
@@ -82,12 +111,15 @@ impl Framer {
         } else {
             (start - 1, State::Skip)
         };
+        let quotes = quoting != Quoting::Lines;
         Self {
             end,
             pos,
-            quotes,
+            quoting,
             in_quotes: quotes && start > 0 && in_quotes,
             max: max_record_bytes,
+            next_sync: next_sync(pos, sync_every(max_record_bytes)),
+            hold: None,
             state,
             cur_start: 0,
             cur_len: 0,
@@ -99,7 +131,7 @@ impl Framer {
     /// The offset of the next byte the framer expects (at first, the range start or the byte
     /// before it).
     pub fn position(&self) -> u64 {
-        self.pos
+        self.pos + self.hold.as_ref().map_or(0, |h| h.bytes.len() as u64)
     }
 
     /// Whether every record of the range has been emitted (stop reading).
@@ -108,7 +140,85 @@ impl Framer {
     }
 
     /// Feeds the next bytes (the ones at [`Framer::position`]); complete records go to `out`.
-    pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<Frame>) {
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Frame>) {
+        match &mut self.hold {
+            None => self.run(chunk, out),
+            Some(h) => {
+                h.bytes.extend_from_slice(chunk);
+                if let Some(d) = h.spec.push(chunk) {
+                    self.release(d, out);
+                }
+            }
+        }
+    }
+
+    /// The end of the file: a sync point still undecided is decided as at the end of the file,
+    /// and a last record without a terminator is emitted.
+    pub fn finish(&mut self, out: &mut Vec<Frame>) {
+        while let Some(h) = &self.hold {
+            let d = h.spec.at_eof();
+            self.release(d, out);
+        }
+        if self.state == State::InRecord {
+            let open = self.in_quotes;
+            self.emit(out, open);
+        }
+        self.state = State::Done;
+    }
+
+    /// The held sync point is decided: apply it and frame the held bytes.
+    fn release(&mut self, d: Speculation, out: &mut Vec<Frame>) {
+        if let Some(h) = self.hold.take() {
+            self.settle(d);
+            self.run(&h.bytes, out);
+        }
+    }
+
+    /// Applies the decision at the sync point `pos`.
+    fn settle(&mut self, d: Speculation) {
+        if let Speculation::Decided(q) = d {
+            self.in_quotes = q;
+        }
+        self.next_sync = next_sync(self.pos, sync_every(self.max));
+    }
+
+    /// Frames `chunk` (at `pos`), stopping at each sync point to decide it, and holding the
+    /// rest when the bytes so far do not.
+    fn run(&mut self, mut chunk: &[u8], out: &mut Vec<Frame>) {
+        let Quoting::Csv { delimiter } = self.quoting else {
+            self.step(chunk, out);
+            return;
+        };
+        loop {
+            if matches!(self.state, State::AtStart | State::Skip) && self.pos >= self.end {
+                self.state = State::Done;
+            }
+            if chunk.is_empty() || self.state == State::Done {
+                return;
+            }
+            if self.pos == self.next_sync {
+                let mut spec = Speculator::new(delimiter, self.max);
+                match spec.push(chunk) {
+                    Some(d) => self.settle(d),
+                    None => {
+                        self.hold = Some(Hold {
+                            spec,
+                            bytes: chunk.to_vec(),
+                        });
+                        return;
+                    }
+                }
+            }
+            let n = usize::try_from(self.next_sync - self.pos)
+                .unwrap_or(usize::MAX)
+                .min(chunk.len());
+            self.step(&chunk[..n], out);
+            chunk = &chunk[n..];
+        }
+    }
+
+    /// The split rule over `chunk` (at `pos`, no sync point inside it).
+    fn step(&mut self, mut chunk: &[u8], out: &mut Vec<Frame>) {
         while !chunk.is_empty() {
             match self.state {
                 State::Done => return,
@@ -150,15 +260,6 @@ impl Framer {
         }
     }
 
-    /// The end of the file: a last record without a terminator is emitted.
-    pub fn finish(&mut self, out: &mut Vec<Frame>) {
-        if self.state == State::InRecord {
-            let open = self.in_quotes;
-            self.emit(out, open);
-        }
-        self.state = State::Done;
-    }
-
     fn advance<'a>(&mut self, chunk: &'a [u8], n: usize) -> &'a [u8] {
         self.pos += n as u64;
         &chunk[n..]
@@ -166,7 +267,7 @@ impl Framer {
 
     /// Index of the record terminator in `chunk`, updating the quote state over what it passes.
     fn find_end(&mut self, chunk: &[u8]) -> Option<usize> {
-        if !self.quotes {
+        if self.quoting == Quoting::Lines {
             return memchr::memchr(b'\n', chunk);
         }
         let mut from = 0;
@@ -224,11 +325,11 @@ pub fn frame_range(
     data: &[u8],
     start: u64,
     end: u64,
-    quotes: bool,
+    quoting: Quoting,
     in_quotes: bool,
     max_record_bytes: usize,
 ) -> Vec<Frame> {
-    let mut f = Framer::new(start, end, quotes, in_quotes, max_record_bytes);
+    let mut f = Framer::new(start, end, quoting, in_quotes, max_record_bytes);
     let mut out = Vec::new();
     let from = usize::try_from(f.position())
         .unwrap_or(usize::MAX)
@@ -240,135 +341,13 @@ pub fn frame_range(
     out
 }
 
-/// The RFC 4180 states of one interpretation of a CSV byte stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Csv {
-    FieldStart,
-    Unquoted,
-    Quoted,
-    /// Just after a `"` inside a quoted field: the closing quote, or the first of `""`.
-    QuoteInQuoted,
-    /// A `\r` after a closing quote: only `\n` may follow.
-    CrAfterQuote,
-    Invalid,
-}
-
-impl Csv {
-    fn step(self, b: u8, delim: u8) -> Self {
-        use Csv::*;
-        match self {
-            FieldStart | Unquoted if b == b'\n' || b == delim => FieldStart,
-            FieldStart if b == b'"' => Quoted,
-            FieldStart | Unquoted if b == b'"' => Invalid,
-            FieldStart | Unquoted => Unquoted,
-            Quoted if b == b'"' => QuoteInQuoted,
-            Quoted => Quoted,
-            QuoteInQuoted if b == b'"' => Quoted,
-            QuoteInQuoted if b == b'\n' || b == delim => FieldStart,
-            QuoteInQuoted if b == b'\r' => CrAfterQuote,
-            CrAfterQuote if b == b'\n' => FieldStart,
-            QuoteInQuoted | CrAfterQuote | Invalid => Invalid,
-        }
-    }
-}
-
-/// What [`Speculator`] concluded about a CSV range start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Speculation {
-    /// The first byte of the window is inside a quoted field (`true`) or not (`false`).
-    Decided(bool),
-    /// Both readings are valid CSV with plausible records: count the quotes from the file start.
-    Ambiguous,
-}
-
-/// Decides whether a byte in the middle of a CSV file is inside a quoted field, from the bytes
-/// that follow it only (after Ge et al., "Speculative Distributed CSV Data Parsing for Big Data
-/// Analytics", SIGMOD 2019).
-///
-/// Both readings are run side by side from the window's first byte: "outside quotes" (starting at
-/// a field start, the most permissive unquoted state) and "inside quotes". RFC 4180 forbids a `"`
-/// inside an unquoted field and anything but `"`, the delimiter or a line end after a closing
-/// quote, so one reading usually dies within a few bytes of the first quote; the survivor is the
-/// answer. At the end of the file the reading left inside quotes dies. If both survive `limit`
-/// bytes (the longest plausible record, `max_line_bytes`), a reading whose current record has not
-/// ended within them is dropped (that record would be an error row anyway), so quote-free
-/// stretches decide too. What is still open then is [`Speculation::Ambiguous`].
-#[derive(Debug, Clone)]
-pub struct Speculator {
-    delim: u8,
-    limit: usize,
-    seen: usize,
-    outside: Csv,
-    inside: Csv,
-    outside_ended: bool,
-    inside_ended: bool,
-}
-
-impl Speculator {
-    /// A speculator for `delim`, deciding within `limit` bytes.
-    pub fn new(delim: u8, limit: usize) -> Self {
-        Self {
-            delim,
-            limit: limit.max(1),
-            seen: 0,
-            outside: Csv::FieldStart,
-            inside: Csv::Quoted,
-            outside_ended: false,
-            inside_ended: false,
-        }
-    }
-
-    /// Bytes seen so far.
-    pub fn seen(&self) -> usize {
-        self.seen
-    }
-
-    /// Pushes the next bytes; `Some` once decided (within them or at the limit).
-    pub fn push(&mut self, bytes: &[u8]) -> Option<Speculation> {
-        for &b in bytes {
-            self.outside = self.outside.step(b, self.delim);
-            self.inside = self.inside.step(b, self.delim);
-            match (self.outside == Csv::Invalid, self.inside == Csv::Invalid) {
-                (true, true) => return Some(Speculation::Ambiguous),
-                (true, false) => return Some(Speculation::Decided(true)),
-                (false, true) => return Some(Speculation::Decided(false)),
-                (false, false) => {}
-            }
-            if b == b'\n' {
-                self.outside_ended |= self.outside == Csv::FieldStart;
-                self.inside_ended |= self.inside == Csv::FieldStart;
-            }
-            self.seen += 1;
-            if self.seen >= self.limit {
-                return Some(match (self.outside_ended, self.inside_ended) {
-                    (true, false) => Speculation::Decided(false),
-                    (false, true) => Speculation::Decided(true),
-                    _ => Speculation::Ambiguous,
-                });
-            }
-        }
-        None
-    }
-
-    /// The end of the file came first: the reading still inside quotes is the wrong one.
-    pub fn at_eof(&self) -> Speculation {
-        match (self.outside, self.inside) {
-            (Csv::Quoted, Csv::Quoted) => Speculation::Ambiguous,
-            (Csv::Quoted, _) => Speculation::Decided(true),
-            _ => Speculation::Decided(false),
-        }
-    }
-}
-
-/// Whether byte `at` of `data` is inside quotes, by counting quotes from the file start (the
-/// reference the speculation must agree with, and its fallback).
-pub fn quoted_at(data: &[u8], at: usize) -> bool {
-    memchr::memchr_iter(b'"', &data[..at.min(data.len())]).count() % 2 == 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::speculate::quoted_before;
+
+    const LINES: Quoting = Quoting::Lines;
+    const CSV: Quoting = Quoting::Csv { delimiter: b',' };
 
     fn records(frames: &[Frame]) -> Vec<(u64, String)> {
         frames
@@ -383,22 +362,40 @@ mod tests {
     }
 
     /// Every split size from 1 byte up: each record exactly once, in order, with its offset.
-    fn check_all_splits(data: &[u8], quotes: bool, max: usize) {
-        let whole = records(&frame_range(data, 0, data.len() as u64, quotes, false, max));
+    fn check_all_splits(data: &[u8], quoting: Quoting, max: usize) {
+        let whole = records(&frame_range(
+            data,
+            0,
+            data.len() as u64,
+            quoting,
+            false,
+            max,
+        ));
         for size in 1..=data.len() + 1 {
             let mut got = Vec::new();
             let mut start = 0;
             while start < data.len() {
                 let end = (start + size).min(data.len());
-                let inq = quotes && start > 0 && quoted_at(data, start - 1);
-                got.extend(records(&frame_range(
-                    data,
-                    start as u64,
-                    end as u64,
-                    quotes,
-                    inq,
-                    max,
-                )));
+                let inq = start > 0 && quoted_before(data, start as u64 - 1, b',', max);
+                let (s, e) = (start as u64, end as u64);
+                let range = records(&frame_range(data, s, e, quoting, inq, max));
+                // Fed in chunks of any size (sync points held across them), the same records.
+                for chunk in [1, 3, 7] {
+                    let mut f = Framer::new(s, e, quoting, inq, max);
+                    let mut out = Vec::new();
+                    let mut at = f.position() as usize;
+                    while !f.is_done() && at < data.len() {
+                        let to = (at + chunk).min(data.len());
+                        f.feed(&data[at..to], &mut out);
+                        at = to;
+                        assert!(f.is_done() || f.position() == at as u64);
+                    }
+                    if !f.is_done() {
+                        f.finish(&mut out);
+                    }
+                    assert_eq!(records(&out), range, "{s}..{e} in chunks of {chunk}");
+                }
+                got.extend(range);
                 start = end;
             }
             assert_eq!(
@@ -413,7 +410,7 @@ mod tests {
     #[test]
     fn lines_are_cut_at_newlines_with_crlf_bom_and_a_last_line_without_newline() {
         let data = b"\xEF\xBB\xBF{\"a\":1}\r\n\n{\"b\":2}\nlast";
-        let got = records(&frame_range(data, 0, data.len() as u64, false, false, 100));
+        let got = records(&frame_range(data, 0, data.len() as u64, LINES, false, 100));
         assert_eq!(
             got,
             vec![
@@ -429,15 +426,15 @@ mod tests {
     fn a_line_starting_exactly_at_a_boundary_belongs_to_the_range_starting_there() {
         let data = b"aaa\nbbb\nccc\n";
         assert_eq!(
-            records(&frame_range(data, 0, 4, false, false, 100)),
+            records(&frame_range(data, 0, 4, LINES, false, 100)),
             vec![(0, "aaa".into())]
         );
         assert_eq!(
-            records(&frame_range(data, 4, 5, false, false, 100)),
+            records(&frame_range(data, 4, 5, LINES, false, 100)),
             vec![(4, "bbb".into())]
         );
-        assert_eq!(records(&frame_range(data, 5, 8, false, false, 100)), vec![]);
-        assert_eq!(records(&frame_range(data, 3, 4, false, false, 100)), vec![]);
+        assert_eq!(records(&frame_range(data, 5, 8, LINES, false, 100)), vec![]);
+        assert_eq!(records(&frame_range(data, 3, 4, LINES, false, 100)), vec![]);
     }
 
     #[test]
@@ -451,8 +448,8 @@ mod tests {
             b"long line that is over the limit\nshort\nanother long line over it\n",
         ];
         for data in cases {
-            check_all_splits(data, false, 1 << 20);
-            check_all_splits(data, false, 8);
+            check_all_splits(data, LINES, 1 << 20);
+            check_all_splits(data, LINES, 8);
         }
     }
 
@@ -476,17 +473,17 @@ mod tests {
                     _ => b'a' + (next() % 3) as u8,
                 })
                 .collect();
-            check_all_splits(&data, false, 1 << 20);
-            check_all_splits(&data, false, 5);
-            check_all_splits(&data, true, 1 << 20);
-            check_all_splits(&data, true, 5);
+            check_all_splits(&data, LINES, 1 << 20);
+            check_all_splits(&data, LINES, 5);
+            check_all_splits(&data, CSV, 1 << 20);
+            check_all_splits(&data, CSV, 5);
         }
     }
 
     #[test]
     fn quoted_newlines_do_not_end_a_record_even_at_a_boundary() {
         let data = b"h1,h2\n1,\"a\nb\"\n2,\"\n\"\n3,\"x\"\"\ny\"\n";
-        let whole = records(&frame_range(data, 0, data.len() as u64, true, false, 100));
+        let whole = records(&frame_range(data, 0, data.len() as u64, CSV, false, 100));
         assert_eq!(
             whole,
             vec![
@@ -496,13 +493,13 @@ mod tests {
                 (20, "3,\"x\"\"\ny\"".into())
             ]
         );
-        check_all_splits(data, true, 100);
+        check_all_splits(data, CSV, 100);
     }
 
     #[test]
     fn long_records_become_too_long_frames_without_being_held() {
         let data = b"short\nthis one is long\nok\n";
-        let got = frame_range(data, 0, data.len() as u64, false, false, 6);
+        let got = frame_range(data, 0, data.len() as u64, LINES, false, 6);
         assert_eq!(
             records(&got),
             vec![
@@ -511,36 +508,5 @@ mod tests {
                 (23, "ok".into())
             ]
         );
-    }
-
-    fn speculate(data: &[u8], at: usize, limit: usize) -> Speculation {
-        let mut s = Speculator::new(b',', limit);
-        s.push(&data[at..]).unwrap_or_else(|| s.at_eof())
-    }
-
-    #[test]
-    fn speculation_agrees_with_counting_quotes_from_the_start() {
-        let data: &[u8] = b"id,text\n1,\"hello, world\"\n2,\"two\nlines \"\"quoted\"\"\"\n3,plain\n4,\"\"\n5,\"a\r\nb\"\r\n";
-        for at in 0..data.len() {
-            match speculate(data, at, 1 << 20) {
-                Speculation::Decided(q) => {
-                    assert_eq!(q, quoted_at(data, at), "at {at}: {:?}", &data[at..])
-                }
-                Speculation::Ambiguous => {}
-            }
-        }
-        // Inside "hello, world" both readings cannot stay valid for long.
-        assert_eq!(speculate(data, 12, 1 << 20), Speculation::Decided(true));
-    }
-
-    #[test]
-    fn quote_free_stretches_decide_at_the_limit() {
-        let data = b"1,2\n3,4\n5,6\n7,8\n";
-        assert_eq!(speculate(data, 2, 8), Speculation::Decided(false));
-        // Quotes only next to line ends: both readings stay valid, with records that end.
-        let amb = b"\"\n\"\n\"\n\"\n";
-        assert_eq!(speculate(amb, 1, 4), Speculation::Ambiguous);
-        // The end of the file settles it: the outside reading ends inside quotes.
-        assert_eq!(speculate(amb, 1, 1 << 20), Speculation::Decided(true));
     }
 }

@@ -27,6 +27,7 @@ pub mod reader;
 pub mod record;
 pub mod schema;
 pub mod source;
+pub mod speculate;
 pub mod value;
 pub mod writer;
 

@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::decode::csv_fields;
 use crate::error::{ReadError, RowError};
-use crate::frame::{Frame, Framer};
+use crate::frame::{Frame, Framer, Quoting};
 use crate::key::RecordKey;
 use crate::plan::{RowSplit, Split};
 use crate::record::{Projection, ReadOptions};
@@ -83,7 +83,7 @@ pub async fn read_list(
         ListFormat::Lines => {
             let st = LineList {
                 src: RangedBytes::new(source, key, size, 0, size),
-                framer: Framer::new(0, size.max(1), false, false, max),
+                framer: Framer::new(0, size.max(1), Quoting::Lines, false, max),
                 file: key.to_string(),
                 max,
                 out: Vec::new(),
@@ -94,7 +94,14 @@ pub async fn read_list(
         }
         ListFormat::Csv { column, header } => {
             let mut src = RangedBytes::new(source, key, size, 0, size);
-            let mut framer = Framer::new(0, size.max(1), opts.csv.quoted_newlines, false, max);
+            let quoting = if opts.csv.quoted_newlines {
+                Quoting::Csv {
+                    delimiter: opts.csv.delimiter,
+                }
+            } else {
+                Quoting::Lines
+            };
+            let mut framer = Framer::new(0, size.max(1), quoting, false, max);
             let mut out = Vec::new();
             let mut index = 0;
             if *header {

@@ -13,10 +13,13 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::decode::{check_plain_type, CsvDecoder, JsonDecoder};
 use crate::error::ReadError;
-use crate::frame::{frame_range, quoted_at, Frame, Framer, Speculation, Speculator};
+use crate::frame::{frame_range, Frame, Framer, Quoting};
 use crate::plan::{ByteSplit, Split};
 use crate::record::{Projection, ReadOptions, Record};
 use crate::source::{RangedBytes, Source};
+use crate::speculate::{
+    quoted_before, sync_at_or_before, sync_before, sync_every, Speculation, Speculator,
+};
 
 /// A split's records, in file order; a [`ReadError`] is the last item.
 pub type RecordStream = BoxStream<'static, Result<Record, ReadError>>;
@@ -35,7 +38,7 @@ pub async fn read_split(
             for c in proj.id.iter().chain(&proj.columns) {
                 check_plain_type(&url, &c.name, &c.ty)?;
             }
-            let framer = Framer::new(b.start, b.end, false, false, opts.max_line_bytes);
+            let framer = Framer::new(b.start, b.end, Quoting::Lines, false, opts.max_line_bytes);
             let src = RangedBytes::new(source, &b.key, b.size, framer.position(), b.end);
             let dec = Decoder::Json(JsonDecoder::new(&b.key, proj, opts.max_line_bytes));
             Ok(ByteReader::new(src, framer, dec, Vec::new()).into_stream())
@@ -126,6 +129,20 @@ impl ByteReader {
 /// The first bytes read for a CSV header; doubled while the header is not complete.
 const HEADER_FIRST: u64 = 64 * 1024;
 
+/// The first bytes read to speculate at an earlier sync point (it usually decides within them).
+const SPECULATE_FIRST: u64 = 64 * 1024;
+
+/// How a CSV file is framed with these options.
+fn csv_quoting(opts: &ReadOptions) -> Quoting {
+    if opts.csv.quoted_newlines {
+        Quoting::Csv {
+            delimiter: opts.csv.delimiter,
+        }
+    } else {
+        Quoting::Lines
+    }
+}
+
 async fn open_csv(
     source: &Source,
     b: &ByteSplit,
@@ -134,8 +151,8 @@ async fn open_csv(
 ) -> Result<RecordStream, ReadError> {
     let url = source.url_of(&b.key);
     let max = opts.max_line_bytes;
-    let quotes = opts.csv.quoted_newlines;
-    let (header_offset, header) = read_header(source, b, quotes, max).await?;
+    let quoting = csv_quoting(opts);
+    let (header_offset, header) = read_header(source, b, quoting, max).await?;
     let dec = CsvDecoder::new(
         &b.key,
         &url,
@@ -146,45 +163,110 @@ async fn open_csv(
         &header,
     )?;
     let from = b.start.saturating_sub(1);
-    let mut src = RangedBytes::new(source, &b.key, b.size, from, b.end);
+    let (in_quotes, src, pending) = match quoting {
+        Quoting::Csv { delimiter } if b.start > 0 => {
+            quote_state(source, b, from, delimiter, max).await?
+        }
+        _ => (
+            false,
+            RangedBytes::new(source, &b.key, b.size, from, b.end),
+            Vec::new(),
+        ),
+    };
+    let framer = Framer::new(b.start, b.end, quoting, in_quotes, max);
+    Ok(ByteReader::new(src, framer, Decoder::Csv(dec), pending).into_stream())
+}
+
+/// Whether byte `at` of a CSV split's file is read inside quotes (the rule of
+/// [`crate::speculate`], streamed): the speculation at the last sync point at or before `at`,
+/// then the quotes up to `at`. Returns the split's source positioned after the bytes already read
+/// from `at` on, which come back too (at most `max_line_bytes`, the speculation's window). When
+/// that sync point is ambiguous, earlier ones are tried, down to the file start.
+async fn quote_state(
+    source: &Source,
+    b: &ByteSplit,
+    at: u64,
+    delim: u8,
+    max: usize,
+) -> Result<(bool, RangedBytes, Vec<Bytes>), ReadError> {
+    let every = sync_every(max);
+    let Some(sync) = sync_at_or_before(at, every) else {
+        // No sync point before `at`: count from the file start (less than `max` bytes).
+        let quoted = count_quotes(source, b, 0, at).await? % 2 == 1;
+        let src = RangedBytes::new(source, &b.key, b.size, at, b.end);
+        return Ok((quoted, src, Vec::new()));
+    };
+    let mut src = RangedBytes::new(source, &b.key, b.size, sync, b.end);
+    let mut spec = Speculator::new(delim, max);
+    let mut decision = None;
+    let mut counted = 0u64;
     let mut pending = Vec::new();
-    let in_quotes = if b.start == 0 || !quotes {
-        false
-    } else {
-        let mut spec = Speculator::new(opts.csv.delimiter, max);
-        let decision = loop {
-            match src.next().await? {
-                Some(chunk) => {
-                    let d = spec.push(&chunk);
-                    pending.push(chunk);
-                    if let Some(d) = d {
-                        break d;
-                    }
-                }
-                None => break spec.at_eof(),
-            }
+    while decision.is_none() || src.position() < at {
+        let start = src.position();
+        let Some(chunk) = src.next().await? else {
+            break;
         };
-        match decision {
-            Speculation::Decided(q) => q,
-            Speculation::Ambiguous => {
-                tracing::warn!(file = %url, offset = from, "csv split start is ambiguous; counting quotes from the file start");
-                count_quotes(source, b, from).await? % 2 == 1
+        if decision.is_none() {
+            decision = spec.push(&chunk);
+        }
+        let before = usize::try_from(at.saturating_sub(start))
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
+        counted += memchr::memchr_iter(b'"', &chunk[..before]).count() as u64;
+        if before < chunk.len() {
+            pending.push(chunk.slice(before..));
+        }
+    }
+    let (base, quotes) = match decision.unwrap_or_else(|| spec.at_eof()) {
+        Speculation::Decided(q) => (q, counted),
+        Speculation::Ambiguous => {
+            let url = source.url_of(&b.key);
+            tracing::warn!(file = %url, offset = at, "csv split start is ambiguous; reading back to an earlier sync point");
+            let mut earlier = sync_before(sync, every);
+            // None decided: the file start, outside quotes.
+            let mut found = (false, 0);
+            while let Some(p) = earlier {
+                if let Speculation::Decided(q) = speculate(source, b, p, delim, max).await? {
+                    found = (q, p);
+                    break;
+                }
+                earlier = sync_before(p, every);
             }
+            let (q, p) = found;
+            (q, counted + count_quotes(source, b, p, sync).await?)
         }
     };
-    let framer = Framer::new(b.start, b.end, quotes, in_quotes, max);
-    Ok(ByteReader::new(src, framer, Decoder::Csv(dec), pending).into_stream())
+    Ok((base ^ (quotes % 2 == 1), src, pending))
+}
+
+/// The speculation at byte `at` of a split's file, streamed (at most `max` bytes are read).
+async fn speculate(
+    source: &Source,
+    b: &ByteSplit,
+    at: u64,
+    delim: u8,
+    max: usize,
+) -> Result<Speculation, ReadError> {
+    let first = at.saturating_add((max as u64).min(SPECULATE_FIRST));
+    let mut src = RangedBytes::new(source, &b.key, b.size, at, first);
+    let mut spec = Speculator::new(delim, max);
+    while let Some(chunk) = src.next().await? {
+        if let Some(d) = spec.push(&chunk) {
+            return Ok(d);
+        }
+    }
+    Ok(spec.at_eof())
 }
 
 /// The header: the file's first non-empty record, read with small ranged GETs from its start.
 async fn read_header(
     source: &Source,
     b: &ByteSplit,
-    quotes: bool,
+    quoting: Quoting,
     max: usize,
 ) -> Result<(u64, Vec<u8>), ReadError> {
     let url = source.url_of(&b.key);
-    let mut framer = Framer::new(0, b.size.max(1), quotes, false, max);
+    let mut framer = Framer::new(0, b.size.max(1), quoting, false, max);
     let mut src = RangedBytes::new(source, &b.key, b.size, 0, HEADER_FIRST);
     let mut out = Vec::new();
     loop {
@@ -213,9 +295,14 @@ async fn read_header(
     }
 }
 
-/// Quotes in `[0, until)`, streamed (the speculation's fallback).
-async fn count_quotes(source: &Source, b: &ByteSplit, until: u64) -> Result<u64, ReadError> {
-    let mut src = RangedBytes::new(source, &b.key, b.size, 0, until);
+/// Quotes in `[from, until)` of a split's file, streamed.
+async fn count_quotes(
+    source: &Source,
+    b: &ByteSplit,
+    from: u64,
+    until: u64,
+) -> Result<u64, ReadError> {
+    let mut src = RangedBytes::new(source, &b.key, b.size, from, until);
     let mut n = 0u64;
     while src.position() < until {
         let start = src.position();
@@ -239,11 +326,15 @@ pub fn read_bytes(
     opts: &ReadOptions,
 ) -> Result<Vec<Record>, ReadError> {
     let max = opts.max_line_bytes;
-    let (b, decoder, quotes) = match split {
-        Split::Jsonl(b) => (b, Decoder::Json(JsonDecoder::new(&b.key, proj, max)), false),
+    let (b, decoder, quoting) = match split {
+        Split::Jsonl(b) => (
+            b,
+            Decoder::Json(JsonDecoder::new(&b.key, proj, max)),
+            Quoting::Lines,
+        ),
         Split::Csv(b) => {
-            let quotes = opts.csv.quoted_newlines;
-            let header = frame_range(data, 0, data.len() as u64, quotes, false, max)
+            let quoting = csv_quoting(opts);
+            let header = frame_range(data, 0, data.len() as u64, quoting, false, max)
                 .into_iter()
                 .find(|f| !matches!(f, Frame::Record { bytes, .. } if bytes.is_empty()));
             let (ho, hb) = match header {
@@ -256,7 +347,7 @@ pub fn read_bytes(
                 }
             };
             let dec = CsvDecoder::new(&b.key, &b.key, proj, opts.csv.delimiter, max, ho, &hb)?;
-            (b, Decoder::Csv(dec), quotes)
+            (b, Decoder::Csv(dec), quoting)
         }
         Split::Parquet(_) => {
             return Err(ReadError::BadSplit {
@@ -265,20 +356,13 @@ pub fn read_bytes(
             })
         }
     };
-    let start = usize::try_from(b.start)
-        .unwrap_or(usize::MAX)
-        .min(data.len());
-    let in_quotes = quotes && start > 0 && {
-        let mut spec = Speculator::new(opts.csv.delimiter, max);
-        match spec
-            .push(&data[start - 1..])
-            .unwrap_or_else(|| spec.at_eof())
-        {
-            Speculation::Decided(q) => q,
-            Speculation::Ambiguous => quoted_at(data, start - 1),
+    let in_quotes = match quoting {
+        Quoting::Csv { delimiter } if b.start > 0 => {
+            quoted_before(data, b.start - 1, delimiter, max)
         }
+        _ => false,
     };
-    Ok(frame_range(data, b.start, b.end, quotes, in_quotes, max)
+    Ok(frame_range(data, b.start, b.end, quoting, in_quotes, max)
         .into_iter()
         .filter_map(|f| decoder.decode(f))
         .collect())

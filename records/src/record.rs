@@ -86,8 +86,8 @@ pub struct CsvOptions {
     /// Field delimiter (`,`).
     pub delimiter: u8,
     /// Whether quoted fields may contain newlines (RFC 4180; the default). Splits then find their
-    /// first record by speculation ([`crate::frame::Speculator`]), falling back to counting quotes
-    /// from the file start when the bytes cannot tell. `false` makes every line a record (the
+    /// first record by speculation at sync points ([`crate::speculate`]), reading back to an
+    /// earlier one when the bytes cannot tell. `false` makes every line a record (the
     /// plain split rule, like pyarrow's `newlines_in_values=False` or Spark's default), for files
     /// with stray quotes in unquoted fields.
     pub quoted_newlines: bool,
