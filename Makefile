@@ -71,5 +71,14 @@ bench-chaos:
 bench-fleet:
 	cargo run --release --locked -p spotbatch-fleet --bin fleet-sim -- --seeds 200 --svg fleet/fleet-sim.svg
 
+# Is the fleet simulation honest? One deadline scenario run for real here (benches/fleet_real.py: a
+# coordinator on a SQLite queue, worker processes started and stopped to follow its desired counts,
+# spot interruptions injected as AWS notices from a loopback metadata server and as SIGKILLs), twice,
+# then the same scenario in fleet-sim on 500 seeds, the finish times and work redone side by side.
+.PHONY: bench-fleet-real
+bench-fleet-real:
+	@$(ENV) && cargo build --release --locked && cargo build --release --locked -p spotbatch-fleet --bin fleet-sim && \
+	  $$SPOTBATCH_PYTHON benches/fleet_real.py --runs 2
+
 clean:
 	rm -rf target examples/digits/out examples/digits/queue.db* examples/text/model examples/text/data examples/text/out examples/text/queue.db*

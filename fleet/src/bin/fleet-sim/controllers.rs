@@ -89,7 +89,7 @@ impl Controller {
                 cap: s.max_spot,
                 target: s
                     .items
-                    .div_ceil(s.auto_shards().items)
+                    .div_ceil(s.shard_plan().0)
                     .div_ceil(s.max_spot as u64),
                 window: VecDeque::new(),
             },
@@ -97,7 +97,9 @@ impl Controller {
                 let mut config = PolicyConfig::new(s.max_spot, s.fleet);
                 config.target_shards_per_worker = KEDA_TARGET as u32;
                 config.prior = s.prior();
-                config.spot_items_per_second = Some(s.items_per_second * PRIOR_RATE_SHARE);
+                config.spot_items_per_second = s
+                    .prior_rate
+                    .then_some(s.items_per_second * PRIOR_RATE_SHARE);
                 Controller::Deadline {
                     config: Box::new(config),
                     state: PolicyState::default(),

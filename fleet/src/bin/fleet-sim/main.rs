@@ -2,13 +2,18 @@
 //! seeds under each policy (all on-demand, a fixed spot fleet, spot scaled on queue depth as
 //! KEDA does — as deployed and tuned to the job — and the deadline-aware policy), prints the
 //! tables and the targets, and writes a plot of one job's fleet over time. `--trace SEED` prints
-//! the deadline-aware decisions of one seed minute by minute instead.
+//! the deadline-aware decisions of one seed minute by minute instead (`--trace-every S`: every S
+//! simulated seconds). `--scenario-file PATH`
+//! simulates one scenario from a file ([`real`]: the one `benches/fleet_real.py` ran for real)
+//! under the deadline-aware policy and prints its finish times and work redone.
 //!
 //! ```text
-//! fleet-sim [--seeds N] [--svg PATH] [--only NAME] [--trace SEED]
+//! fleet-sim [--seeds N] [--svg PATH] [--only NAME] [--trace SEED [--trace-every S]] [--scenario-file PATH]
 //! ```
 
 mod controllers;
+mod market;
+mod real;
 mod report;
 mod scenario;
 mod svg;
@@ -22,32 +27,48 @@ use scenario::Scenario;
 use world::{Outcome, Sample, World};
 
 /// One run of one scenario, seed and policy; with `record`, its timeline too; with `trace`,
-/// the deadline-aware decisions every simulated minute on stdout.
+/// the deadline-aware decisions every that many simulated seconds on stdout.
 fn run_traced(
     s: &Scenario,
     seed: u64,
     kind: Kind,
     record: bool,
-    trace: bool,
+    trace: Option<f64>,
 ) -> (Outcome, Vec<Sample>) {
     let deadline = s.deadline_s();
     let horizon = 3.0 * deadline;
     let mut w = World::new(s, seed, horizon, record);
     let mut c = Controller::new(kind, s);
     let mut step = 0u64;
+    // The policy decides every `decide_every_s`; the fleet follows what it last said.
+    let decide = ((s.decide_every_s / s.step_s).round() as u64).max(1);
+    // A trace line every `trace` simulated seconds (every decision when they are further apart).
+    let every = trace.map_or(1, |e| ((e / s.step_s).round() as u64).max(decide));
+    let (mut spot, mut on_demand) = (0, 0);
     while !w.finished() && w.t < horizon {
+        if !step.is_multiple_of(decide) {
+            step += 1;
+            w.reconcile(spot, on_demand);
+            w.record((spot, on_demand));
+            w.advance();
+            continue;
+        }
         let obs = w.observe(Some(deadline));
-        let (spot, on_demand) = c.desired(&obs);
-        if let (true, Some(d)) = (trace && step.is_multiple_of(6), c.last_decision()) {
+        (spot, on_demand) = c.desired(&obs);
+        if let (true, Some(d)) = (
+            trace.is_some() && step.is_multiple_of(every),
+            c.last_decision(),
+        ) {
             let tr = d.triggers;
             println!(
-                "{:6.0} s  left {:>11}  running {:>2}/{:>2}  desired {:>2}/{:>2}  risk {:.4}  finish {:>7.0}  rescue {:>6.0}  λ {:.3}/h  d_s {:.0}  {}{}{}{}{}",
+                "{:6.0} s  left {:>11}  running {:>2}/{:>2}  desired {:>2}/{:>2}  {:8}  risk {:.4}  finish {:>7.0}  rescue {:>6.0}  λ {:.3}/h  d_s {:.0}  {}{}{}{}{}",
                 obs.now,
                 obs.items_left,
                 obs.running_spot,
                 obs.running_on_demand,
                 spot,
                 on_demand,
+                format!("{:?}", d.mode),
                 d.miss_risk.unwrap_or(f64::NAN),
                 d.projected_finish.unwrap_or(f64::NAN),
                 d.estimate.rescue_slack_s.unwrap_or(f64::NAN),
@@ -69,7 +90,7 @@ fn run_traced(
 }
 
 fn run(s: &Scenario, seed: u64, kind: Kind, record: bool) -> (Outcome, Vec<Sample>) {
-    run_traced(s, seed, kind, record, false)
+    run_traced(s, seed, kind, record, None)
 }
 
 /// The seed of run `i` of a scenario (the same for every policy, whatever else runs).
@@ -98,6 +119,8 @@ struct Args {
     svg: Option<String>,
     only: Option<String>,
     trace: Option<usize>,
+    scenario_file: Option<String>,
+    trace_every: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -106,6 +129,8 @@ fn parse_args() -> Result<Args, String> {
         svg: None,
         only: None,
         trace: None,
+        scenario_file: None,
+        trace_every: 60.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -121,6 +146,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--svg" => args.svg = Some(value("--svg")?),
             "--only" => args.only = Some(value("--only")?),
+            "--scenario-file" => args.scenario_file = Some(value("--scenario-file")?),
+            "--trace-every" => {
+                let v = value("--trace-every")?;
+                args.trace_every = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0)
+                    .ok_or(format!("--trace-every: {v} is not a positive number of seconds"))?;
+            }
             "--trace" => {
                 let v = value("--trace")?;
                 args.trace = Some(
@@ -130,7 +164,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: fleet-sim [--seeds N] [--svg PATH] [--only NAME] [--trace SEED]".into(),
+                    "usage: fleet-sim [--seeds N] [--svg PATH] [--only NAME] [--trace SEED [--trace-every S]] [--scenario-file PATH]".into(),
                 )
             }
             other => return Err(format!("unknown argument {other}")),
@@ -216,10 +250,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let scenarios: Vec<Scenario> = scenario::all()
-        .into_iter()
-        .filter(|s| args.only.as_deref().is_none_or(|o| s.name.contains(o)))
-        .collect();
+    let scenarios: Vec<Scenario> = match args.scenario_file.as_deref().map(real::load) {
+        Some(Ok(s)) => vec![s],
+        Some(Err(e)) => {
+            eprintln!("--scenario-file: {e}");
+            return ExitCode::from(2);
+        }
+        None => scenario::all()
+            .into_iter()
+            .filter(|s| args.only.as_deref().is_none_or(|o| s.name.contains(o)))
+            .collect(),
+    };
     if scenarios.is_empty() {
         eprintln!("--only: no scenario matches");
         return ExitCode::from(2);
@@ -227,9 +268,22 @@ fn main() -> ExitCode {
     if let Some(i) = args.trace {
         for s in &scenarios {
             println!("{} seed {i}, deadline-aware:", s.name);
-            let (o, _) = run_traced(s, seed_of(s, i), Kind::DeadlineAware, false, true);
+            let (o, _) = run_traced(
+                s,
+                seed_of(s, i),
+                Kind::DeadlineAware,
+                false,
+                Some(args.trace_every),
+            );
             println!("{o:?}\n");
         }
+        return ExitCode::SUCCESS;
+    }
+    if let (Some(s), true) = (scenarios.first(), args.scenario_file.is_some()) {
+        let outcomes: Vec<Outcome> = (0..args.seeds)
+            .map(|i| run(s, seed_of(s, i), real::KIND, false).0)
+            .collect();
+        print!("{}", real::report(s, &outcomes));
         return ExitCode::SUCCESS;
     }
     let started = std::time::Instant::now();

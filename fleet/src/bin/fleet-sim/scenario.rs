@@ -1,10 +1,11 @@
 //! The simulated jobs: instance type, region, start time, size, deadline, fleet limits, and
 //! the spot market's behaviour (interruption rate against the table, notices, bursts, droughts).
-//! Every scenario is run on the same seeds under every policy.
+//! Every scenario is run on the same seeds under every policy. A scenario can also be read from
+//! a file ([`crate::real`]): the one `benches/fleet_real.py` ran for real.
 
 use spotbatch_fleet::interruption::{table_per_hour, InterruptionPrior};
 use spotbatch_fleet::prices::Prices;
-pub use spotbatch_fleet::shard::SHARD_OVERHEAD_S;
+use spotbatch_fleet::shard::SHARD_OVERHEAD_S;
 use spotbatch_fleet::shard::{suggest, ShardInputs, ShardLimits, ShardSuggestion};
 /// Hours in a week; the week starts Monday 00:00 UTC.
 const WEEK_H: f64 = 168.0;
@@ -46,7 +47,60 @@ pub struct Scenario {
     pub drought_mean_min: f64,
     /// Spot price override, $/hour (else the table's).
     pub spot_price: Option<f64>,
+    /// Simulated seconds per step.
+    pub step_s: f64,
+    /// The policy decides this often, seconds (at least once a step).
+    pub decide_every_s: f64,
+    /// How long instances take to come and how long a notice gives.
+    pub timing: Timing,
+    /// A constant true interruption rate per instance-hour (else the table's × `rate_factor`).
+    pub hazard_override: Option<f64>,
+    /// A fixed shard plan: items per shard and the seconds a hard-killed lease takes to expire
+    /// (else `shard_size = "auto"`, [`Scenario::auto_shards`]).
+    pub fixed_shards: Option<(u64, f64)>,
+    /// Seconds each shard costs besides its items (lease, write, ack).
+    pub shard_overhead_s: f64,
+    /// Whether the policy is given 0.8 × the nominal rate until one is measured (the
+    /// coordinator gives none: queue depth until the first worker reports).
+    pub prior_rate: bool,
+    /// Shards a worker holds leased but unstarted (prefetch): a hard kill leaves them to wait
+    /// out their lease too.
+    pub held_unstarted: u32,
+    /// Spread (log-normal σ) of instance speeds around the nominal rate.
+    pub speed_spread: f64,
+    /// What a worker reports as its items/s: its speed (with 5 % noise) when `None`, else as
+    /// the worker's heartbeat computes it — the items of the shards it finished in the last
+    /// this many seconds (the heartbeat interval), over them.
+    pub reported_rate_window_s: Option<f64>,
+    /// Expired leases after which a shard is dead-lettered and the job fails (0: never).
+    pub max_attempts: u32,
+    /// Whether a drained worker finishes the shard in work (as the worker does, within the
+    /// notice) instead of handing back its unfinished part at once.
+    pub drain_finishes_shard: bool,
 }
+
+/// How long instances take: a request filled, then booting (billed), and a notice's lead.
+/// Each delay is a fixed part plus an exponential part of the given mean, seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// A spot request filled (outside droughts).
+    pub spot_arrival: (f64, f64),
+    /// An on-demand request filled.
+    pub on_demand_arrival: (f64, f64),
+    /// Image pull, model load, device set-up.
+    pub boot: (f64, f64),
+    /// A notice comes this long before the machine goes (billed until then).
+    pub notice_s: f64,
+}
+
+/// A cloud's: spot filled in one to several minutes, on-demand in about one, a boot of
+/// minutes (image pull, model load, CUDA set-up), AWS's two-minute notice.
+pub const CLOUD: Timing = Timing {
+    spot_arrival: (60.0, 180.0),
+    on_demand_arrival: (30.0, 30.0),
+    boot: (90.0, 60.0),
+    notice_s: 120.0,
+};
 
 impl Scenario {
     /// $/hour by capacity.
@@ -68,6 +122,9 @@ impl Scenario {
 
     /// The true spot interruption rate per instance-hour at `t`.
     pub fn hazard_per_hour(&self, t: f64) -> f64 {
+        if let Some(h) = self.hazard_override {
+            return h;
+        }
         self.rate_factor
             * table_per_hour(
                 Some(self.instance_type),
@@ -90,6 +147,15 @@ impl Scenario {
         self.deadline_h * 3_600.0
     }
 
+    /// Items per shard and the lease a hard kill leaves to expire, seconds: the fixed plan, or
+    /// `shard_size = "auto"`'s.
+    pub fn shard_plan(&self) -> (u64, f64) {
+        self.fixed_shards.unwrap_or_else(|| {
+            let p = self.auto_shards();
+            (p.items, p.visibility_timeout_s as f64)
+        })
+    }
+
     /// `shard_size = "auto"` at plan time: Young–Daly with the table's whole rate taken as hard
     /// kills (nothing is measured yet, and a notice that fails to come must not blow the
     /// redone-work budget), at least 4 shards per spot worker.
@@ -108,7 +174,7 @@ impl Scenario {
 }
 
 /// A calm market: the table's rate, nine in ten interruptions with a notice, a rare burst.
-const CALM: Scenario = Scenario {
+pub const CALM: Scenario = Scenario {
     name: "",
     instance_type: "",
     region: "us-east-1",
@@ -126,6 +192,18 @@ const CALM: Scenario = Scenario {
     droughts_per_hour: 0.02,
     drought_mean_min: 30.0,
     spot_price: None,
+    step_s: 10.0,
+    decide_every_s: 10.0,
+    timing: CLOUD,
+    hazard_override: None,
+    fixed_shards: None,
+    shard_overhead_s: SHARD_OVERHEAD_S,
+    prior_rate: true,
+    held_unstarted: 0,
+    speed_spread: 0.08,
+    reported_rate_window_s: None,
+    max_attempts: 0,
+    drain_finishes_shard: false,
 };
 
 /// The scenarios `make bench-fleet` runs.

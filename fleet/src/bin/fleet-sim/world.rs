@@ -3,140 +3,28 @@
 //! interrupted (a notice drains: the finished part is kept and the rest handed back at once; a
 //! hard kill loses the shard's progress, and the shard waits out its lease), and released.
 //!
-//! Randomness is seeded per scenario seed and split so that policies see the same market: the
-//! bursts and droughts are drawn up front, and the k-th instance of a capacity gets the same
-//! arrival delay, boot time, speed, interruption time (a hazard budget spent at the market's
-//! rate) and notice-or-not in every policy.
+//! Randomness is seeded per scenario seed and split so that policies see the same market
+//! ([`crate::market`]): the bursts and droughts are drawn up front, and the k-th instance of a
+//! capacity gets the same arrival delay, boot time, speed, interruption time (a hazard budget
+//! spent at the market's rate) and notice-or-not in every policy.
 
 use std::collections::VecDeque;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use spotbatch_fleet::interruption::Exposure;
 use spotbatch_fleet::policy::Observation;
 use spotbatch_fleet::prices::{Capacity, Prices};
 use spotbatch_fleet::rates::WorkerRate;
 
-use crate::scenario::{Scenario, SHARD_OVERHEAD_S};
+pub use crate::market::mix;
+use crate::market::{normal, unit, Draws, Market};
+use crate::scenario::Scenario;
 
-/// Simulated seconds per step.
-pub const STEP_S: f64 = 10.0;
-/// A notice comes this long before the machine goes (AWS: two minutes); billed until then.
-const NOTICE_S: f64 = 120.0;
 /// The spike test's window, seconds.
 const RECENT_S: f64 = 1_800.0;
 /// Relative noise of a worker's reported items/s.
 const RATE_NOISE: f64 = 0.05;
-/// Spread (log-normal σ) of instance speeds around the nominal rate.
-const SPEED_SPREAD: f64 = 0.08;
-
-/// What one instance will do, drawn from the seed, the capacity and its ordinal.
-struct Draws {
-    arrival_s: f64,
-    boot_s: f64,
-    speed_factor: f64,
-    hazard_budget: f64,
-    notice: bool,
-}
-
-/// A SplitMix64 step: a well-mixed 64-bit value from any input (seeds for sub-streams).
-pub fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn unit(x: u64) -> f64 {
-    (mix(x) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn exponential(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
-    -mean * (1.0 - rng.random::<f64>()).ln()
-}
-
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-impl Draws {
-    fn new(seed: u64, capacity: Capacity, k: u64, notice_share: f64) -> Self {
-        let stream = mix(seed
-            ^ mix(k ^ if capacity == Capacity::Spot {
-                1 << 62
-            } else {
-                1 << 63
-            }));
-        let mut rng = ChaCha8Rng::seed_from_u64(stream);
-        let arrival_s = match capacity {
-            // Spot: a request is filled in one to several minutes.
-            Capacity::Spot => 60.0 + exponential(&mut rng, 180.0),
-            Capacity::OnDemand => 30.0 + exponential(&mut rng, 30.0),
-        };
-        Self {
-            arrival_s,
-            // Image pull, model load, CUDA set-up: billed.
-            boot_s: 90.0 + exponential(&mut rng, 60.0),
-            speed_factor: (SPEED_SPREAD * normal(&mut rng) - SPEED_SPREAD * SPEED_SPREAD / 2.0)
-                .exp(),
-            hazard_budget: exponential(&mut rng, 1.0),
-            notice: rng.random::<f64>() < notice_share,
-        }
-    }
-}
-
-/// A correlated burst: at `at`, each live spot instance goes with probability `share`.
-pub struct Burst {
-    pub at: f64,
-    pub share: f64,
-}
-
-/// The market's exogenous events for one seed.
-pub struct Market {
-    pub bursts: Vec<Burst>,
-    /// Spans with no spot capacity (no request is filled).
-    pub droughts: Vec<(f64, f64)>,
-}
-
-impl Market {
-    fn new(s: &Scenario, seed: u64, horizon: f64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0xB0B5));
-        let mut bursts = Vec::new();
-        let mut droughts = Vec::new();
-        let mut t = 0.0;
-        if s.bursts_per_hour > 0.0 {
-            loop {
-                t += exponential(&mut rng, 3_600.0 / s.bursts_per_hour);
-                if t > horizon {
-                    break;
-                }
-                let share = rng.random_range(s.burst_share.0..=s.burst_share.1);
-                bursts.push(Burst { at: t, share });
-                if rng.random::<f64>() < s.drought_after_burst {
-                    droughts.push((t, t + exponential(&mut rng, s.drought_mean_min * 60.0)));
-                }
-            }
-        }
-        t = 0.0;
-        if s.droughts_per_hour > 0.0 {
-            loop {
-                t += exponential(&mut rng, 3_600.0 / s.droughts_per_hour);
-                if t > horizon {
-                    break;
-                }
-                droughts.push((t, t + exponential(&mut rng, s.drought_mean_min * 60.0)));
-            }
-        }
-        Self { bursts, droughts }
-    }
-
-    /// Whether spot requests go unfilled at `t`.
-    pub fn drought(&self, t: f64) -> bool {
-        self.droughts.iter().any(|&(a, b)| a <= t && t < b)
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Phase {
@@ -162,6 +50,8 @@ struct Instance {
     notice: bool,
     boot_s: f64,
     lease: Option<Lease>,
+    /// Shards finished (when, items): what a heartbeat's rate counts.
+    finished: VecDeque<(f64, f64)>,
 }
 
 /// One step of the timeline (for the plot).
@@ -186,6 +76,8 @@ pub struct Outcome {
     pub redone: f64,
     /// Interruptions (notices, hard kills) of running spot workers.
     pub interruptions: (u64, u64),
+    /// Shards dead-lettered (their leases expired `max_attempts` times): the job failed.
+    pub dead_lettered: u64,
 }
 
 /// The simulated fleet of one run.
@@ -201,6 +93,8 @@ pub struct World<'a> {
     shards_done: usize,
     visible: VecDeque<usize>,
     expiring: Vec<(f64, usize)>,
+    /// Expired leases per shard (failed attempts), and the shards dead-lettered.
+    failures: Vec<u32>,
     instances: Vec<Instance>,
     next_id: [u64; 2],
     pub market: Market,
@@ -217,8 +111,8 @@ pub struct World<'a> {
 impl<'a> World<'a> {
     /// A fresh job: every shard visible, no instances.
     pub fn new(s: &'a Scenario, seed: u64, horizon: f64, record: bool) -> Self {
-        let plan = s.auto_shards();
-        let per = plan.items.max(1);
+        let (per, visibility_s) = s.shard_plan();
+        let per = per.max(1);
         let full = s.items / per;
         let mut shard_left = vec![per as f64; full as usize];
         if !s.items.is_multiple_of(per) {
@@ -229,9 +123,10 @@ impl<'a> World<'a> {
             seed,
             prices: s.prices(),
             t: 0.0,
-            visibility_s: plan.visibility_timeout_s as f64,
+            visibility_s,
             shard_items: per as f64,
             visible: (0..shard_left.len()).collect(),
+            failures: vec![0; shard_left.len()],
             shard_left,
             shards_done: 0,
             expiring: Vec::new(),
@@ -253,8 +148,15 @@ impl<'a> World<'a> {
         (self.s.items as f64 - self.committed).max(0.0)
     }
 
+    /// Every shard done or dead-lettered.
     fn done(&self) -> bool {
-        self.shards_done == self.shard_left.len()
+        self.shards_done + self.out.dead_lettered as usize == self.shard_left.len()
+    }
+
+    /// A lease that will expire: a failed attempt, and the shard visible again afterwards.
+    fn expire(&mut self, shard: usize) {
+        self.failures[shard] += 1;
+        self.expiring.push((self.t + self.visibility_s, shard));
     }
 
     fn running(&self, capacity: Capacity) -> u32 {
@@ -268,11 +170,23 @@ impl<'a> World<'a> {
     pub fn observe(&mut self, deadline: Option<f64>) -> Observation {
         let mut workers = Vec::new();
         for i in self.instances.iter().filter(|i| i.phase == Phase::Running) {
-            let noise = 1.0 + RATE_NOISE * normal(&mut self.obs_rng);
+            let rate = match self.s.reported_rate_window_s {
+                // As a worker's heartbeat reports it: the items of the shards it finished in the
+                // last window, over the window.
+                Some(window) => {
+                    i.finished
+                        .iter()
+                        .filter(|f| f.0 > self.t - window)
+                        .map(|f| f.1)
+                        .sum::<f64>()
+                        / window
+                }
+                None => i.speed * (1.0 + RATE_NOISE * normal(&mut self.obs_rng)).max(0.0),
+            };
             workers.push(WorkerRate {
                 capacity: i.capacity,
                 device: self.s.instance_type.to_string(),
-                items_per_second: i.speed * noise.max(0.0),
+                items_per_second: rate,
                 busy: i.lease.is_some(),
             });
         }
@@ -313,7 +227,7 @@ impl<'a> World<'a> {
                 let slot = if capacity == Capacity::Spot { 0 } else { 1 };
                 let k = self.next_id[slot];
                 self.next_id[slot] += 1;
-                let d = Draws::new(self.seed, capacity, k, self.s.notice_share);
+                let d = Draws::new(self.seed, capacity, k, self.s);
                 self.instances.push(Instance {
                     id: k,
                     capacity,
@@ -325,6 +239,7 @@ impl<'a> World<'a> {
                     notice: d.notice,
                     boot_s: d.boot_s,
                     lease: None,
+                    finished: VecDeque::new(),
                 });
             }
             // Release the least useful first: unfilled requests, booting machines, idle
@@ -368,7 +283,7 @@ impl<'a> World<'a> {
             self.visible.push_back(l.shard);
         } else {
             self.out.redone += l.progress;
-            self.expiring.push((self.t + self.visibility_s, l.shard));
+            self.expire(l.shard);
         }
     }
 
@@ -391,10 +306,23 @@ impl<'a> World<'a> {
                 }
             }
         }
-        self.hand_back(idx, notice);
+        // A drain that finishes its shard keeps the lease until the shard is done or the notice
+        // runs out; otherwise the finished part is kept and the rest handed back at once.
+        if !(notice && self.s.drain_finishes_shard) {
+            self.hand_back(idx, notice);
+        }
+        if !notice && was_running {
+            // The shards it held unstarted wait out their leases too.
+            for _ in 0..self.s.held_unstarted {
+                let Some(shard) = self.visible.pop_front() else {
+                    break;
+                };
+                self.expire(shard);
+            }
+        }
         self.instances[idx].phase = if notice {
             Phase::Draining {
-                until: self.t + NOTICE_S,
+                until: self.t + self.s.timing.notice_s,
             }
         } else {
             Phase::Gone
@@ -419,7 +347,7 @@ impl<'a> World<'a> {
 
     /// One step: bursts, arrivals, interruptions, work, billing, expired leases.
     pub fn advance(&mut self) {
-        let (t, dt) = (self.t, STEP_S);
+        let (t, dt) = (self.t, self.s.step_s);
         let drought = self.market.drought(t);
         let hazard = self.s.hazard_per_hour(t) * dt / 3_600.0;
         self.recent.push_back((t, 0.0, 0, 0));
@@ -456,6 +384,8 @@ impl<'a> World<'a> {
                 Phase::Gone => continue,
                 Phase::Draining { until } => {
                     if t >= until {
+                        // The machine goes: the rows finished so far are kept, the rest released.
+                        self.hand_back(idx, true);
                         self.instances[idx].phase = Phase::Gone;
                     }
                 }
@@ -493,8 +423,11 @@ impl<'a> World<'a> {
                     continue;
                 }
             }
-            if self.instances[idx].phase == Phase::Running {
-                self.work(idx, dt);
+            match self.instances[idx].phase {
+                Phase::Running => self.work(idx, dt, true),
+                // Draining: the shard in work only, no new lease.
+                Phase::Draining { .. } => self.work(idx, dt, false),
+                _ => {}
             }
         }
         self.instances.retain(|i| i.phase != Phase::Gone);
@@ -503,7 +436,12 @@ impl<'a> World<'a> {
         while k < self.expiring.len() {
             if self.expiring[k].0 <= now {
                 let (_, shard) = self.expiring.swap_remove(k);
-                self.visible.push_back(shard);
+                let max = self.s.max_attempts;
+                if max > 0 && self.failures[shard] >= max {
+                    self.out.dead_lettered += 1;
+                } else {
+                    self.visible.push_back(shard);
+                }
             } else {
                 k += 1;
             }
@@ -511,16 +449,20 @@ impl<'a> World<'a> {
         self.t = now;
     }
 
-    fn work(&mut self, idx: usize, mut avail: f64) {
+    fn work(&mut self, idx: usize, dt: f64, lease_more: bool) {
+        let mut avail = dt;
         let speed = self.instances[idx].speed;
         while avail > 1e-9 {
             if self.instances[idx].lease.is_none() {
+                if !lease_more {
+                    return;
+                }
                 let Some(shard) = self.visible.pop_front() else {
                     return;
                 };
                 self.instances[idx].lease = Some(Lease {
                     shard,
-                    setup_left: SHARD_OVERHEAD_S,
+                    setup_left: self.s.shard_overhead_s,
                     progress: 0.0,
                 });
             }
@@ -538,10 +480,18 @@ impl<'a> World<'a> {
             if need <= avail {
                 avail -= need;
                 let shard = l.shard;
-                self.committed += self.shard_left[shard];
+                let items = self.shard_left[shard];
+                self.committed += items;
                 self.shard_left[shard] = 0.0;
                 self.shards_done += 1;
-                self.instances[idx].lease = None;
+                let i = &mut self.instances[idx];
+                i.lease = None;
+                if self.s.reported_rate_window_s.is_some() {
+                    i.finished.push_back((self.t + dt - avail, items));
+                    while i.finished.front().is_some_and(|f| f.0 < self.t - 3_600.0) {
+                        i.finished.pop_front();
+                    }
+                }
             } else {
                 l.progress += avail * speed;
                 avail = 0.0;
@@ -552,7 +502,7 @@ impl<'a> World<'a> {
     /// The run's figures so far.
     pub fn outcome(&self) -> Outcome {
         let mut o = self.out.clone();
-        o.finished = self.done().then_some(self.t);
+        o.finished = (self.done() && o.dead_lettered == 0).then_some(self.t);
         o
     }
 
@@ -563,81 +513,4 @@ impl<'a> World<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scenario::all;
-
-    #[test]
-    fn the_kth_instance_draws_the_same_in_every_run() {
-        let a = Draws::new(7, Capacity::Spot, 3, 0.9);
-        let b = Draws::new(7, Capacity::Spot, 3, 0.9);
-        assert_eq!(a.hazard_budget, b.hazard_budget);
-        assert_eq!(a.arrival_s, b.arrival_s);
-        let c = Draws::new(7, Capacity::Spot, 4, 0.9);
-        assert_ne!(a.hazard_budget, c.hazard_budget);
-        let d = Draws::new(8, Capacity::Spot, 3, 0.9);
-        assert_ne!(a.hazard_budget, d.hazard_budget);
-    }
-
-    #[test]
-    fn a_fixed_fleet_finishes_the_work_exactly_once() {
-        let mut s = all().remove(4); // g4dn, 1 M items
-        s.bursts_per_hour = 0.0;
-        s.droughts_per_hour = 0.0;
-        s.rate_factor = 0.0;
-        let mut w = World::new(&s, 1, 1e6, false);
-        while !w.finished() && w.t < 1e5 {
-            w.reconcile(0, 4);
-            w.advance();
-        }
-        let o = w.outcome();
-        let t = o.finished.expect("finished");
-        // 1 M items at ~60/s × 4 workers ≈ 4170 s plus arrival and boot.
-        assert!((4_000.0..5_500.0).contains(&t), "{t}");
-        assert_eq!(w.items_left(), 0.0);
-        assert_eq!(o.redone, 0.0);
-        assert_eq!(o.cost.0, 0.0);
-        assert!((o.cost.1 - o.hours.1 * 0.526).abs() < 1e-9);
-    }
-
-    #[test]
-    fn hard_kills_redo_work_and_notices_do_not() {
-        for (notice_share, redone) in [(1.0, false), (0.0, true)] {
-            let mut s = all().remove(4);
-            s.bursts_per_hour = 0.0;
-            s.droughts_per_hour = 0.0;
-            s.rate_factor = 300.0; // about one per instance-hour
-            s.notice_share = notice_share;
-            let mut w = World::new(&s, 3, 1e6, false);
-            while !w.finished() && w.t < 1e5 {
-                w.reconcile(4, 0);
-                w.advance();
-            }
-            let o = w.outcome();
-            assert!(o.finished.is_some());
-            let (notices, kills) = o.interruptions;
-            assert!(notices + kills > 3, "{:?}", o.interruptions);
-            assert_eq!(o.redone > 0.0, redone, "{o:?}");
-            assert_eq!(w.items_left(), 0.0);
-        }
-    }
-
-    #[test]
-    fn no_spot_arrives_in_a_drought() {
-        let mut s = all().remove(4);
-        s.bursts_per_hour = 0.0;
-        s.droughts_per_hour = 0.0;
-        let mut w = World::new(&s, 1, 1e6, false);
-        w.market.droughts = vec![(0.0, 3_600.0)];
-        while w.t < 3_500.0 {
-            w.reconcile(4, 0);
-            w.advance();
-        }
-        assert_eq!(w.running(Capacity::Spot), 0);
-        while w.t < 4_200.0 {
-            w.reconcile(4, 0);
-            w.advance();
-        }
-        assert_eq!(w.running(Capacity::Spot), 4);
-    }
-}
+mod tests;
