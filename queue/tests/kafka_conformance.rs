@@ -211,3 +211,13 @@ async fn brokers_gone_are_unreachable_not_empty_on_the_mock_cluster() {
     );
     cluster.broker_up(1).unwrap();
 }
+
+/// A handle that only produces and reads the depth is not a group member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_that_only_produces_is_not_a_group_member_on_the_mock_cluster() {
+    let cluster = leak(mock_with("producer", 4));
+    assert_eq!(
+        kafka_common::producers_are_not_members(&uri_on(cluster, "producer", 4), false).await,
+        40
+    );
+}

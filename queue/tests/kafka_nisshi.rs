@@ -101,3 +101,11 @@ async fn every_member_sees_the_topic_drained_after_many_rebalances() {
         kafka_common::drained_after_many_rebalances(&uri(&unique("rebalances"), 4), true, 6).await;
     println!("commits retried: {retries}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_that_only_produces_is_not_a_group_member() {
+    assert_eq!(
+        kafka_common::producers_are_not_members(&uri(&unique("producer"), 4), true).await,
+        40
+    );
+}

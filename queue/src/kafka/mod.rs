@@ -71,6 +71,8 @@ pub struct KafkaQueue {
     poller: Mutex<Option<std::thread::JoinHandle<()>>>,
     gaps: Arc<AtomicU64>,
     retries: Arc<AtomicU64>,
+    /// Whether this handle has joined the consumer group (on its first lease).
+    joined: tokio::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -82,8 +84,11 @@ impl std::fmt::Debug for KafkaQueue {
 }
 
 impl KafkaQueue {
-    /// Joins the consumer group of the topic in `uri` and waits (up to 30 s) for partitions.
-    /// A missing topic or unreachable brokers are clear errors.
+    /// Opens the topic in `uri`: a missing topic or unreachable brokers are clear errors. The
+    /// consumer group is joined on the first lease ([`KafkaQueue::join`]), not here: a handle
+    /// that only produces or reads the depth (`enqueue`, `submit`, the coordinator, `queue depth`)
+    /// must not be a member, or it would take a share of the partitions it never reads, and its
+    /// joining and leaving would move every worker's partitions twice.
     pub async fn open_uri(uri: &str, config: QueueConfig) -> Result<Self> {
         let target = parse_uri(uri)?;
         let err = |e: String| backend_err(&target.topic, e);
@@ -168,44 +173,57 @@ impl KafkaQueue {
             .set("fetch.wait.max.ms", "50")
             .create_with_context(ctx)
             .map_err(|e| err(e.to_string()))?;
-        consumer
-            .subscribe(&[&target.topic])
-            .map_err(|e| err(e.to_string()))?;
-        let consumer = Arc::new(consumer);
-        let poller = group::start_poller(
-            Arc::clone(&consumer),
-            Arc::clone(&state),
-            Arc::clone(&stop),
-            target.topic.clone(),
-        );
-        group::start_committer(
-            Arc::clone(&consumer),
-            Arc::clone(&state),
-            Arc::clone(&stop),
-            Arc::clone(&retries),
-            target.topic.clone(),
-        );
-        let q = Self {
+        Ok(Self {
             target,
-            consumer,
+            consumer: Arc::new(consumer),
             producer,
             state,
             notify,
             stop,
-            poller: Mutex::new(poller),
+            poller: Mutex::new(None),
             gaps,
             retries,
-        };
-        // Wait for the first assignment so the first lease finds work at once.
+            joined: tokio::sync::Mutex::new(false),
+        })
+    }
+
+    /// Joins the consumer group (once): subscribes, starts the poller and the committer, and
+    /// waits (up to 30 s) for the first assignment so the first lease finds work at once.
+    async fn join(&self) -> Result<()> {
+        let mut joined = self.joined.lock().await;
+        if *joined {
+            return Ok(());
+        }
+        let topic = &self.target.topic;
+        self.consumer
+            .subscribe(&[topic])
+            .map_err(|e| backend_err(topic, e.to_string()))?;
+        let poller = group::start_poller(
+            Arc::clone(&self.consumer),
+            Arc::clone(&self.state),
+            Arc::clone(&self.stop),
+            topic.clone(),
+        );
+        if let Ok(mut p) = self.poller.lock() {
+            *p = poller;
+        }
+        group::start_committer(
+            Arc::clone(&self.consumer),
+            Arc::clone(&self.state),
+            Arc::clone(&self.stop),
+            Arc::clone(&self.retries),
+            topic.clone(),
+        );
+        *joined = true;
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
-            let notified = q.notify.notified();
-            if q.state.lock().map(|s| s.assigned_once).unwrap_or(false) {
+            let notified = self.notify.notified();
+            if self.state()?.assigned_once {
                 break;
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
         }
-        Ok(q)
+        Ok(())
     }
 
     /// How many offset gaps this member found: fetches that skipped records it then read back
@@ -327,6 +345,7 @@ impl LeaseQueue for KafkaQueue {
     }
 
     async fn lease(&self, max: usize, visibility: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        self.join().await?;
         let give_up = Instant::now() + wait;
         let mut out = Vec::new();
         let mut lingered = false;
@@ -510,6 +529,10 @@ impl LeaseQueue for KafkaQueue {
     }
 
     async fn close(&self) -> Result<()> {
+        if !*self.joined.lock().await {
+            // Never a member: nothing owned, nothing to commit, no group to leave.
+            return Ok(());
+        }
         // Commit every owned partition's floor (trying again for a while if the broker refuses,
         // as it does while the group rebalances), then leave the group so the partitions move now.
         let consumer = Arc::clone(&self.consumer);

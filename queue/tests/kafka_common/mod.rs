@@ -309,3 +309,46 @@ pub async fn paused_partition_comes_back(u: &str, n: usize, create: bool) -> usi
     a.close().await.unwrap();
     acked.len()
 }
+
+/// A handle that only produces and reads the depth (`enqueue`, `submit`, the coordinator,
+/// `queue depth`) is not a member of the consumer group: a working member keeps every partition
+/// and leases all of the new records at once, while that handle is still open. (Before, opening
+/// a handle joined the group: it took a share of the partitions it never read, for as long as it
+/// was open, and its joining and leaving moved every member's partitions twice.) Returns how
+/// many of the 40 records the member leased within 4 s.
+pub async fn producers_are_not_members(u: &str, create: bool) -> usize {
+    logs();
+    if create {
+        kafka::create(u).await.unwrap();
+    }
+    let worker = KafkaQueue::open_uri(u, QueueConfig::default())
+        .await
+        .unwrap();
+    // The worker joins (its first lease) and owns every partition; nothing to lease yet.
+    assert!(worker
+        .lease(10, Duration::from_secs(60), Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+    let producer = KafkaQueue::open_uri(u, QueueConfig::default())
+        .await
+        .unwrap();
+    producer.enqueue(&records(0, 40)).await.unwrap();
+    let depth = producer.depth().await.unwrap();
+    assert_eq!(depth.pending(), 40, "{depth:?}");
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut leased = BTreeSet::new();
+    while leased.len() < 40 && Instant::now() < until {
+        for l in worker
+            .lease(40, Duration::from_secs(60), Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            leased.insert(l.id.clone());
+            worker.ack(&[l]).await.unwrap();
+        }
+    }
+    producer.close().await.unwrap();
+    worker.close().await.unwrap();
+    leased.len()
+}
