@@ -68,6 +68,42 @@ pub async fn register(
     }
 }
 
+/// How far back the rate a heartbeat reports looks.
+const RATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Items per second over a sliding window of samples of a growing count.
+struct RateWindow {
+    span: Duration,
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    fn new(span: Duration) -> Self {
+        Self {
+            span,
+            samples: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Adds a sample and gives the rate since the oldest one inside the window (0 with one).
+    fn rate(&mut self, now: Instant, count: u64) -> f64 {
+        self.samples.push_back((now, count));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.span)
+        {
+            self.samples.pop_front();
+        }
+        match self.samples.front() {
+            Some((t, c)) if now > *t => {
+                count.saturating_sub(*c) as f64 / now.duration_since(*t).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
 /// Heartbeats until `stop`; returns after one last beat (so final outcomes are reported). The
 /// first beat goes at once and `first` is signalled after it, so a worker learns which jobs are
 /// cancelled before it leases anything.
@@ -81,8 +117,7 @@ pub async fn heartbeat_loop(
     mut first: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     progress.collect_outcomes.store(true, Ordering::Relaxed);
-    let mut last_items = 0u64;
-    let mut last_at = Instant::now();
+    let mut window = RateWindow::new(RATE_WINDOW);
     let mut away = false;
     loop {
         let stopping = if first.is_some() {
@@ -93,10 +128,9 @@ pub async fn heartbeat_loop(
                 _ = tokio::time::sleep(interval) => false,
             }
         };
-        let items = progress.items_ok.load(Ordering::Relaxed)
-            + progress.items_failed.load(Ordering::Relaxed);
-        let rate =
-            (items - last_items.min(items)) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+        // Rows as the pipeline makes them (not as shards are written: a shard longer than a
+        // beat would read 0 on most beats and a spike after it), over the last half minute.
+        let rate = window.rate(Instant::now(), progress.rows_made.load(Ordering::Relaxed));
         let shards: Vec<CurrentShard> = progress
             .current
             .lock()
@@ -146,8 +180,6 @@ pub async fn heartbeat_loop(
                     tracing::info!("coordinator back");
                     away = false;
                 }
-                last_items = items;
-                last_at = Instant::now();
                 if let Ok(mut c) = progress.cancelled.write() {
                     for job in reply.into_inner().cancelled_jobs {
                         if c.insert(job.clone()) {
@@ -184,5 +216,33 @@ pub async fn heartbeat_loop(
         if stopping {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work written in bursts (50 items every 5 s, 10 items/s) reads as a steady 10 items/s
+    /// once the window is full, on beats every 2 s; an idle worker's rate falls to 0.
+    #[test]
+    fn the_reported_rate_is_steady_when_items_come_in_bursts() {
+        let mut w = RateWindow::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let mut rates = Vec::new();
+        for beat in 0..60u64 {
+            let secs = beat * 2;
+            let count = (secs / 5) * 50;
+            rates.push(w.rate(t0 + Duration::from_secs(secs), count));
+        }
+        for r in &rates[20..] {
+            assert!((8.0..=12.0).contains(r), "{rates:?}");
+        }
+        // Idle from 120 s on: the count stays.
+        let mut r = 0.0;
+        for beat in 61..80u64 {
+            r = w.rate(t0 + Duration::from_secs(beat * 2), 1200);
+        }
+        assert_eq!(r, 0.0);
     }
 }

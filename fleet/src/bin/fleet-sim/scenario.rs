@@ -5,8 +5,10 @@
 
 use spotbatch_fleet::interruption::{table_per_hour, InterruptionPrior};
 use spotbatch_fleet::prices::Prices;
-use spotbatch_fleet::shard::SHARD_OVERHEAD_S;
-use spotbatch_fleet::shard::{suggest, ShardInputs, ShardLimits, ShardSuggestion};
+use spotbatch_fleet::shard::{
+    suggest, ShardInputs, ShardLimits, ShardSuggestion, MAX_AUTO_ITEMS, SHARD_OVERHEAD_S,
+};
+
 /// Hours in a week; the week starts Monday 00:00 UTC.
 const WEEK_H: f64 = 168.0;
 
@@ -168,7 +170,11 @@ impl Scenario {
                 items_total: Some(self.items),
                 workers: Some(self.max_spot),
             },
-            &ShardLimits::default(),
+            // The coordinator's bounds for "auto" (at most the manifest's 100 000 items).
+            &ShardLimits {
+                max_items: MAX_AUTO_ITEMS,
+                ..ShardLimits::default()
+            },
         )
     }
 }
