@@ -9,6 +9,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
@@ -176,7 +177,27 @@ impl Batches {
             if self.done {
                 return None;
             }
-            match self.stream.next().await {
+            // The parquet and arrow crates panic on some corrupt files (seen: a definition-level
+            // run longer than its bitmap, an assertion in arrow-buffer): contained here, so a
+            // file is an error for its shard, never a worker taken down (a panic also prints a
+            // line on stderr through the panic hook).
+            let next = std::panic::AssertUnwindSafe(self.stream.next())
+                .catch_unwind()
+                .await;
+            let next = match next {
+                Ok(next) => next,
+                Err(panic) => {
+                    self.done = true;
+                    return Some(Err(ReadError::Parquet {
+                        file: self.url.clone(),
+                        source: parquet::errors::ParquetError::General(format!(
+                            "the decoder failed on this file: {}",
+                            panic_message(panic.as_ref())
+                        )),
+                    }));
+                }
+            };
+            match next {
                 None => self.done = true,
                 Some(Err(e)) => {
                     self.done = true;
@@ -253,4 +274,15 @@ impl Batches {
         }
         Ok(())
     }
+}
+
+/// A caught panic's message, on one line and at most 200 characters.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.chars().take(200).collect()
 }
