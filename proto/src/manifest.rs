@@ -879,10 +879,10 @@ impl Manifest {
             resolve_queue(&raw.queue.uri, base_dir).map_err(|m| FieldError::new("queue.uri", m));
         let qs = &raw.queue;
         if let ShardSize::Items(n) = qs.shard_size {
-            if !(1..=100_000).contains(&n) {
+            if !(1..=1_000_000).contains(&n) {
                 errs.push(FieldError::new(
                     "queue.shard_size",
-                    format!("{n} is out of range 1..=100000 (or \"auto\")"),
+                    format!("{n} is out of range 1..=1000000 (or \"auto\")"),
                 ));
             }
         }

@@ -642,7 +642,7 @@ fn shard_size_auto_is_accepted_and_numbers_stay_the_same_job() {
             "2.5",
             "expected a whole number of inputs or \"auto\", found 2.5",
         ),
-        ("0", "0 is out of range 1..=100000 (or \"auto\")"),
+        ("0", "0 is out of range 1..=1000000 (or \"auto\")"),
     ] {
         let e = only(&GOOD.replace("shard_size = 256", &format!("shard_size = {value}")));
         assert_eq!(

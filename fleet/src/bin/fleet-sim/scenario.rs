@@ -170,7 +170,7 @@ impl Scenario {
                 items_total: Some(self.items),
                 workers: Some(self.max_spot),
             },
-            // The coordinator's bounds for "auto" (at most the manifest's 100 000 items).
+            // The coordinator's bounds for "auto" (at most the manifest's 1 000 000 items).
             &ShardLimits {
                 max_items: MAX_AUTO_ITEMS,
                 ..ShardLimits::default()
