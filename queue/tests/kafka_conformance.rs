@@ -3,6 +3,7 @@
 //! gaps over partition moves, `--exit-when-empty`'s drained check after many rebalances, commits
 //! the broker refuses, and brokers that go away. nisshi, a Kafka-protocol broker run as a separate
 //! process, runs the same checks in `kafka_nisshi.rs`.
+#![cfg(feature = "kafka")]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

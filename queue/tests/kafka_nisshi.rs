@@ -3,6 +3,7 @@
 //! batched producer: the conformance suite, resuming inside a batch, the pause state across revoke
 //! and assign, offset gaps over partition moves, and `--exit-when-empty`'s drained check after
 //! many rebalances. librdkafka's mock cluster runs the same checks in `kafka_conformance.rs`.
+#![cfg(feature = "kafka")]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
