@@ -1,5 +1,6 @@
 //! The conformance suite against SQS: moto's server, which `make test` starts and names in
 //! `SPOTBATCH_TEST_SQS_ENDPOINT`. Each check gets its own uniquely named queue and DLQ.
+#![cfg(feature = "sqs")]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
