@@ -84,7 +84,7 @@ impl Default for ShardLimits {
     fn default() -> Self {
         Self {
             min_items: 1,
-            max_items: 1_000_000,
+            max_items: MAX_AUTO_ITEMS,
             max_seconds: 1_800.0,
             min_shards_per_worker: 4,
             min_visibility_s: 30,

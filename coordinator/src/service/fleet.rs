@@ -391,10 +391,7 @@ impl CoordinatorService {
                     items_total: Some(v.items_left),
                     workers: Some((d.spot + d.on_demand).max(1)),
                 },
-                &ShardLimits {
-                    max_items: spotbatch_plan::MAX_AUTO_SHARD_ITEMS,
-                    ..ShardLimits::default()
-                },
+                &ShardLimits::default(),
             );
             let suggested = if suggestion.bound == ShardBound::Unmeasured {
                 0

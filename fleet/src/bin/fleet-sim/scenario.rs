@@ -6,7 +6,7 @@
 use spotbatch_fleet::interruption::{table_per_hour, InterruptionPrior};
 use spotbatch_fleet::prices::Prices;
 use spotbatch_fleet::shard::{
-    suggest, ShardInputs, ShardLimits, ShardSuggestion, MAX_AUTO_ITEMS, SHARD_OVERHEAD_S,
+    suggest, ShardInputs, ShardLimits, ShardSuggestion, SHARD_OVERHEAD_S,
 };
 
 /// Hours in a week; the week starts Monday 00:00 UTC.
@@ -170,11 +170,8 @@ impl Scenario {
                 items_total: Some(self.items),
                 workers: Some(self.max_spot),
             },
-            // The coordinator's bounds for "auto" (at most the manifest's 1 000 000 items).
-            &ShardLimits {
-                max_items: MAX_AUTO_ITEMS,
-                ..ShardLimits::default()
-            },
+            // The coordinator's bounds for "auto".
+            &ShardLimits::default(),
         )
     }
 }
