@@ -1,0 +1,248 @@
+//! Parquet files whose Thrift structures lie (fuzz finding 8): a page header carrying an unknown
+//! field that claims 2^31 booleans it does not hold, a valid unknown field of booleans, an offset
+//! index that claims 2^31 page locations. Each file is a real one written by arrow-rs and then
+//! edited byte by byte, its footer rewritten by parquet's own metadata writer to match.
+//!
+//! These pin the two fixes carried in `vendor/parquet` (see `vendor/README.md`): without them
+//! the first file is read after ~2^32 idle iterations as if nothing were wrong, the second is
+//! misread, the third aborts the process on a 48 GiB allocation.
+
+use std::sync::Arc;
+
+use arrow_array::{Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use spotbatch_records::{read_parquet_bytes, Column, Projection, ReadError, ReadOptions, Record};
+
+const ROWS: usize = 6;
+
+/// id Int32, text Utf8; one row group, one plain uncompressed page per column, no statistics,
+/// dictionary or page index: a layout whose bytes the tests below can edit.
+fn plain_file() -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int32, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_offset_index_disabled(true)
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, Arc::clone(&schema), Some(props)).unwrap();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int32Array::from_iter_values(0..ROWS as i32)),
+            Arc::new(StringArray::from_iter_values(
+                (0..ROWS).map(|i| format!("row {i}")),
+            )),
+        ],
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+fn proj() -> Projection {
+    Projection {
+        text: Some("text".into()),
+        id: Some(Column::named("id")),
+        columns: vec![],
+    }
+}
+
+async fn read(file: Vec<u8>) -> Result<Vec<Record>, ReadError> {
+    read_parquet_bytes(Bytes::from(file), 100, &proj(), &ReadOptions::default()).await
+}
+
+fn texts(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r.fields.as_ref().unwrap().text.clone().unwrap())
+        .collect()
+}
+
+fn metadata(file: &[u8]) -> ParquetMetaData {
+    ParquetMetaDataReader::new()
+        .parse_and_finish(&Bytes::copy_from_slice(file))
+        .unwrap()
+}
+
+/// Where the file's data ends and its footer (FileMetaData, length, magic) begins.
+fn data_end(file: &[u8]) -> usize {
+    let n = file.len();
+    let len = u32::from_le_bytes(file[n - 8..n - 4].try_into().unwrap()) as usize;
+    n - 8 - len
+}
+
+/// `data` followed by the footer of `meta`.
+fn with_footer(mut data: Vec<u8>, meta: &ParquetMetaData) -> Vec<u8> {
+    ParquetMetaDataWriter::new(&mut data, meta)
+        .finish()
+        .unwrap();
+    data
+}
+
+/// One past the stop byte of the Thrift compact struct starting at `at`, for the fields arrow-rs
+/// writes in a page header without statistics: i32 varints and nested structs, short field
+/// headers.
+fn struct_end(b: &[u8], mut at: usize) -> usize {
+    loop {
+        let header = b[at];
+        at += 1;
+        match header & 0x0f {
+            0 => return at,
+            5 => {
+                while b[at] & 0x80 != 0 {
+                    at += 1;
+                }
+                at += 1;
+            }
+            12 => at = struct_end(b, at),
+            t => panic!("field type {t} in a page header written without statistics"),
+        }
+    }
+}
+
+/// `file` with `field` (a whole Thrift field: header and value) added to the first column's page
+/// header, just before the header's stop byte; the later chunks' offsets and the footer follow.
+fn with_page_header_field(file: &[u8], field: &[u8]) -> Vec<u8> {
+    let meta = metadata(file);
+    let first = meta.row_group(0).column(0).data_page_offset() as usize;
+    let stop = struct_end(file, first) - 1;
+    let grow = field.len() as i64;
+    let mut data = file[..stop].to_vec();
+    data.extend_from_slice(field);
+    data.extend_from_slice(&file[stop..data_end(file)]);
+    let group = meta.row_group(0).clone();
+    let columns = group
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let b = c.clone().into_builder();
+            if i == 0 {
+                b.set_total_compressed_size(c.compressed_size() + grow)
+            } else {
+                b.set_data_page_offset(c.data_page_offset() + grow)
+            }
+            .build()
+            .unwrap()
+        })
+        .collect();
+    let group = group
+        .into_builder()
+        .set_column_metadata(columns)
+        .build()
+        .unwrap();
+    with_footer(
+        data,
+        &meta.into_builder().set_row_groups(vec![group]).build(),
+    )
+}
+
+/// A field header in the long form (type, then the id as a zigzag varint): id 100, an id no
+/// version of parquet-format uses in a page header, so every reader skips it.
+fn unknown_field(thrift_type: u8) -> Vec<u8> {
+    vec![thrift_type, 0xc8, 0x01]
+}
+
+#[tokio::test]
+async fn the_base_file_reads_and_the_edit_helpers_keep_it_readable() {
+    let file = plain_file();
+    let want: Vec<String> = (0..ROWS).map(|i| format!("row {i}")).collect();
+    assert_eq!(texts(&read(file.clone()).await.unwrap()), want);
+    // An unknown i32 field (id 100 = 7): any reader skips it and reads the same rows, so the
+    // helpers' offsets and footer are right and the tests below test only the Thrift values.
+    let mut field = unknown_field(5);
+    field.push(14);
+    let edited = with_page_header_field(&file, &field);
+    assert_eq!(data_end(&edited), data_end(&file) + field.len());
+    assert_eq!(texts(&read(edited).await.unwrap()), want);
+}
+
+#[tokio::test]
+async fn a_page_header_claiming_two_billion_booleans_it_does_not_hold_is_refused() {
+    // map<bool, bool> of 2^31 - 1 entries, and no entries: the Thrift compact protocol spends a
+    // byte on each boolean of a collection, so the header runs past its chunk. Unpatched
+    // parquet 60.1 skipped each boolean as zero bytes: ~2^32 iterations (seconds; the fuzzer's
+    // 864-byte file had one of these), then read the page as if the field were not there.
+    let mut field = unknown_field(11);
+    field.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x07, 0x11]);
+    let e = read(with_page_header_field(&plain_file(), &field))
+        .await
+        .map(|r| r.len())
+        .unwrap_err();
+    assert!(matches!(e, ReadError::Parquet { .. }), "{e}");
+    // The same for a list<bool> and a set<bool>.
+    for list in [9u8, 10] {
+        let mut field = unknown_field(list);
+        field.extend_from_slice(&[0xf2, 0xff, 0xff, 0xff, 0xff, 0x07]);
+        let e = read(with_page_header_field(&plain_file(), &field))
+            .await
+            .map(|r| r.len())
+            .unwrap_err();
+        assert!(matches!(e, ReadError::Parquet { .. }), "type {list}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_valid_unknown_list_of_booleans_in_a_page_header_is_skipped_whole() {
+    // list<bool> [true, false, true]: three bytes after the list header. Skipping it as zero
+    // bytes would read those bytes as the next field headers.
+    let mut field = unknown_field(9);
+    field.extend_from_slice(&[0x32, 0x01, 0x02, 0x01]);
+    let records = read(with_page_header_field(&plain_file(), &field))
+        .await
+        .unwrap();
+    let want: Vec<String> = (0..ROWS).map(|i| format!("row {i}")).collect();
+    assert_eq!(texts(&records), want);
+}
+
+#[tokio::test]
+async fn an_offset_index_claiming_two_billion_pages_is_refused_without_allocating_them() {
+    // OffsetIndex { 1: list<PageLocation> } with 2^31 - 1 elements in 6 bytes. Unpatched
+    // parquet 60.1 reserved room for all of them first (2^31 x 24 bytes: an allocation failure
+    // that aborts the process).
+    let file = plain_file();
+    let meta = metadata(&file);
+    let mut data = file[..data_end(&file)].to_vec();
+    let index_at = data.len() as i64;
+    let index = [0x19, 0xfc, 0xff, 0xff, 0xff, 0xff, 0x07];
+    data.extend_from_slice(&index);
+    let group = meta.row_group(0).clone();
+    let columns = group
+        .columns()
+        .iter()
+        .map(|c| {
+            c.clone()
+                .into_builder()
+                .set_offset_index_offset(Some(index_at))
+                .set_offset_index_length(Some(index.len() as i32))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let group = group
+        .into_builder()
+        .set_column_metadata(columns)
+        .build()
+        .unwrap();
+    let file = with_footer(
+        data,
+        &meta.into_builder().set_row_groups(vec![group]).build(),
+    );
+    let e = read(file).await.map(|r| r.len()).unwrap_err();
+    assert!(matches!(e, ReadError::Parquet { .. }), "{e}");
+    assert!(
+        e.to_string().contains("exceeds remaining input length"),
+        "{e}"
+    );
+}
