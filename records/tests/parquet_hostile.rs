@@ -20,12 +20,13 @@ use spotbatch_records::{read_parquet_bytes, Column, Projection, ReadError, ReadO
 
 const ROWS: usize = 6;
 
-/// id Int32, text Utf8; one row group, one plain uncompressed page per column, no statistics,
+/// id Int32, text Utf8, lang Utf8 (the fuzz target's projection); one row group, one plain uncompressed page per column, no statistics,
 /// dictionary or page index: a layout whose bytes the tests below can edit.
 fn plain_file() -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int32, false),
         Field::new("text", DataType::Utf8, false),
+        Field::new("lang", DataType::Utf8, false),
     ]));
     let props = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)
@@ -42,6 +43,7 @@ fn plain_file() -> Vec<u8> {
             Arc::new(StringArray::from_iter_values(
                 (0..ROWS).map(|i| format!("row {i}")),
             )),
+            Arc::new(StringArray::from_iter_values((0..ROWS).map(|_| "en"))),
         ],
     )
     .unwrap();
@@ -168,28 +170,34 @@ async fn the_base_file_reads_and_the_edit_helpers_keep_it_readable() {
     assert_eq!(texts(&read(edited).await.unwrap()), want);
 }
 
+/// The plain file with an unknown field in its first page header claiming 2^31 - 1 booleans
+/// and holding none: a `map<bool, bool>` (Thrift type 11), a `list<bool>` (9) or a `set<bool>`
+/// (10).
+fn claiming_booleans(thrift_type: u8) -> Vec<u8> {
+    let mut field = unknown_field(thrift_type);
+    if thrift_type == 11 {
+        field.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x07, 0x11]);
+    } else {
+        field.extend_from_slice(&[0xf2, 0xff, 0xff, 0xff, 0xff, 0x07]);
+    }
+    with_page_header_field(&plain_file(), &field)
+}
+
 #[tokio::test]
 async fn a_page_header_claiming_two_billion_booleans_it_does_not_hold_is_refused() {
-    // map<bool, bool> of 2^31 - 1 entries, and no entries: the Thrift compact protocol spends a
-    // byte on each boolean of a collection, so the header runs past its chunk. Unpatched
-    // parquet 60.1 skipped each boolean as zero bytes: ~2^32 iterations (seconds; the fuzzer's
-    // 864-byte file had one of these), then read the page as if the field were not there.
-    let mut field = unknown_field(11);
-    field.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x07, 0x11]);
-    let e = read(with_page_header_field(&plain_file(), &field))
-        .await
-        .map(|r| r.len())
-        .unwrap_err();
-    assert!(matches!(e, ReadError::Parquet { .. }), "{e}");
-    // The same for a list<bool> and a set<bool>.
-    for list in [9u8, 10] {
-        let mut field = unknown_field(list);
-        field.extend_from_slice(&[0xf2, 0xff, 0xff, 0xff, 0xff, 0x07]);
-        let e = read(with_page_header_field(&plain_file(), &field))
+    // The Thrift compact protocol spends a byte on each boolean of a collection, so the header
+    // runs past its chunk. Unpatched parquet 60.1 skipped each boolean as zero bytes: ~2^32
+    // iterations for the map (seconds; the fuzzer's 864-byte file had one of these), then read
+    // the page as if the field were not there.
+    for thrift_type in [11u8, 9, 10] {
+        let e = read(claiming_booleans(thrift_type))
             .await
             .map(|r| r.len())
             .unwrap_err();
-        assert!(matches!(e, ReadError::Parquet { .. }), "type {list}: {e}");
+        assert!(
+            matches!(e, ReadError::Parquet { .. }),
+            "type {thrift_type}: {e}"
+        );
     }
 }
 
@@ -206,11 +214,9 @@ async fn a_valid_unknown_list_of_booleans_in_a_page_header_is_skipped_whole() {
     assert_eq!(texts(&records), want);
 }
 
-#[tokio::test]
-async fn an_offset_index_claiming_two_billion_pages_is_refused_without_allocating_them() {
-    // OffsetIndex { 1: list<PageLocation> } with 2^31 - 1 elements in 6 bytes. Unpatched
-    // parquet 60.1 reserved room for all of them first (2^31 x 24 bytes: an allocation failure
-    // that aborts the process).
+/// The plain file whose columns' offset index is `OffsetIndex { 1: list<PageLocation> }` with
+/// 2^31 - 1 elements in 6 bytes.
+fn claiming_pages() -> Vec<u8> {
     let file = plain_file();
     let meta = metadata(&file);
     let mut data = file[..data_end(&file)].to_vec();
@@ -235,14 +241,38 @@ async fn an_offset_index_claiming_two_billion_pages_is_refused_without_allocatin
         .set_column_metadata(columns)
         .build()
         .unwrap();
-    let file = with_footer(
+    with_footer(
         data,
         &meta.into_builder().set_row_groups(vec![group]).build(),
-    );
-    let e = read(file).await.map(|r| r.len()).unwrap_err();
+    )
+}
+
+#[tokio::test]
+async fn an_offset_index_claiming_two_billion_pages_is_refused_without_allocating_them() {
+    // Unpatched parquet 60.1 reserved room for all of them first (2^31 x 24 bytes: an
+    // allocation failure that aborts the process).
+    let e = read(claiming_pages()).await.map(|r| r.len()).unwrap_err();
     assert!(matches!(e, ReadError::Parquet { .. }), "{e}");
     assert!(
         e.to_string().contains("exceeds remaining input length"),
         "{e}"
     );
+}
+
+/// Writes these files, behind the `records_parquet` fuzz target's first byte, as regression
+/// seeds of its corpus (replayed by `make test`).
+#[test]
+#[ignore = "writes fuzz/corpus/records_parquet/regression-hostile-*: run once when they change"]
+fn write_fuzz_seeds() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/records_parquet");
+    for (name, file) in [
+        ("map", claiming_booleans(11)),
+        ("list", claiming_booleans(9)),
+        ("offset-index", claiming_pages()),
+    ] {
+        let mut seed = vec![3u8];
+        seed.extend_from_slice(&file);
+        std::fs::write(dir.join(format!("regression-hostile-{name}")), seed).unwrap();
+    }
 }
