@@ -152,6 +152,8 @@ pub(crate) async fn open(
         file: split.key.clone(),
         proj: proj.clone(),
         next_row: split.start,
+        end: split.end,
+        row_groups: split.row_groups.clone(),
         records: VecDeque::new(),
         done: false,
     };
@@ -164,6 +166,9 @@ struct Batches {
     file: String,
     proj: Projection,
     next_row: u64,
+    /// One past the split's last row, as the footer's row counts place it.
+    end: u64,
+    row_groups: Vec<usize>,
     records: VecDeque<Record>,
     done: bool,
 }
@@ -198,7 +203,12 @@ impl Batches {
                 }
             };
             match next {
-                None => self.done = true,
+                None => {
+                    self.done = true;
+                    if self.next_row != self.end {
+                        return Some(Err(self.miscounted()));
+                    }
+                }
                 Some(Err(e)) => {
                     self.done = true;
                     return Some(Err(ReadError::Parquet {
@@ -216,7 +226,24 @@ impl Batches {
         }
     }
 
+    /// The split's rows did not come out as the footer counts them (a row group holding fewer
+    /// or more rows than it claims): its records' keys, positions in the file, would not be
+    /// the ones another reading of the file gives them, so the split fails as a whole.
+    fn miscounted(&self) -> ReadError {
+        ReadError::BadSplit {
+            file: self.url.clone(),
+            reason: format!(
+                "row groups {:?} hold rows up to {} where the footer counts rows up to {} (a row group's num_rows does not match its data)",
+                self.row_groups, self.next_row, self.end
+            ),
+        }
+    }
+
     fn push_batch(&mut self, batch: &RecordBatch) -> Result<(), ReadError> {
+        if self.next_row + batch.num_rows() as u64 > self.end {
+            self.next_row += batch.num_rows() as u64;
+            return Err(self.miscounted());
+        }
         let column = |name: &str| -> Result<ArrayRef, ReadError> {
             batch
                 .column_by_name(name)

@@ -276,3 +276,40 @@ fn write_fuzz_seeds() {
         std::fs::write(dir.join(format!("regression-hostile-{name}")), seed).unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_row_group_claiming_more_rows_than_it_holds_fails_its_splits() {
+    // The footer says 8 rows, the pages hold 6. Keys are positions in the file, and a split's
+    // first key comes from the footer's counts: read whole, the rows after such a group would
+    // get other keys than read in splits (fuzz finding 9), so every split the lie touches fails.
+    let file = plain_file();
+    let meta = metadata(&file);
+    let group = meta
+        .row_group(0)
+        .clone()
+        .into_builder()
+        .set_num_rows(ROWS as i64 + 2)
+        .build()
+        .unwrap();
+    let file = with_footer(
+        file[..data_end(&file)].to_vec(),
+        &meta.into_builder().set_row_groups(vec![group]).build(),
+    );
+    let (proj, opts) = (proj(), ReadOptions::default());
+    let read_in =
+        |max_rows: u64| read_parquet_bytes(Bytes::from(file.clone()), max_rows, &proj, &opts);
+    // Whole: the pages end two rows short of the split.
+    let e = read_in(100).await.map(|r| r.len()).unwrap_err();
+    assert!(matches!(e, ReadError::BadSplit { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "mem:/input.parquet: row groups [0] hold rows up to 6 where the footer counts rows up to 8 (a row group's num_rows does not match its data)"
+    );
+    // In splits of 3 rows: 0..3 and 3..6 read, 6..8 selects rows the pages do not have (parquet
+    // itself refuses that selection).
+    let e = read_in(3).await.map(|r| r.len()).unwrap_err();
+    assert!(
+        matches!(e, ReadError::Parquet { .. } | ReadError::BadSplit { .. }),
+        "{e}"
+    );
+}
