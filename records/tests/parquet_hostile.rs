@@ -20,9 +20,15 @@ use spotbatch_records::{read_parquet_bytes, Column, Projection, ReadError, ReadO
 
 const ROWS: usize = 6;
 
-/// id Int32, text Utf8, lang Utf8 (the fuzz target's projection); one row group, one plain uncompressed page per column, no statistics,
-/// dictionary or page index: a layout whose bytes the tests below can edit.
+/// id Int32, text Utf8, lang Utf8 (the fuzz target's projection); one row group, one plain
+/// uncompressed page per column, no statistics, dictionary or page index: a layout whose bytes
+/// the tests below can edit.
 fn plain_file() -> Vec<u8> {
+    written(false)
+}
+
+/// As [`plain_file`], with or without a dictionary page before each column's data page.
+fn written(dictionary: bool) -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int32, false),
         Field::new("text", DataType::Utf8, false),
@@ -30,7 +36,7 @@ fn plain_file() -> Vec<u8> {
     ]));
     let props = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)
-        .set_dictionary_enabled(false)
+        .set_dictionary_enabled(dictionary)
         .set_statistics_enabled(EnabledStatistics::None)
         .set_offset_index_disabled(true)
         .build();
@@ -92,48 +98,69 @@ fn with_footer(mut data: Vec<u8>, meta: &ParquetMetaData) -> Vec<u8> {
     data
 }
 
-/// One past the stop byte of the Thrift compact struct starting at `at`, for the fields arrow-rs
-/// writes in a page header without statistics: i32 varints and nested structs, short field
-/// headers.
-fn struct_end(b: &[u8], mut at: usize) -> usize {
+/// The Thrift compact struct starting at `at`, for the fields arrow-rs writes in a page header
+/// without statistics (i32 varints, booleans, nested structs; short field headers): one past its
+/// stop byte, and its top-level i32 fields as (id, value).
+fn page_header(b: &[u8], mut at: usize) -> (usize, Vec<(i16, i32)>) {
+    let (mut id, mut ints) = (0i16, Vec::new());
     loop {
         let header = b[at];
         at += 1;
+        id += i16::from(header >> 4);
         match header & 0x0f {
-            0 => return at,
+            0 => return (at, ints),
+            1 | 2 => {}
             5 => {
+                let (mut v, mut shift) = (0u32, 0);
                 while b[at] & 0x80 != 0 {
-                    at += 1;
+                    v |= u32::from(b[at] & 0x7f) << shift;
+                    (at, shift) = (at + 1, shift + 7);
                 }
+                v |= u32::from(b[at]) << shift;
                 at += 1;
+                ints.push((id, (v >> 1) as i32 ^ -((v & 1) as i32)));
             }
-            12 => at = struct_end(b, at),
+            12 => at = page_header(b, at).0,
             t => panic!("field type {t} in a page header written without statistics"),
         }
     }
 }
 
-/// `file` with `field` (a whole Thrift field: header and value) added to the first column's page
-/// header, just before the header's stop byte; the later chunks' offsets and the footer follow.
-fn with_page_header_field(file: &[u8], field: &[u8]) -> Vec<u8> {
+/// A Thrift i32 field with a short header (`delta` from the previous field id), zigzag varint.
+fn i32_field(delta: u8, v: i32) -> Vec<u8> {
+    let mut out = vec![delta << 4 | 5];
+    let mut z = ((v << 1) ^ (v >> 31)) as u32;
+    while z >= 0x80 {
+        out.push(z as u8 | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+    out
+}
+
+/// `file` with `remove` bytes at `at` replaced by `insert`: the column chunk holding `at` grows or
+/// shrinks, the chunks after it move, and the footer is written again to match.
+fn splice(file: &[u8], at: usize, remove: usize, insert: &[u8]) -> Vec<u8> {
     let meta = metadata(file);
-    let first = meta.row_group(0).column(0).data_page_offset() as usize;
-    let stop = struct_end(file, first) - 1;
-    let grow = field.len() as i64;
-    let mut data = file[..stop].to_vec();
-    data.extend_from_slice(field);
-    data.extend_from_slice(&file[stop..data_end(file)]);
+    let grow = insert.len() as i64 - remove as i64;
+    let mut data = file[..at].to_vec();
+    data.extend_from_slice(insert);
+    data.extend_from_slice(&file[at + remove..data_end(file)]);
+    let at = at as i64;
     let group = meta.row_group(0).clone();
     let columns = group
         .columns()
         .iter()
-        .enumerate()
-        .map(|(i, c)| {
+        .map(|c| {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
             let b = c.clone().into_builder();
-            if i == 0 {
+            if start > at {
+                b.set_data_page_offset(c.data_page_offset() + grow)
+                    .set_dictionary_page_offset(c.dictionary_page_offset().map(|o| o + grow))
+            } else if at < start + c.compressed_size() {
                 b.set_total_compressed_size(c.compressed_size() + grow)
             } else {
-                b.set_data_page_offset(c.data_page_offset() + grow)
+                b
             }
             .build()
             .unwrap()
@@ -148,6 +175,32 @@ fn with_page_header_field(file: &[u8], field: &[u8]) -> Vec<u8> {
         data,
         &meta.into_builder().set_row_groups(vec![group]).build(),
     )
+}
+
+/// `file` with `field` (a whole Thrift field: header and value) added to the first column's page
+/// header, just before the header's stop byte.
+fn with_page_header_field(file: &[u8], field: &[u8]) -> Vec<u8> {
+    let first = metadata(file).row_group(0).column(0).data_page_offset() as usize;
+    let stop = page_header(file, first).0 - 1;
+    splice(file, stop, 0, field)
+}
+
+/// `file` with the text column's dictionary page header claiming `num_values` values (PLAIN,
+/// over the same bytes).
+fn with_dictionary_count(file: &[u8], num_values: i32) -> Vec<u8> {
+    let at = metadata(file)
+        .row_group(0)
+        .column(1)
+        .dictionary_page_offset()
+        .unwrap() as usize;
+    let (end, ints) = page_header(file, at);
+    let size = ints.iter().find(|(id, _)| *id == 3).unwrap().1;
+    // PageHeader { 1: DICTIONARY_PAGE, 2: size, 3: size, 7: DictionaryPageHeader { 1: n, 2: PLAIN } }
+    let mut header = [i32_field(1, 2), i32_field(1, size), i32_field(1, size)].concat();
+    header.push(0x4c);
+    header.extend([i32_field(1, num_values), i32_field(1, 0)].concat());
+    header.extend([0, 0]);
+    splice(file, at, end - at, &header)
 }
 
 /// A field header in the long form (type, then the id as a zigzag varint): id 100, an id no
@@ -168,6 +221,30 @@ async fn the_base_file_reads_and_the_edit_helpers_keep_it_readable() {
     let edited = with_page_header_field(&file, &field);
     assert_eq!(data_end(&edited), data_end(&file) + field.len());
     assert_eq!(texts(&read(edited).await.unwrap()), want);
+    // The text column's dictionary page header written again with its true count (six texts).
+    let dict = written(true);
+    assert_eq!(texts(&read(dict.clone()).await.unwrap()), want);
+    assert_eq!(
+        texts(&read(with_dictionary_count(&dict, 6)).await.unwrap()),
+        want
+    );
+}
+
+#[tokio::test]
+async fn a_dictionary_page_claiming_a_billion_values_in_a_few_bytes_is_refused() {
+    // Unpatched parquet 60.1 reserved room for every claimed value before reading one (4 GiB of
+    // offsets here, beyond libFuzzer's 2 GB limit; 2^31 values of 16-byte views: 32 GiB), then
+    // read the six that are there and the rows as if nothing were wrong.
+    let e = read(with_dictionary_count(&written(true), 1 << 30))
+        .await
+        .map(|r| r.len())
+        .unwrap_err();
+    assert!(matches!(e, ReadError::Parquet { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("dictionary page claims 1073741824 values in"),
+        "{e}"
+    );
 }
 
 /// The plain file with an unknown field in its first page header claiming 2^31 - 1 booleans
@@ -270,6 +347,7 @@ fn write_fuzz_seeds() {
         ("map", claiming_booleans(11)),
         ("list", claiming_booleans(9)),
         ("offset-index", claiming_pages()),
+        ("dictionary", with_dictionary_count(&written(true), 1 << 30)),
     ] {
         let mut seed = vec![3u8];
         seed.extend_from_slice(&file);

@@ -467,13 +467,34 @@ where
                 num_values,
                 encoding,
                 is_sorted,
-            }) => self
-                .values_decoder
-                .set_dict(buf, num_values, encoding, is_sorted),
+            }) => self.set_dict(buf, num_values, encoding, is_sorted),
             _ => Err(ParquetError::General(
                 "Invalid page. Expecting dictionary page".to_string(),
             )),
         }
+    }
+
+    /// Hands a dictionary page to the values decoder, after checking that its bytes can hold
+    /// the number of values its header claims (spotbatch patch, see `vendor/README.md`): the
+    /// decoders reserve room for that many values before reading any, so a header claiming
+    /// 2^30 values over a few bytes made a multi-gigabyte allocation.
+    fn set_dict(
+        &mut self,
+        buf: Bytes,
+        num_values: u32,
+        encoding: Encoding,
+        is_sorted: bool,
+    ) -> Result<()> {
+        // A plain-encoded value takes at least a byte, a boolean a bit.
+        let per_byte = if self.descr.physical_type() == Type::BOOLEAN { 8 } else { 1 };
+        if num_values as usize > buf.len().saturating_mul(per_byte) {
+            return Err(general_err!(
+                "dictionary page claims {num_values} values in {} bytes",
+                buf.len()
+            ));
+        }
+        self.values_decoder
+            .set_dict(buf, num_values, encoding, is_sorted)
     }
 
     /// Installs a dictionary previously deferred by the page reader.
@@ -485,9 +506,7 @@ where
                 num_values,
                 encoding,
                 is_sorted,
-            }) => self
-                .values_decoder
-                .set_dict(buf, num_values, encoding, is_sorted),
+            }) => self.set_dict(buf, num_values, encoding, is_sorted),
             Some(_) => Err(ParquetError::General(
                 "Invalid page. Expecting dictionary page".to_string(),
             )),
@@ -511,8 +530,7 @@ where
                             encoding,
                             is_sorted,
                         } => {
-                            self.values_decoder
-                                .set_dict(buf, num_values, encoding, is_sorted)?;
+                            self.set_dict(buf, num_values, encoding, is_sorted)?;
                         }
                         // 2. Data page v1
                         Page::DataPage {
