@@ -106,6 +106,26 @@ impl RowError {
     }
 }
 
+/// A decoder's or parser's message as one line of a log, a dead letter's reason or an error row:
+/// such messages quote the file (a column name from an embedded schema, a value that failed a
+/// cast), so its control characters (newlines, NUL) are escaped as `{:?}` would escape them.
+fn escaped(message: &impl std::fmt::Display) -> String {
+    let message = message.to_string();
+    if !message.contains(char::is_control) {
+        return message;
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// An error that ends a split: the file cannot be read as asked. Names the file (its URL) and,
 /// where there is one, the column.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +151,7 @@ pub enum ReadError {
         found: u64,
     },
     /// Not a Parquet file, a corrupt one, or one using a codec this build lacks.
-    #[error("{file}: cannot read Parquet: {source}")]
+    #[error("{file}: cannot read Parquet: {}", escaped(.source))]
     Parquet {
         /// The file's URL.
         file: String,
@@ -149,7 +169,7 @@ pub enum ReadError {
     },
     /// A column of the wrong type for the job (the text column is not a string column; the id or a
     /// carried column differs from the job's type; a type JSONL/CSV values cannot take).
-    #[error("{file}: column {column:?} is {found}, the job needs {expected}")]
+    #[error("{file}: column {column:?} is {}, the job needs {expected}", escaped(.found))]
     ColumnType {
         /// The file's URL.
         file: String,
@@ -161,7 +181,7 @@ pub enum ReadError {
         found: String,
     },
     /// A CSV file whose header cannot be read.
-    #[error("{file}: CSV header: {reason}")]
+    #[error("{file}: CSV header: {}", escaped(.reason))]
     Header {
         /// The file's URL.
         file: String,
@@ -169,7 +189,7 @@ pub enum ReadError {
         reason: String,
     },
     /// The split does not fit the file (row groups or rows beyond the footer's).
-    #[error("{file}: {reason}")]
+    #[error("{file}: {}", escaped(.reason))]
     BadSplit {
         /// The file's URL.
         file: String,
@@ -192,7 +212,7 @@ pub enum PlanError {
         source: object_store::Error,
     },
     /// A Parquet footer that cannot be read.
-    #[error("{file}: cannot read the Parquet footer: {source}")]
+    #[error("{file}: cannot read the Parquet footer: {}", escaped(.source))]
     Footer {
         /// The file's URL.
         file: String,
@@ -250,4 +270,38 @@ pub enum WriteError {
         #[source]
         source: arrow_schema::ArrowError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_that_quote_a_file_stay_on_one_line() {
+        // Found by the records_parquet fuzz target (finding 11): a column name of an embedded
+        // Arrow schema, quoted by parquet's error, carried a carriage return.
+        let e = ReadError::Parquet {
+            file: "mem:/x.parquet".into(),
+            source: parquet::errors::ParquetError::General(
+                "expected field named \u{0}\r\n got text".into(),
+            ),
+        };
+        assert_eq!(
+            e.to_string(),
+            r"mem:/x.parquet: cannot read Parquet: Parquet error: expected field named \u{0}\r\n got text"
+        );
+        let e = PlanError::Footer {
+            file: "f".into(),
+            source: parquet::errors::ParquetError::General("a\nb".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            r"f: cannot read the Parquet footer: Parquet error: a\nb"
+        );
+        let e = ReadError::BadSplit {
+            file: "f".into(),
+            reason: "plain text, é".into(),
+        };
+        assert_eq!(e.to_string(), "f: plain text, é");
+    }
 }
