@@ -61,11 +61,7 @@ fn parquet_file(n: usize, group: usize) -> Vec<u8> {
 }
 
 fn proj() -> Projection {
-    Projection {
-        text: Some("text".into()),
-        id: Some(Column::named("id")),
-        columns: vec![Column::named("day")],
-    }
+    common::text_id_projection(&["day"])
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 //! the first file is read after ~2^32 idle iterations as if nothing were wrong, the second is
 //! misread, the third aborts the process on a 48 GiB allocation.
 
+mod common;
+
 use std::sync::Arc;
 
 use arrow_array::{Int32Array, RecordBatch, StringArray};
@@ -14,9 +16,12 @@ use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter};
+use parquet::file::metadata::{
+    ColumnChunkMetaData, ColumnChunkMetaDataBuilder, ParquetMetaData, ParquetMetaDataReader,
+    ParquetMetaDataWriter,
+};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use spotbatch_records::{read_parquet_bytes, Column, Projection, ReadError, ReadOptions, Record};
+use spotbatch_records::{read_parquet_bytes, Projection, ReadError, ReadOptions, Record};
 
 const ROWS: usize = 6;
 
@@ -59,11 +64,7 @@ fn written(dictionary: bool) -> Vec<u8> {
 }
 
 fn proj() -> Projection {
-    Projection {
-        text: Some("text".into()),
-        id: Some(Column::named("id")),
-        columns: vec![],
-    }
+    common::text_id_projection(&[])
 }
 
 async fn read(file: Vec<u8>) -> Result<Vec<Record>, ReadError> {
@@ -147,24 +148,32 @@ fn splice(file: &[u8], at: usize, remove: usize, insert: &[u8]) -> Vec<u8> {
     data.extend_from_slice(insert);
     data.extend_from_slice(&file[at + remove..data_end(file)]);
     let at = at as i64;
+    with_chunks(data, meta, |c| {
+        let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+        let b = c.clone().into_builder();
+        if start > at {
+            b.set_data_page_offset(c.data_page_offset() + grow)
+                .set_dictionary_page_offset(c.dictionary_page_offset().map(|o| o + grow))
+        } else if at < start + c.compressed_size() {
+            b.set_total_compressed_size(c.compressed_size() + grow)
+        } else {
+            b
+        }
+    })
+}
+
+/// `data` followed by the footer of `meta` (one row group) with each column chunk's metadata
+/// edited by `edit`.
+fn with_chunks(
+    data: Vec<u8>,
+    meta: ParquetMetaData,
+    edit: impl Fn(&ColumnChunkMetaData) -> ColumnChunkMetaDataBuilder,
+) -> Vec<u8> {
     let group = meta.row_group(0).clone();
     let columns = group
         .columns()
         .iter()
-        .map(|c| {
-            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
-            let b = c.clone().into_builder();
-            if start > at {
-                b.set_data_page_offset(c.data_page_offset() + grow)
-                    .set_dictionary_page_offset(c.dictionary_page_offset().map(|o| o + grow))
-            } else if at < start + c.compressed_size() {
-                b.set_total_compressed_size(c.compressed_size() + grow)
-            } else {
-                b
-            }
-            .build()
-            .unwrap()
-        })
+        .map(|c| edit(c).build().unwrap())
         .collect();
     let group = group
         .into_builder()
@@ -300,28 +309,12 @@ fn claiming_pages() -> Vec<u8> {
     let index_at = data.len() as i64;
     let index = [0x19, 0xfc, 0xff, 0xff, 0xff, 0xff, 0x07];
     data.extend_from_slice(&index);
-    let group = meta.row_group(0).clone();
-    let columns = group
-        .columns()
-        .iter()
-        .map(|c| {
-            c.clone()
-                .into_builder()
-                .set_offset_index_offset(Some(index_at))
-                .set_offset_index_length(Some(index.len() as i32))
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let group = group
-        .into_builder()
-        .set_column_metadata(columns)
-        .build()
-        .unwrap();
-    with_footer(
-        data,
-        &meta.into_builder().set_row_groups(vec![group]).build(),
-    )
+    with_chunks(data, meta, |c| {
+        c.clone()
+            .into_builder()
+            .set_offset_index_offset(Some(index_at))
+            .set_offset_index_length(Some(index.len() as i32))
+    })
 }
 
 #[tokio::test]

@@ -156,3 +156,16 @@ pub async fn collect(mut s: RecordStream) -> Vec<Record> {
     }
     out
 }
+
+/// The projection the Parquet tests read: `text` as the text, `id` as the id, then `columns`.
+pub fn text_id_projection(columns: &[&str]) -> spotbatch_records::Projection {
+    spotbatch_records::Projection {
+        text: Some("text".into()),
+        id: Some(spotbatch_records::Column::named("id")),
+        columns: columns
+            .iter()
+            .copied()
+            .map(spotbatch_records::Column::named)
+            .collect(),
+    }
+}
