@@ -318,9 +318,34 @@ async fn plan_records(m: &Manifest, hints: &ShardHints) -> Result<Plan, PlanErro
         max_rows: shard_size.items.max(1) as u64,
         ..Default::default()
     };
-    let splits = spotbatch_records::plan_all(&source, files, format, &opts).await?;
+    // A Parquet file whose footer cannot be read (truncated, not Parquet, hostile) is left out
+    // with a warning, as any entry that is not an input: one bad file does not stop the job.
+    let mut splits = Vec::new();
+    let mut skipped = Vec::new();
+    let mut planned = spotbatch_records::plan(&source, files.clone(), format, &opts);
+    while let Some(split) = planned.next().await {
+        match split {
+            Ok(s) => splits.push(s),
+            Err(spotbatch_records::PlanError::Footer { key, source, .. }) => {
+                skipped.push(Skipped {
+                    key: spotbatch_store::storage::escape_name(key.as_bytes()),
+                    reason: format!(
+                        "cannot read the Parquet footer: {}",
+                        spotbatch_records::escaped(&source)
+                    ),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The columns are checked (Parquet schema, CSV header) and typed on the first file that
+    // planned (every file when none did: its error is the job's).
+    let first = splits
+        .first()
+        .and_then(|s| files.iter().find(|f| f.key == s.key()))
+        .unwrap_or(&first)
+        .clone();
     let (proj, read_opts) = projection(m);
-    // The columns are checked (Parquet schema, CSV header) and typed on the first file.
     let schema =
         spotbatch_records::schema::resolve(&source, format, &first, &proj, &read_opts).await?;
     let manifest_url = stored_manifest_url(m);
@@ -346,7 +371,7 @@ async fn plan_records(m: &Manifest, hints: &ShardHints) -> Result<Plan, PlanErro
         total_items,
         items_known,
         schema: Some(schema),
-        skipped: Vec::new(),
+        skipped,
         shard_size,
     })
 }
@@ -438,6 +463,84 @@ mod tests {
             "name = \"{name}\"\n[input]\nuri = \"memory://{name}/in/\"\n{extra}\n[model]\nuri = \"m.onnx\"\n[output]\nuri = \"memory://{name}/in/out/\"\n[queue]\nshard_size = 2\n"
         );
         Manifest::parse(&text, std::path::Path::new("/")).unwrap()
+    }
+
+    /// A Parquet file of `n` rows: `id` Int64 and `text` Utf8.
+    fn parquet_file(n: i64) -> Vec<u8> {
+        use arrow_array::{Int64Array, RecordBatch, StringArray};
+        use arrow_schema::{DataType, Field, Schema};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                std::sync::Arc::new(Int64Array::from_iter_values(0..n)),
+                std::sync::Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("t{i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn parquet_files_whose_footer_cannot_be_read_are_left_out_with_their_reason() {
+        let name = "p-bad-footer";
+        let input =
+            Prefix::open(&url::Url::parse(&format!("memory://{name}/in/")).unwrap()).unwrap();
+        let good = parquet_file(5);
+        // A truncated copy sorts first: the columns are checked on the first file that planned.
+        for (k, v) in [
+            ("a-truncated.parquet", good[..good.len() - 3].to_vec()),
+            ("b.parquet", good.clone()),
+            ("c-not-parquet.parquet", b"not parquet\nat all".to_vec()),
+            ("d.parquet", good.clone()),
+        ] {
+            input.put(k, Bytes::from(v)).await.unwrap();
+        }
+        let text = format!(
+            "name = \"{name}\"\n[input]\nuri = \"memory://{name}/in/\"\nformat = \"parquet\"\nid_column = \"id\"\n[model]\nuri = \"m.onnx\"\n[preprocess]\nkind = \"text\"\ntokenizer = \"tokenizer.json\"\n[output]\nuri = \"memory://{name}/out/\"\n[queue]\nshard_size = 100\n"
+        );
+        let m = Manifest::parse(&text, std::path::Path::new("/")).unwrap();
+        let plan = plan_job(&m).await.unwrap();
+        let files: Vec<&str> = plan
+            .shards
+            .iter()
+            .map(|s| s.split.as_ref().unwrap().key())
+            .collect();
+        assert_eq!(files, ["b.parquet", "d.parquet"]);
+        assert_eq!(plan.total_items, 10);
+        let skipped: Vec<(&str, &str)> = plan
+            .skipped
+            .iter()
+            .map(|s| (s.key.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert_eq!(skipped[0].0, "a-truncated.parquet");
+        assert_eq!(skipped[1].0, "c-not-parquet.parquet");
+        for (key, reason) in &skipped {
+            assert!(
+                reason.starts_with("cannot read the Parquet footer: ") && !reason.contains('\n'),
+                "{key}: {reason}"
+            );
+        }
+        // Every file unreadable: the job cannot be planned, and says why.
+        let input = Prefix::open(&url::Url::parse("memory://p-all-bad/in/").unwrap()).unwrap();
+        input
+            .put("x.parquet", Bytes::from_static(b"nope"))
+            .await
+            .unwrap();
+        let m =
+            Manifest::parse(&text.replace(name, "p-all-bad"), std::path::Path::new("/")).unwrap();
+        let e = plan_job(&m).await.unwrap_err();
+        assert!(e.to_string().contains("x.parquet"), "{e}");
     }
 
     #[tokio::test]

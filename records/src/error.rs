@@ -109,7 +109,7 @@ impl RowError {
 /// A decoder's or parser's message as one line of a log, a dead letter's reason or an error row:
 /// such messages quote the file (a column name from an embedded schema, a value that failed a
 /// cast), so its control characters (newlines, NUL) are escaped as `{:?}` would escape them.
-fn escaped(message: &impl std::fmt::Display) -> String {
+pub fn escaped(message: &impl std::fmt::Display) -> String {
     let message = message.to_string();
     if !message.contains(char::is_control) {
         return message;
@@ -216,6 +216,8 @@ pub enum PlanError {
     Footer {
         /// The file's URL.
         file: String,
+        /// Its key below the source (as listed).
+        key: String,
         /// The reader's error.
         #[source]
         source: parquet::errors::ParquetError,
@@ -292,6 +294,7 @@ mod tests {
         );
         let e = PlanError::Footer {
             file: "f".into(),
+            key: "f".into(),
             source: parquet::errors::ParquetError::General("a\nb".into()),
         };
         assert_eq!(

@@ -31,7 +31,7 @@ pub mod speculate;
 pub mod value;
 pub mod writer;
 
-pub use error::{PlanError, ReadError, RowError, WriteError};
+pub use error::{escaped, PlanError, ReadError, RowError, WriteError};
 pub use key::RecordKey;
 pub use list::{read_list, resolve as resolve_list_entry, ListEntry, ListFormat, Resolved};
 pub use plan::{plan, plan_all, ByteSplit, Format, PlanOptions, RowSplit, Split};

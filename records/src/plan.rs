@@ -102,6 +102,7 @@ async fn parquet_splits(
         .await
         .map_err(|e| PlanError::Footer {
             file: source.url_of(&f.key),
+            key: f.key.clone(),
             source: e,
         })?;
     let counts: Vec<u64> = meta

@@ -402,7 +402,9 @@ pub async fn read_parquet_bytes(
     let splits = crate::plan::plan_all(&source, files, crate::plan::Format::Parquet, &plan_opts)
         .await
         .map_err(|e| match e {
-            crate::error::PlanError::Footer { file, source } => ReadError::Parquet { file, source },
+            crate::error::PlanError::Footer { file, source, .. } => {
+                ReadError::Parquet { file, source }
+            }
             other => ReadError::BadSplit {
                 file: "mem://input.parquet".into(),
                 reason: other.to_string(),
