@@ -322,13 +322,13 @@ async fn plan_records(m: &Manifest, hints: &ShardHints) -> Result<Plan, PlanErro
     // with a warning, as any entry that is not an input: one bad file does not stop the job.
     let mut splits = Vec::new();
     let mut skipped = Vec::new();
-    let mut planned = spotbatch_records::plan(&source, files.clone(), format, &opts);
+    let mut planned = spotbatch_records::plan(&source, files, format, &opts);
     while let Some(split) = planned.next().await {
         match split {
             Ok(s) => splits.push(s),
             Err(spotbatch_records::PlanError::Footer { key, source, .. }) => {
                 skipped.push(Skipped {
-                    key: spotbatch_store::storage::escape_name(key.as_bytes()),
+                    key,
                     reason: format!(
                         "cannot read the Parquet footer: {}",
                         spotbatch_records::escaped(&source)
@@ -342,9 +342,10 @@ async fn plan_records(m: &Manifest, hints: &ShardHints) -> Result<Plan, PlanErro
     // planned (every file when none did: its error is the job's).
     let first = splits
         .first()
-        .and_then(|s| files.iter().find(|f| f.key == s.key()))
-        .unwrap_or(&first)
-        .clone();
+        .map_or(first, |s| spotbatch_records::FileMeta {
+            key: s.key().to_string(),
+            size: s.size(),
+        });
     let (proj, read_opts) = projection(m);
     let schema =
         spotbatch_records::schema::resolve(&source, format, &first, &proj, &read_opts).await?;

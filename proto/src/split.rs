@@ -81,6 +81,14 @@ impl Split {
         }
     }
 
+    /// The file's size when planned.
+    pub fn size(&self) -> u64 {
+        match self {
+            Split::Jsonl(b) | Split::Csv(b) => b.size,
+            Split::Parquet(r) => r.size,
+        }
+    }
+
     /// The format.
     pub fn format(&self) -> Format {
         match self {

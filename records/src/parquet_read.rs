@@ -310,6 +310,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into());
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    line.chars().take(200).collect()
+    spotbatch_proto::manifest::one_line(&text)
+        .chars()
+        .take(200)
+        .collect()
 }
